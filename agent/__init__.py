@@ -1,0 +1,1 @@
+"""The optimiser: proposals, workspaces, proposers, LLM backends, verification, daemon."""

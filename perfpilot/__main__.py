@@ -1,0 +1,3 @@
+from perfpilot.cli import main
+
+main()

@@ -1,0 +1,155 @@
+"""``perfpilot profile``: run a command (or attach to a PID) and record a Profile."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from perfpilot.cli.options import collector_options, settings_from
+from perfpilot.errors import PerfpilotError
+from perfpilot.profilers.profile import Profile
+from perfpilot.profilers.renderers import terminal
+from perfpilot.profilers.session import ProfileInterrupted, RunOptions, profile_command, profile_pid
+
+DEFAULT_OUTPUT = "perfpilot-profile.json"
+
+
+class LiveLine:
+    """A one-line live status on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = Live(Text(""), console=console, refresh_per_second=4, transient=True)
+        self.last = 0.0
+
+    def __enter__(self) -> "LiveLine":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.__exit__(*exc)
+
+    def update(self, elapsed: float, values: Mapping[str, float]) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.25:
+            return
+        self.last = now
+        parts = [f"[bold cyan]perfpilot[/] {elapsed:6.1f}s"]
+        if "cpu.utilization_pct" in values:
+            parts.append(f"cpu {values['cpu.utilization_pct']:5.0f}%")
+        if "memory.rss_bytes" in values:
+            parts.append(f"rss {terminal.human_bytes(values['memory.rss_bytes'])}")
+        if "cpu.processes" in values:
+            parts.append(f"procs {values['cpu.processes']:.0f}")
+        gpu = [v for k, v in values.items() if k.startswith("gpu") and k.endswith("utilization_pct")]
+        if gpu:
+            parts.append(f"gpu {max(gpu):.0f}%")
+        self.live.update(Text.from_markup("  ".join(parts)))
+
+
+def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope: Path | None,
+                  collapsed: Path | None, console: Console) -> None:
+    profile.save(output)
+    written = [str(output)]
+    if html is not None:
+        from perfpilot.profilers.renderers import html as html_renderer
+
+        html_renderer.write(profile, html)
+        written.append(str(html))
+    if speedscope is not None:
+        from perfpilot.profilers.renderers import speedscope as speedscope_renderer
+
+        speedscope_renderer.write(profile, speedscope)
+        written.append(str(speedscope))
+    if collapsed is not None:
+        from perfpilot.profilers.renderers import collapsed as collapsed_renderer
+
+        collapsed_renderer.write(profile, collapsed)
+        written.append(str(collapsed))
+    console.print(f"[dim]wrote {', '.join(written)}[/]")
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=DEFAULT_OUTPUT, show_default=True,
+              help="Where to write the Profile JSON.")
+@click.option("--pid", type=int, default=None, help="Attach to a running process (and its descendants).")
+@click.option("--duration", default=None, metavar="DURATION", help="With --pid: how long to observe (default: until it exits).")
+@collector_options
+@click.option("--timeout", default=None, metavar="DURATION", help="Kill the target after this long.")
+@click.option("--stacks/--no-stacks", default=None, help="Sample Python stacks with py-spy (default on).")
+@click.option("--rate", type=int, default=None, help="Stack sampling rate in Hz (default 100).")
+@click.option("--subprocesses/--no-subprocesses", default=None, help="Sample stacks of child processes too (default on).")
+@click.option("--native", is_flag=True, default=None, help="Include native (C/C++) frames in stacks.")
+@click.option("--imports", is_flag=True, default=False, help="Python targets: report the slowest imports (-X importtime).")
+@click.option("--html", type=click.Path(path_type=Path), default=None, help="Also write a self-contained HTML report.")
+@click.option("--speedscope", type=click.Path(path_type=Path), default=None, help="Also write a speedscope JSON file.")
+@click.option("--collapsed", type=click.Path(path_type=Path), default=None, help="Also write collapsed stacks (flamegraph.pl).")
+@click.option("-q", "--quiet", is_flag=True, help="No live line and no summary.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def profile(output: Path, pid: int | None, duration: str | None, config_file: Path | None, interval: str | None,
+            plugins: str | None, disable: str | None, timeout: str | None, stacks: bool | None, rate: int | None,
+            subprocesses: bool | None, native: bool | None, imports: bool, html: Path | None,
+            speedscope: Path | None, collapsed: Path | None, quiet: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND under every available collector and write a Profile.
+
+    \b
+      perfpilot profile -o run.json -- python app.py --arg
+      perfpilot profile --pid 1234 --duration 30s -o run.json
+
+    The target's output passes through untouched and its exit code becomes
+    perfpilot's. Ctrl-C stops the target and still writes the Profile.
+    """
+    from perfpilot.config import parse_duration
+
+    console = Console(stderr=True)
+    if pid is not None and command:
+        raise click.UsageError("give either a COMMAND or --pid, not both")
+    if pid is None and not command:
+        raise click.UsageError("nothing to profile: give a command after --, or --pid")
+    if duration is not None and pid is None:
+        raise click.UsageError("--duration only applies with --pid")
+    settings = settings_from(config_file, interval=interval, plugins=plugins, disable=disable, timeout=timeout,
+                             stacks=stacks, rate=rate, subprocesses=subprocesses, native=native)
+    if settings.rate <= 0:
+        raise click.BadParameter(f"must be a positive number of Hz, got {settings.rate}", param_hint="--rate")
+    live = LiveLine(console) if (console.is_terminal and not quiet) else None
+    options = RunOptions(on_tick=live.update if live else None)
+    argv = list(command)
+    if imports:
+        from perfpilot.profilers import imports as import_times
+
+        argv, options = import_times.prepare(argv, options)
+
+    interrupted = False
+    try:
+        if live:
+            live.__enter__()
+        try:
+            if pid is not None:
+                seconds = parse_duration(duration, name="--duration") if duration is not None else None
+                result = profile_pid(pid, seconds, settings, options)
+            else:
+                result = profile_command(argv, settings, options)
+        finally:
+            if live:
+                live.__exit__(None, None, None)
+    except ProfileInterrupted as exc:
+        result = exc.profile
+        interrupted = True
+    if imports:
+        import_times.finish(result, options)
+    write_outputs(result, output, html, speedscope, collapsed, console)
+    if not quiet:
+        terminal.render(result, console)
+    if interrupted:
+        console.print("[yellow]interrupted: target stopped, profile written[/]")
+        sys.exit(130)
+    code = result.target.get("exit_code")
+    sys.exit(code or 0)

@@ -1,0 +1,409 @@
+"""Profiling sessions: launch a command (or attach to a PID), sample every collector
+on one loop, reap the target for exact totals, and assemble the Profile.
+
+One sampler thread ticks at ``settings.interval`` on a monotonic schedule; the calling
+thread blocks in ``os.wait4`` so the target's exit is seen at once (wall time is not
+rounded up to the next tick).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import datetime as dt
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import psutil
+
+from perfpilot.config import Settings
+from perfpilot.errors import CommandNotExecutable, CommandNotFound, ConfigError, TargetError
+from perfpilot.profilers.collector import CollectorSet
+from perfpilot.profilers.host import host_info
+from perfpilot.profilers.profile import Profile
+from perfpilot.profilers.target import Target, add_rusage, rusage_to_dict
+
+TickCallback = Callable[[float, Mapping[str, float]], None]
+
+PR_SET_CHILD_SUBREAPER = 36
+INTERRUPT_GRACE_S = 3.0
+
+
+def _set_child_subreaper() -> bool:
+    """Make orphaned descendants reparent to us, so their rusage can be reaped too."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass
+class RunOptions:
+    """How to launch the target (what to measure comes from Settings)."""
+
+    env: Mapping[str, str] | None = None  # added to os.environ
+    cwd: str | None = None
+    capture_output: bool = False  # keep stdout/stderr on profile.output instead of passing through
+    stdin_devnull: bool = False
+    on_tick: TickCallback | None = None
+    plugin_set: Any = None  # a registry.PluginSet; built from the environment when None
+    subreaper: bool = True
+
+
+@dataclass
+class _Sampler:
+    collectors: CollectorSet
+    target: Target
+    interval: float
+    t0: float
+    on_tick: TickCallback | None
+    times: list[float] = field(default_factory=list)
+    rows: list[dict[str, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.target.refresh()
+        values = self.collectors.sample(now)
+        self.times.append(round(now - self.t0, 6))
+        self.rows.append(values)
+        if self.on_tick is not None:
+            try:
+                self.on_tick(now - self.t0, values)
+            except Exception:  # noqa: BLE001 - a display problem must not stop measuring
+                self.on_tick = None
+
+    def _loop(self) -> None:
+        k = 1
+        while not self._stop.is_set():
+            deadline = self.t0 + k * self.interval
+            delay = deadline - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            self.tick()
+            # Skip ticks we are late for rather than bursting to catch up.
+            k = max(k + 1, int((time.monotonic() - self.t0) / self.interval) + 1)
+
+    def start(self) -> None:
+        self.tick()
+        self._thread = threading.Thread(target=self._loop, name="perfpilot-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def series(self) -> dict[str, Any]:
+        names: list[str] = []
+        for row in self.rows:
+            for name in row:
+                if name not in names:
+                    names.append(name)
+        values = {name: [row.get(name) for row in self.rows] for name in names}
+        return {"t": self.times, "values": values}
+
+
+def _plugin_set(options: RunOptions) -> Any:
+    if options.plugin_set is None:
+        from perfpilot.registry import build_plugin_manager
+
+        options.plugin_set = build_plugin_manager()
+    return options.plugin_set
+
+
+def _collectors_for(settings: Settings, plugin_set: Any) -> CollectorSet:
+    registered = plugin_set.collectors(only=settings.plugins or None, disable=settings.disable_plugins)
+    instances = [entry.factory(settings) for entry in registered.values()]
+    return CollectorSet(instances)
+
+
+def _wall_summary(profile: Profile, wall: float) -> None:
+    profile.summary = {"wall_s": wall, **profile.summary}
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _kill_tree(target: Target, sig: int) -> None:
+    procs = target.refresh() or target.processes()
+    for proc in reversed(procs):
+        try:
+            proc.send_signal(sig)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def _reap_orphans(target: Target, exclude: set[int]) -> dict[str, float] | None:
+    """Reap zombies reparented to us (we are subreaper) that belonged to the tree."""
+    total = None
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return None
+    for child in children:
+        if child.pid in exclude or child.pid == target.pid:
+            continue
+        if child.pid not in target.seen_pids:
+            # Never seen in the tree: it may be a child the host program owns (a Popen
+            # it will wait for itself); reaping it would steal that exit status.
+            continue
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                continue
+            pid, _status, ru = os.wait4(child.pid, os.WNOHANG)
+        except (ChildProcessError, psutil.Error):
+            continue
+        if pid:
+            total = add_rusage(total, rusage_to_dict(ru))
+    return total
+
+
+def _split_command(command: Sequence[str] | str) -> list[str]:
+    if isinstance(command, str):
+        import shlex
+
+        argv = shlex.split(command)
+    else:
+        argv = list(command)
+    if not argv or not argv[0]:
+        raise ConfigError("no command to profile", hint="give one after --, e.g. perfpilot profile -- python app.py")
+    return argv
+
+
+def _start_stacks(target: Target, settings: Settings) -> Any:
+    if not settings.stacks:
+        return None
+    from perfpilot.profilers import stacks
+
+    return stacks.start(target, settings)
+
+
+def profile_command(
+    command: Sequence[str] | str,
+    settings: Settings | None = None,
+    options: RunOptions | None = None,
+) -> Profile:
+    """Run ``command`` to completion under every available collector.
+
+    A string is split with ``shlex`` (no shell); pass ``["sh", "-c", "..."]`` for shell
+    syntax. Ctrl-C (KeyboardInterrupt) stops the target, finishes the Profile, and
+    re-raises only after the Profile is complete: the caller gets it on
+    ``exc.profile``.
+    """
+    settings = settings or Settings()
+    options = dataclasses.replace(options) if options else RunOptions()
+    argv = _split_command(command)
+    collectors = _collectors_for(settings, _plugin_set(options))
+    collectors.check_available()
+    if options.subreaper:
+        _set_child_subreaper()
+
+    env = None
+    if options.env:
+        env = {**os.environ, **{k: str(v) for k, v in options.env.items()}}
+    cwd = options.cwd or settings.cwd or os.getcwd()
+    pipe = subprocess.PIPE if options.capture_output else None
+    started_at = _now_iso()
+    t0 = time.monotonic()
+    try:
+        popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=pipe,
+            stderr=pipe,
+            stdin=subprocess.DEVNULL if options.stdin_devnull else None,
+        )
+    except FileNotFoundError:
+        if not Path(cwd).is_dir():
+            raise TargetError(f"working directory does not exist: {cwd}") from None
+        raise CommandNotFound(f"command not found: {argv[0]}", hint="check the spelling or your PATH") from None
+    except PermissionError:
+        raise CommandNotExecutable(f"permission denied: {argv[0]}", hint="is it executable (chmod +x)?") from None
+    except OSError as exc:
+        raise CommandNotExecutable(f"cannot execute {argv[0]}: {exc.strerror}") from None
+
+    target = Target(pid=popen.pid, launched=True, command=argv, cwd=cwd)
+    outputs: dict[str, bytes] = {}
+    readers = []
+    if options.capture_output:
+        for name, stream in (("stdout", popen.stdout), ("stderr", popen.stderr)):
+            thread = threading.Thread(target=lambda n=name, s=stream: outputs.__setitem__(n, s.read()), daemon=True)
+            thread.start()
+            readers.append(thread)
+
+    collectors.start(target)
+    sampler = _Sampler(collectors, target, settings.interval, t0, options.on_tick)
+    sampler.start()
+    stacks = None
+    try:
+        stacks = _start_stacks(target, settings)
+    except Exception as exc:  # noqa: BLE001 - stacks are optional; telemetry goes on
+        stacks = None
+        collectors_note = f"stacks unavailable: {exc}"
+    else:
+        collectors_note = None
+
+    interrupted = False
+    timed_out = False
+    timer = None
+    if settings.timeout:
+        def on_timeout() -> None:
+            nonlocal timed_out
+            timed_out = True
+            _kill_tree(target, signal.SIGKILL)
+
+        timer = threading.Timer(settings.timeout, on_timeout)
+        timer.daemon = True
+        timer.start()
+
+    status = 0
+    ru = None
+    try:
+        _pid, status, ru = os.wait4(popen.pid, 0)
+    except KeyboardInterrupt:
+        interrupted = True
+        # The terminal sent SIGINT to the whole foreground group; give the target a
+        # moment to exit cleanly, then escalate.
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        while True:
+            pid, status, ru = os.wait4(popen.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                _kill_tree(target, signal.SIGKILL)
+                _pid, status, ru = os.wait4(popen.pid, 0)
+                break
+            time.sleep(0.05)
+    wall = time.monotonic() - t0
+    if timer is not None:
+        timer.cancel()
+    popen.returncode = os.waitstatus_to_exitcode(status)
+    target.exit_rusage = rusage_to_dict(ru)
+    target.ended = True
+
+    sampler.stop()
+    exclude = {stacks.pid} if stacks is not None and getattr(stacks, "pid", None) else set()
+    target.orphan_rusage = _reap_orphans(target, exclude)
+    for thread in readers:
+        thread.join(timeout=5)
+
+    profile = Profile(
+        target={
+            "command": argv,
+            "cwd": cwd,
+            "pid": popen.pid,
+            "exit_code": popen.returncode if popen.returncode >= 0 else 128 - popen.returncode,
+            "signal": -popen.returncode if popen.returncode < 0 else None,
+            "attached": False,
+            "interrupted": interrupted,
+            "timed_out": timed_out,
+        },
+        host=host_info(),
+        started_at=started_at,
+        duration_s=wall,
+        series=sampler.series(),
+    )
+    profile.summary = collectors.stop()
+    _wall_summary(profile, wall)
+    profile.collectors = collectors.status()
+    if stacks is not None:
+        stacks.finish(profile)
+    elif collectors_note:
+        profile.annotations["stacks_note"] = collectors_note
+    if options.capture_output:
+        profile.output = (outputs.get("stdout", b""), outputs.get("stderr", b""))
+    _finished(profile, options.plugin_set)
+    if interrupted:
+        raise ProfileInterrupted(profile)
+    return profile
+
+
+def profile_pid(
+    pid: int,
+    duration: float | None,
+    settings: Settings | None = None,
+    options: RunOptions | None = None,
+) -> Profile:
+    """Attach to a running process tree for ``duration`` seconds (or until it exits)."""
+    settings = settings or Settings()
+    options = dataclasses.replace(options) if options else RunOptions()
+    if pid <= 0:
+        raise TargetError(f"--pid must be a positive process id, got {pid}")
+    try:
+        root = psutil.Process(pid)
+        command = root.cmdline()
+        cwd = root.cwd()
+    except psutil.NoSuchProcess:
+        raise TargetError(f"no process with pid {pid}", hint="check the pid with `ps`") from None
+    except psutil.AccessDenied:
+        raise TargetError(f"not allowed to observe pid {pid}", hint="run as the same user or as root") from None
+    collectors = _collectors_for(settings, _plugin_set(options))
+    collectors.check_available()
+    target = Target(pid=pid, launched=False, command=command, cwd=cwd)
+    started_at = _now_iso()
+    t0 = time.monotonic()
+    collectors.start(target)
+    sampler = _Sampler(collectors, target, settings.interval, t0, options.on_tick)
+    sampler.start()
+    stacks = None
+    note = None
+    try:
+        stacks = _start_stacks(target, settings)
+    except Exception as exc:  # noqa: BLE001
+        note = f"stacks unavailable: {exc}"
+    interrupted = False
+    try:
+        end = None if duration is None else t0 + duration
+        while root.is_running() and root.status() != psutil.STATUS_ZOMBIE:
+            if end is not None and time.monotonic() >= end:
+                break
+            time.sleep(min(0.05, settings.interval))
+    except KeyboardInterrupt:
+        interrupted = True
+    except psutil.NoSuchProcess:
+        pass
+    wall = time.monotonic() - t0
+    sampler.stop()
+    target.ended = True
+    profile = Profile(
+        target={"command": command, "cwd": cwd, "pid": pid, "exit_code": None, "signal": None,
+                "attached": True, "interrupted": interrupted, "timed_out": False},
+        host=host_info(),
+        started_at=started_at,
+        duration_s=wall,
+        series=sampler.series(),
+    )
+    profile.summary = collectors.stop()
+    _wall_summary(profile, wall)
+    profile.collectors = collectors.status()
+    if stacks is not None:
+        stacks.finish(profile)
+    elif note:
+        profile.annotations["stacks_note"] = note
+    _finished(profile, options.plugin_set)
+    if interrupted:
+        raise ProfileInterrupted(profile)
+    return profile
+
+
+def _finished(profile: Profile, plugin_set: Any) -> None:
+    plugin_set.pm.hook.perfpilot_profile_finished(profile=profile)
+
+
+class ProfileInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a profile: the target was stopped and the Profile is complete."""
+
+    def __init__(self, profile: Profile) -> None:
+        super().__init__("interrupted")
+        self.profile = profile

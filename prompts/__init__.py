@@ -1,0 +1,1 @@
+"""Prompt templates sent to LLMs (plain Markdown files) and their loader."""
