@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import threading
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import psutil
 
+from perfpilot import reporting
 from perfpilot.config import Settings
 from perfpilot.errors import CommandNotExecutable, CommandNotFound, ConfigError, TargetError
 from perfpilot.profilers.collector import CollectorSet
@@ -188,6 +190,16 @@ def _start_stacks(target: Target, settings: Settings) -> Any:
     return stacks.start(target, settings)
 
 
+def _raise_launch_error(exc: OSError, argv: list[str], cwd: str) -> None:
+    if isinstance(exc, FileNotFoundError):
+        if not Path(cwd).is_dir():
+            raise TargetError(f"working directory does not exist: {cwd}") from None
+        raise CommandNotFound(f"command not found: {argv[0]}", hint="check the spelling or your PATH") from None
+    if isinstance(exc, PermissionError):
+        raise CommandNotExecutable(f"permission denied: {argv[0]}", hint="is it executable (chmod +x)?") from None
+    raise CommandNotExecutable(f"cannot execute {argv[0]}: {exc.strerror}") from None
+
+
 def profile_command(
     command: Sequence[str] | str,
     settings: Settings | None = None,
@@ -208,9 +220,9 @@ def profile_command(
     if options.subreaper:
         _set_child_subreaper()
 
-    env = None
-    if options.env:
-        env = {**os.environ, **{k: str(v) for k, v in options.env.items()}}
+    metrics_fd, metrics_path = tempfile.mkstemp(prefix="perfpilot-metrics-", suffix=".jsonl")
+    os.close(metrics_fd)
+    env = {**os.environ, **{k: str(v) for k, v in (options.env or {}).items()}, reporting.ENV_VAR: metrics_path}
     cwd = options.cwd or settings.cwd or os.getcwd()
     pipe = subprocess.PIPE if options.capture_output else None
     started_at = _now_iso()
@@ -224,14 +236,9 @@ def profile_command(
             stderr=pipe,
             stdin=subprocess.DEVNULL if options.stdin_devnull else None,
         )
-    except FileNotFoundError:
-        if not Path(cwd).is_dir():
-            raise TargetError(f"working directory does not exist: {cwd}") from None
-        raise CommandNotFound(f"command not found: {argv[0]}", hint="check the spelling or your PATH") from None
-    except PermissionError:
-        raise CommandNotExecutable(f"permission denied: {argv[0]}", hint="is it executable (chmod +x)?") from None
     except OSError as exc:
-        raise CommandNotExecutable(f"cannot execute {argv[0]}: {exc.strerror}") from None
+        os.unlink(metrics_path)
+        _raise_launch_error(exc, argv, cwd)
 
     target = Target(pid=popen.pid, launched=True, command=argv, cwd=cwd)
     outputs: dict[str, bytes] = {}
@@ -316,6 +323,11 @@ def profile_command(
     )
     profile.summary = collectors.stop()
     _wall_summary(profile, wall)
+    reported, problems = reporting.read_reported(metrics_path)
+    os.unlink(metrics_path)
+    profile.summary.update(reported)
+    if problems:
+        profile.annotations["reported_metrics_problems"] = problems[:10]
     profile.collectors = collectors.status()
     if stacks is not None:
         stacks.finish(profile)
