@@ -190,6 +190,53 @@ def _start_stacks(target: Target, settings: Settings) -> Any:
     return stacks.start(target, settings)
 
 
+class _InterruptForwarder:
+    """While waiting for the target, turn Ctrl-C/SIGTERM into "stop the target".
+
+    A Python KeyboardInterrupt raised inside ``os.wait4`` could lose the child's exit
+    status and rusage (the kernel may already have reaped it), so the handler only
+    records the interrupt and lets ``wait4`` return when the target exits. A terminal's
+    Ctrl-C already reached the target (same process group); if the target is still
+    running shortly after, the signal is forwarded, and after a grace period the tree
+    is killed. A second Ctrl-C kills at once.
+    """
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.interrupted = False
+        self._old: dict[int, Any] = {}
+        self._timers: list[threading.Timer] = []
+
+    def _later(self, delay: float, sig: int) -> None:
+        timer = threading.Timer(delay, _kill_tree, args=(self.target, sig))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.interrupted:
+            _kill_tree(self.target, signal.SIGKILL)
+            return
+        self.interrupted = True
+        if signum == signal.SIGTERM:
+            _kill_tree(self.target, signal.SIGTERM)
+        else:
+            self._later(0.5, signum)
+        self._later(INTERRUPT_GRACE_S, signal.SIGKILL)
+
+    def __enter__(self) -> "_InterruptForwarder":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def _raise_launch_error(exc: OSError, argv: list[str], cwd: str) -> None:
     if isinstance(exc, FileNotFoundError):
         if not Path(cwd).is_dir():
@@ -261,7 +308,6 @@ def profile_command(
     else:
         collectors_note = None
 
-    interrupted = False
     timed_out = False
     timer = None
     if settings.timeout:
@@ -274,24 +320,9 @@ def profile_command(
         timer.daemon = True
         timer.start()
 
-    status = 0
-    ru = None
-    try:
+    with _InterruptForwarder(target) as forwarder:
         _pid, status, ru = os.wait4(popen.pid, 0)
-    except KeyboardInterrupt:
-        interrupted = True
-        # The terminal sent SIGINT to the whole foreground group; give the target a
-        # moment to exit cleanly, then escalate.
-        deadline = time.monotonic() + INTERRUPT_GRACE_S
-        while True:
-            pid, status, ru = os.wait4(popen.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                _kill_tree(target, signal.SIGKILL)
-                _pid, status, ru = os.wait4(popen.pid, 0)
-                break
-            time.sleep(0.05)
+    interrupted = forwarder.interrupted
     wall = time.monotonic() - t0
     if timer is not None:
         timer.cancel()

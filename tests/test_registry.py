@@ -1,0 +1,134 @@
+"""The plugin system: hookspecs documented, built-ins registered like third-party
+plugins, a real third-party collector found through its entry point."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from perfpilot import hookimpl, hookspecs
+from perfpilot.config import Settings
+from perfpilot.errors import PluginError
+from perfpilot.profilers.session import RunOptions, profile_command
+from perfpilot.registry import DEFAULT_PLUGINS, build_plugin_manager
+
+
+def test_every_hookspec_is_documented_with_params():
+    specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("perfpilot_")]
+    assert len(specs) >= 4
+    for spec in specs:
+        doc = inspect.getdoc(spec) or ""
+        assert ":param" in doc, f"{spec.__name__} lacks :param docs"
+        assert "Called" in doc or "called" in doc or "All implementations" in doc, f"{spec.__name__} lacks call semantics"
+
+
+def test_default_plugins_register_like_third_party():
+    plugin_set = build_plugin_manager(load="")
+    names = plugin_set.plugin_names()
+    for module_name in DEFAULT_PLUGINS:
+        short = module_name.rsplit(".", 1)[-1]
+        assert short in names or short in plugin_set.load_errors
+    # Built-ins are plain modules registered under their short name.
+    assert plugin_set.pm.get_plugin("cpu") is not None
+
+
+def test_disable_env_removes_a_builtin(monkeypatch):
+    monkeypatch.setenv("PERFPILOT_DISABLE_PLUGINS", "gpu,power")
+    names = build_plugin_manager().plugin_names()
+    assert "gpu" not in names and "power" not in names and "cpu" in names
+
+
+def test_unknown_collector_name_is_a_clear_error():
+    with pytest.raises(PluginError, match="unknown collector.*nosuch"):
+        build_plugin_manager().collectors(only=["cpu", "nosuch"])
+
+
+class _Boom:
+    name = "boom"
+
+    def __init__(self, settings: Settings) -> None:
+        pass
+
+    def available(self):
+        return True, ""
+
+    def start(self, target):
+        pass
+
+    def sample(self, now):
+        raise RuntimeError("sensor fell off")
+
+    def stop(self):
+        return {}
+
+
+class _BoomPlugin:
+    @hookimpl
+    def perfpilot_register_collectors(self, register):
+        register(_Boom)
+
+
+def test_a_raising_collector_is_isolated_and_disabled():
+    plugin_set = build_plugin_manager(extra_plugins=[(_BoomPlugin(), "boom")])
+    profile = profile_command(["python3", "-c", "import time; time.sleep(0.5)"],
+                              Settings(stacks=False, interval=0.05), RunOptions(plugin_set=plugin_set))
+    boom = profile.collectors["boom"]
+    assert boom["disabled"] is True
+    assert any("sensor fell off" in e for e in boom["errors"])
+    assert profile.target["exit_code"] == 0
+    assert "cpu_user_s" in profile.summary  # everything else kept working
+
+
+def _write_third_party_plugin(root: Path) -> None:
+    (root / "ppthird.py").write_text(textwrap.dedent('''
+        from perfpilot import hookimpl
+
+        class Ticks:
+            name = "ticks"
+            def __init__(self, settings):
+                self.n = 0
+            def available(self):
+                return True, ""
+            def start(self, target):
+                self.pid = target.pid
+            def sample(self, now):
+                self.n += 1
+                return {"ticks.count": float(self.n)}
+            def stop(self):
+                return {"ticks_total": self.n}
+
+        @hookimpl
+        def perfpilot_register_collectors(register):
+            register(Ticks)
+    '''))
+    dist = root / "ppthird-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ppthird\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[perfpilot]\nppthird = ppthird\n")
+
+
+def test_third_party_collector_through_entry_point(tmp_path, perfpilot_cli):
+    site = tmp_path / "site"
+    site.mkdir()
+    _write_third_party_plugin(site)
+    out = tmp_path / "run.json"
+    env = {"PYTHONPATH": str(site)}
+    listing = perfpilot_cli("plugins", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = json.loads(listing.stdout)
+    assert {"kind": "collector", "name": "ticks", "plugin": "ppthird", "available": True, "reason": ""} in rows
+
+    result = perfpilot_cli("profile", "-q", "--no-stacks", "--interval", "50ms", "-o", str(out), "--",
+                           "python3", "-c", "import time; time.sleep(0.4)", env=env)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["summary"]["ticks_total"] >= 3
+    assert max(v for v in data["series"]["values"]["ticks.count"] if v is not None) >= 3
+
+    # PERFPILOT_LOAD_PLUGINS restricts which entry points load.
+    listing = perfpilot_cli("plugins", "--json", env={**env, "PERFPILOT_LOAD_PLUGINS": ""})
+    assert "ticks" not in {row["name"] for row in json.loads(listing.stdout)}
