@@ -1,0 +1,313 @@
+"""Verdicts: is B better than A, by how much, and how sure are we?
+
+One verdict compares the per-run figures of A and B for one metric (lower is better):
+
+* **Effect**: ``ratio = median(B) / median(A)``. Medians, because run times have long
+  right tails (a run that met a busy neighbour) that would drag a mean.
+* **Confidence interval** on that ratio: a percentile bootstrap
+  (:func:`scipy.stats.bootstrap`, A and B resampled independently).
+* **Rank test**: Mann-Whitney U, two-sided (:func:`scipy.stats.mannwhitneyu`); it
+  assumes nothing about the distribution's shape.
+* **Threshold** ``t``: the smallest change worth a word. Default
+  ``clip(noise / 4, 2%, 10%)`` where noise is the larger robust coefficient of variation
+  (1.4826 x MAD / median) of A and B: on a noisy machine, drift and order effects that
+  no test models grow with the noise, so the bar rises with it (but never so high that a
+  real 30% change could not pass).
+
+The words (``faster``/``slower`` for time metrics, ``smaller``/``larger`` otherwise):
+
+* better -- ``p < alpha`` **and** the whole CI lies below ``1 - t``;
+* worse  -- ``p < alpha`` **and** the whole CI lies above ``1 + t``;
+* ``no change`` -- the whole CI lies within ``[1 - t, 1 + t]``, or the difference is
+  significant but its point estimate is within ``t`` (real, but too small to matter);
+* ``inconclusive`` -- anything else (more runs would tell).
+
+Requiring the CI to clear the threshold (not just 1) is what stops a 1% change on noisy
+data from being called a 2% win, however many runs are taken.
+
+**Adaptive stopping without inflating false positives** (:class:`StoppingPlan`): runs
+are looked at only at planned sizes, growing about 1.4x from ``min_runs`` to
+``max_runs`` (5, 7, 10 for the defaults). Each of the ``K`` looks tests at
+``alpha / K`` (Bonferroni over the planned looks) and its CI is the ``1 - alpha / K``
+interval. By the union bound the chance that *any* look wrongly declares a difference
+is at most ``alpha``, however the stopping went. A look stops the runs when the verdict
+is clear (better, worse, or a CI inside the threshold); otherwise runs continue to
+``max_runs`` and the last look's verdict stands. Stopping for "no change" never adds
+false wins, so it needs no correction.
+
+An energy figure that is only an estimate gives a verdict labelled ``source:
+estimate``, and never sets ``improved``/``regressed``: an estimate does not decide.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+from perfpilot.errors import PerfpilotError
+from perfpilot.profilers.metrics import metric_kind
+
+THRESHOLD_FLOOR = 0.02
+THRESHOLD_CAP = 0.10
+NOISE_TO_THRESHOLD = 0.25
+BOOTSTRAP_RESAMPLES = 2000
+LOOK_GROWTH = 1.4
+
+WORDS = {"time": ("faster", "slower"), "size": ("smaller", "larger"), "other": ("smaller", "larger")}
+VERDICTS = ("faster", "slower", "smaller", "larger", "no change", "inconclusive")
+
+
+class SampleError(PerfpilotError):
+    """Samples a verdict cannot be computed from (empty, not finite)."""
+
+
+@dataclass
+class Verdict:
+    metric: str
+    median_a: float
+    median_b: float
+    ratio: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    p_value: float
+    runs_a: int
+    runs_b: int
+    noise_a: float
+    noise_b: float
+    threshold: float
+    verdict: str
+    improved: bool
+    regressed: bool
+    source: str = "measured"
+    notes: list[str] = field(default_factory=list)
+    # Added to the contract: the per-run figures, so a renderer needs nothing else.
+    samples_a: list[float] = field(default_factory=list)
+    samples_b: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The verdict word, marked when it rests on an estimate."""
+        return f"{self.verdict} (estimate)" if self.source == "estimate" else self.verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _json_safe(v) for k, v in asdict(self).items()}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _as_array(values: Sequence[float], side: str) -> np.ndarray:
+    array = np.asarray(list(values), dtype=float)
+    if array.ndim != 1 or array.size == 0:
+        raise SampleError(f"no runs for {side}", hint="a verdict needs at least 2 runs per side")
+    if not np.all(np.isfinite(array)):
+        raise SampleError(f"{side} has non-finite values ({array.tolist()})", hint="check the metric's collector")
+    return array
+
+
+def robust_noise(values: Sequence[float] | np.ndarray) -> float:
+    """Robust coefficient of variation: 1.4826 x MAD / |median| (0 when undefined)."""
+    array = np.asarray(values, dtype=float)
+    if array.size < 2:
+        return 0.0
+    median = float(np.median(array))
+    if median == 0:
+        return 0.0
+    return float(sps.median_abs_deviation(array, scale="normal") / abs(median))
+
+
+def default_threshold(noise_a: float, noise_b: float) -> float:
+    return float(min(THRESHOLD_CAP, max(THRESHOLD_FLOOR, NOISE_TO_THRESHOLD * max(noise_a, noise_b))))
+
+
+def _median_ratio(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.median(y, axis=axis) / np.median(x, axis=axis)
+
+
+def ratio_ci(a: np.ndarray, b: np.ndarray, confidence: float, seed: int,
+             n_resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """Percentile-bootstrap CI of median(b)/median(a), A and B resampled independently."""
+    if np.all(a == a[0]) and np.all(b == b[0]):
+        point = float(_median_ratio(a, b))
+        return point, point
+    with warnings.catch_warnings():
+        # Tiny samples give a lumpy bootstrap distribution; that is expected, not news.
+        warnings.simplefilter("ignore")
+        result = sps.bootstrap((a, b), _median_ratio, vectorized=True, paired=False, method="percentile",
+                               n_resamples=n_resamples, confidence_level=confidence,
+                               rng=np.random.default_rng(seed))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if math.isnan(low) or math.isnan(high):
+        dist = np.asarray(result.bootstrap_distribution, dtype=float)
+        tail = (1 - confidence) / 2
+        low, high = (float(q) for q in np.nanquantile(dist, [tail, 1 - tail]))
+    return low, high
+
+
+def rank_test(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Mann-Whitney U p-value (1.0 when every value is the same)."""
+    if np.all(np.concatenate([a, b]) == a[0]):
+        return 1.0
+    return float(sps.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def smallest_p(runs_a: int, runs_b: int) -> float:
+    """The smallest two-sided p the rank test can give with these sample sizes."""
+    return min(1.0, 2.0 / math.comb(runs_a + runs_b, runs_a))
+
+
+def runs_needed(noise: float, effect: float, confidence: float = 0.95, power: float = 0.8) -> int | None:
+    """Rough runs per side for a rank test to see ``effect`` through ``noise``."""
+    if effect <= 0 or noise <= 0:
+        return None
+    z = sps.norm.ppf(1 - (1 - confidence) / 2) + sps.norm.ppf(power)
+    # pi/3: the rank test's efficiency relative to a t-test on normal data.
+    return int(math.ceil(2 * (z * noise / effect) ** 2 * math.pi / 3))
+
+
+def verdict(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    metric: str = "wall",
+    threshold: float | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+    source: str = "measured",
+) -> Verdict:
+    """Compare runs of A and B for one metric (lower is better). See the module docstring."""
+    if not 0.5 <= confidence < 1:
+        raise SampleError(f"confidence must be in [0.5, 1), got {confidence}", hint="e.g. 0.95")
+    if threshold is not None and not 0 <= threshold < 1:
+        raise SampleError(f"threshold must be a fraction in [0, 1), got {threshold}", hint="e.g. 0.02 for 2%")
+    xa, xb = _as_array(a, "A"), _as_array(b, "B")
+    alpha = 1 - confidence
+    median_a, median_b = float(np.median(xa)), float(np.median(xb))
+    noise_a, noise_b = robust_noise(xa), robust_noise(xb)
+    t = default_threshold(noise_a, noise_b) if threshold is None else float(threshold)
+    notes: list[str] = []
+
+    if median_a == 0 and median_b == 0:
+        ratio = 1.0
+    elif median_a == 0:
+        ratio = math.inf
+    else:
+        ratio = median_b / median_a
+    if xa.size >= 2 and xb.size >= 2:
+        ci_low, ci_high = ratio_ci(xa, xb, confidence, seed)
+        p = rank_test(xa, xb)
+    else:
+        ci_low, ci_high, p = -math.inf, math.inf, 1.0
+        notes.append("a verdict needs at least 2 runs per side")
+    if median_a == 0 and median_b != 0:
+        # Every ratio is infinite; fall back to the rank test alone for the direction.
+        ci_low, ci_high = (math.inf, math.inf) if median_b > 0 else (-math.inf, -math.inf)
+        notes.append("A's median is 0, so the ratio is undefined; the rank test decides alone")
+    if np.any(xa < 0) or np.any(xb < 0):
+        notes.append("negative values: a ratio of medians may mislead for this metric")
+
+    better_word, worse_word = WORDS[metric_kind(metric)]
+    significant = p < alpha
+    improved = significant and ci_high < 1 - t
+    regressed = significant and ci_low > 1 + t
+    if improved:
+        word = better_word
+    elif regressed:
+        word = worse_word
+    elif 1 - t <= ci_low and ci_high <= 1 + t:
+        word = "no change"
+    elif significant and (ci_high < 1 or ci_low > 1) and abs(ratio - 1) <= t:
+        word = "no change"
+        notes.append(f"a real difference of {abs(ratio - 1):.1%}, below the {t:.1%} threshold")
+    else:
+        word = "inconclusive"
+        if significant and (ci_high < 1 or ci_low > 1):
+            side = better_word if ci_high < 1 else worse_word
+            notes.append(f"B is {side} with {confidence:.1%} confidence, but not clearly by more than the "
+                         f"{t:.1%} threshold; more runs would tell")
+
+    effect = abs(ratio - 1) if math.isfinite(ratio) else math.inf
+    if word not in {"no change"} and noise_a > effect:
+        needed = runs_needed(noise_a, max(effect, t), confidence)
+        notes.append(
+            f"A's own runs spread ±{noise_a:.1%} (robust CV), more than the {effect:.1%} effect being claimed: "
+            + (f"about {needed} runs per side, " if needed else "more runs, ")
+            + "pinning to one CPU (--cpus 0) and closing other load would help"
+        )
+    floor_p = smallest_p(xa.size, xb.size)
+    if floor_p >= alpha:
+        notes.append(f"with {xa.size} and {xb.size} runs the rank test cannot reach p < {alpha:.3g} "
+                     f"(smallest possible p is {floor_p:.3g}); use more runs")
+
+    if source == "estimate":
+        if improved or regressed:
+            notes.append("energy here is an estimate (a model, not a meter): shown for information, it decides nothing")
+        improved = regressed = False
+
+    return Verdict(
+        metric=metric, median_a=median_a, median_b=median_b, ratio=ratio, ci_low=ci_low, ci_high=ci_high,
+        confidence=confidence, p_value=p, runs_a=int(xa.size), runs_b=int(xb.size), noise_a=noise_a,
+        noise_b=noise_b, threshold=t, verdict=word, improved=improved, regressed=regressed, source=source,
+        notes=notes, samples_a=[float(v) for v in xa], samples_b=[float(v) for v in xb],
+    )
+
+
+def planned_looks(min_runs: int, max_runs: int, growth: float = LOOK_GROWTH) -> tuple[int, ...]:
+    """Run counts (per side) at which the data are looked at: ~1.4x apart, ending at max."""
+    if max_runs < 1:
+        raise SampleError(f"max runs must be at least 1, got {max_runs}")
+    first = max(1, min(min_runs, max_runs))
+    looks = [first]
+    while looks[-1] < max_runs:
+        looks.append(min(max_runs, max(looks[-1] + 1, math.ceil(looks[-1] * growth))))
+    return tuple(looks)
+
+
+@dataclass
+class StoppingPlan:
+    """Planned looks with Bonferroni-split alpha (see the module docstring)."""
+
+    min_runs: int = 5
+    max_runs: int = 10
+    confidence: float = 0.95
+    looks: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.looks:
+            self.looks = planned_looks(self.min_runs, self.max_runs)
+
+    @property
+    def look_confidence(self) -> float:
+        return 1 - (1 - self.confidence) / len(self.looks)
+
+    def is_look(self, runs: int) -> bool:
+        return runs in self.looks
+
+    @staticmethod
+    def is_clear(v: Verdict) -> bool:
+        """Whether a look settles it: better, worse, or a CI inside the threshold."""
+        inside = 1 - v.threshold <= v.ci_low and v.ci_high <= 1 + v.threshold
+        return v.verdict in {"faster", "slower", "smaller", "larger"} or inside
+
+    def decide(self, a: Sequence[float], b: Sequence[float], **kwargs: Any) -> tuple[Verdict, bool]:
+        """(verdict at the per-look confidence, stop now?) for the runs so far."""
+        v = verdict(a, b, confidence=self.look_confidence, **kwargs)
+        runs = min(len(a), len(b))
+        return v, self.is_clear(v) or runs >= self.max_runs
+
+    def describe(self) -> str:
+        alpha = 1 - self.confidence
+        return (f"looks at {', '.join(map(str, self.looks))} runs per side, each at alpha {alpha:.3g}/{len(self.looks)}"
+                f" = {alpha / len(self.looks):.3g} (Bonferroni), so false wins stay <= {alpha:.3g}")
