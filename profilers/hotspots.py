@@ -21,7 +21,6 @@ from __future__ import annotations
 import linecache
 import os
 import re
-import sys
 import sysconfig
 from collections import Counter
 from dataclasses import dataclass
@@ -80,6 +79,29 @@ def split_stack(stack: str) -> tuple[int | None, list[Frame]]:
     return pid, frames
 
 
+def _join_process_frames(stack: str) -> str:
+    """py-spy writes a process's command line unescaped, so ``python -c "a; b"`` puts a
+    ``;`` inside a frame. Rejoin such pieces and replace that ``;`` with ``,`` so that
+    every consumer (us, flamegraph.pl, speedscope) can split on ``;``."""
+    if '"' not in stack:
+        return stack
+    parts = stack.split(";")
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if part.startswith("process ") and ':"' in part and not part.endswith('"'):
+            j = i + 1
+            while j < len(parts) and not parts[j].endswith('"'):
+                j += 1
+            if j < len(parts):
+                part = ",".join(parts[i:j + 1])
+                i = j
+        out.append(part)
+        i += 1
+    return ";".join(out)
+
+
 def parse_collapsed(text: str) -> Counter[str]:
     """flamegraph.pl / py-spy raw text -> ``{stack: samples}``. Bad lines are skipped."""
     counts: Counter[str] = Counter()
@@ -90,7 +112,7 @@ def parse_collapsed(text: str) -> Counter[str]:
         stack, sep, count = line.rpartition(" ")
         if not sep or not count.isdigit() or not stack:
             continue
-        counts[stack] += int(count)
+        counts[_join_process_frames(stack)] += int(count)
     return counts
 
 
@@ -238,12 +260,3 @@ def merge(counters: Iterable[Mapping[str, int]]) -> Counter[str]:
         total.update(counts)
     return total
 
-
-def is_python_file(path: str) -> bool:
-    return path.endswith((".py", ".pyw")) or path.startswith("<frozen")
-
-
-if __name__ == "__main__":  # pragma: no cover - handy for a quick look at a raw file
-    import json
-
-    print(json.dumps(hotspots_from_pyspy(open(sys.argv[1], encoding="utf-8").read()), indent=1))

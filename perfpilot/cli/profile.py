@@ -54,25 +54,52 @@ class LiveLine:
         self.live.update(Text.from_markup("  ".join(parts)))
 
 
-def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope: Path | None,
-                  collapsed: Path | None, console: Console) -> None:
-    profile.save(output)
-    written = [str(output)]
+def write_renderings(profile: Profile, *, html: Path | None = None, speedscope: Path | None = None,
+                     collapsed: Path | None = None) -> list[str]:
+    """Write the requested renderings; a missing stacks export raises NoStacksError."""
+    written: list[str] = []
     if html is not None:
         from perfpilot.profilers.renderers import html as html_renderer
 
-        html_renderer.write(profile, html)
+        _write_file(html_renderer.write, profile, html)
         written.append(str(html))
     if speedscope is not None:
         from perfpilot.profilers.renderers import speedscope as speedscope_renderer
 
-        speedscope_renderer.write(profile, speedscope)
+        _write_file(speedscope_renderer.write, profile, speedscope)
         written.append(str(speedscope))
     if collapsed is not None:
         from perfpilot.profilers.renderers import collapsed as collapsed_renderer
 
-        collapsed_renderer.write(profile, collapsed)
+        _write_file(collapsed_renderer.write, profile, collapsed)
         written.append(str(collapsed))
+    return written
+
+
+def _write_file(writer: Any, profile: Profile, path: Path) -> None:
+    try:
+        writer(profile, path)
+    except OSError as exc:
+        raise PerfpilotError(f"cannot write {path}: {exc.strerror or exc}", hint="check the directory exists") from None
+
+
+def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope: Path | None,
+                  collapsed: Path | None, console: Console) -> None:
+    from perfpilot.profilers.renderers.collapsed import NoStacksError
+
+    _write_file(lambda p, path: p.save(path), profile, output)
+    written = [str(output)]
+    # The target already ran: an export that cannot be made is a warning, and the
+    # target's exit code still wins.
+    for kind, path in (("html", html), ("speedscope", speedscope), ("collapsed", collapsed)):
+        if path is None:
+            continue
+        try:
+            written += write_renderings(profile, **{kind: path})
+        except NoStacksError as exc:
+            console.print(f"[yellow]perfpilot: {path} not written: {exc}[/]")
+        except PerfpilotError as exc:
+            console.print(f"[red]perfpilot: error: {exc}[/]")
     console.print(f"[dim]wrote {', '.join(written)}[/]")
 
 
@@ -87,7 +114,8 @@ def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope:
 @click.option("--rate", type=int, default=None, help="Stack sampling rate in Hz (default 100).")
 @click.option("--subprocesses/--no-subprocesses", default=None, help="Sample stacks of child processes too (default on).")
 @click.option("--native", is_flag=True, default=None, help="Include native (C/C++) frames in stacks.")
-@click.option("--imports", is_flag=True, default=False, help="Python targets: report the slowest imports (-X importtime).")
+@click.option("--imports", is_flag=True, default=False,
+              help="Python targets: report the slowest imports (runs with -X importtime).")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Also write a self-contained HTML report.")
 @click.option("--speedscope", type=click.Path(path_type=Path), default=None, help="Also write a speedscope JSON file.")
 @click.option("--collapsed", type=click.Path(path_type=Path), default=None, help="Also write collapsed stacks (flamegraph.pl).")
@@ -122,18 +150,21 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     live = LiveLine(console) if (console.is_terminal and not quiet) else None
     options = RunOptions(on_tick=live.update if live else None)
     argv = list(command)
+    if imports and pid is not None:
+        raise click.UsageError("--imports needs a command to launch (import times are printed at start-up)")
+    seconds = parse_duration(duration, name="--duration") if duration is not None else None
     if imports:
         from perfpilot.profilers import imports as import_times
 
         argv, options = import_times.prepare(argv, options)
 
     interrupted = False
+    result: Profile | None = None
     try:
         if live:
             live.__enter__()
         try:
             if pid is not None:
-                seconds = parse_duration(duration, name="--duration") if duration is not None else None
                 result = profile_pid(pid, seconds, settings, options)
             else:
                 result = profile_command(argv, settings, options)
@@ -143,11 +174,15 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     except ProfileInterrupted as exc:
         result = exc.profile
         interrupted = True
-    if imports:
-        import_times.finish(result, options)
+    finally:
+        if imports:
+            import_times.finish(result, options)
+    assert result is not None
     write_outputs(result, output, html, speedscope, collapsed, console)
     if not quiet:
         terminal.render(result, console)
+    elif result.annotations.get("stacks_note"):
+        console.print(f"[yellow]stacks: {result.annotations['stacks_note']}[/]")
     if interrupted:
         console.print("[yellow]interrupted: target stopped, profile written[/]")
         sys.exit(130)

@@ -85,12 +85,89 @@ def collectors_table(profile: Profile) -> Table:
         else:
             status, note = Text("unavailable", style="dim"), info.get("reason", "")
         table.add_row(name, status, note)
+    stacks = profile.annotations.get("stacks")
+    note = profile.annotations.get("stacks_note")
+    if stacks or note:
+        if (stacks or {}).get("status") == "ok":
+            detail = f"py-spy {stacks.get('rate_hz')} Hz, {profile.stacks.get('samples', 0)} samples"
+            if "coverage_pct" in stacks:
+                detail += f", {stacks['coverage_pct']}% of the run"
+            table.add_row("stacks", Text("ok", style="green"), detail + (f"; {note}" if note else ""))
+        else:
+            table.add_row("stacks", Text("unavailable", style="yellow"), note or "")
     return table
 
 
-def render(profile: Profile, console: Console | None = None, *, show_collectors: bool = True) -> None:
+def _energy_text(spot: dict[str, Any], key: str) -> Text:
+    if key not in spot:
+        return Text("-", style="dim")
+    text = f"{spot[key]:.3g} J"
+    if spot.get("energy_estimated"):
+        return Text(f"~{text} est.", style="yellow")
+    return Text(text)
+
+
+def _where(spot: dict[str, Any], limit: int = 26) -> str:
+    """``file:line``, shortened from the left: the end of a path says the most."""
+    where = f"{spot.get('short_file') or spot.get('file')}:{spot.get('line')}"
+    return where if len(where) <= limit else "…" + where[-(limit - 1):]
+
+
+def hotspots_table(profile: Profile, top: int = 10) -> Table:
+    """Top hot spots: function, hottest line with its code, self/total %, energy."""
+    has_energy = any("energy_j" in h for h in profile.hotspots)
+    stacks = profile.stacks or {}
+    table = Table(title=f"hot spots ({stacks.get('samples', 0)} samples at {stacks.get('rate_hz', '?')} Hz)",
+                  title_justify="left", box=None, padding=(0, 1))
+    table.add_column("self %", justify="right", style="bold", no_wrap=True, min_width=6)
+    table.add_column("total %", justify="right", no_wrap=True, min_width=7)
+    table.add_column("function", style="cyan", no_wrap=True, min_width=10, max_width=28, overflow="ellipsis")
+    table.add_column("line", no_wrap=True, min_width=26)
+    table.add_column("code", style="dim", overflow="ellipsis", no_wrap=True, max_width=60)
+    if has_energy:
+        table.add_column("energy", justify="right", no_wrap=True, min_width=8)
+    for spot in profile.hotspots[:top]:
+        row: list[Any] = [f"{spot.get('self_pct', 0):.1f}", f"{spot.get('total_pct', 0):.1f}", str(spot.get("function")),
+                          _where(spot), spot.get("code", "")]
+        if has_energy:
+            row.append(_energy_text(spot, "energy_j"))
+        table.add_row(*row)
+    info = profile.annotations.get("energy_attribution") or {}
+    if has_energy and info.get("estimate"):
+        table.caption = "energy: estimate, not a measurement (see the HTML report for how it is attributed)"
+        table.caption_justify = "left"
+    return table
+
+
+def imports_table(profile: Profile, top: int = 10) -> Table | None:
+    info = profile.annotations.get("imports")
+    if not info or not info.get("slowest"):
+        return None
+    table = Table(title=f"slowest imports ({info.get('count', 0)} modules, {human_seconds(info.get('total_us', 0) / 1e6)})",
+                  title_justify="left", box=None, padding=(0, 1))
+    table.add_column("cumulative", justify="right", style="bold")
+    table.add_column("self", justify="right")
+    table.add_column("module", style="cyan")
+    table.add_column("imported by", style="dim")
+    for entry in info["slowest"][:top]:
+        table.add_row(human_seconds(entry["cumulative_us"] / 1e6), human_seconds(entry["self_us"] / 1e6),
+                      entry["module"], entry.get("parent") or "")
+    return table
+
+
+def render(profile: Profile, console: Console | None = None, *, show_collectors: bool = True, top: int = 10) -> None:
     console = console or Console(stderr=True)
     parts: list[Any] = [summary_table(profile)]
-    if show_collectors and profile.collectors:
+    if profile.hotspots:
+        parts.append(Text(""))
+        parts.append(hotspots_table(profile, top))
+    imports = imports_table(profile, top)
+    if imports is not None:
+        parts.append(Text(""))
+        parts.append(imports)
+    elif (profile.annotations.get("imports") or {}).get("note"):
+        parts.append(Text(f"imports: {profile.annotations['imports']['note']}", style="yellow"))
+    if show_collectors and (profile.collectors or profile.annotations.get("stacks_note")):
+        parts.append(Text(""))
         parts.append(collectors_table(profile))
     console.print(Group(*parts))
