@@ -1,10 +1,140 @@
-"""pytest plugin (entry point ``pytest11``): inert unless ``--perfpilot`` is given."""
+"""perfpilot's pytest plugin (entry point ``pytest11``): performance checks in a test suite.
+
+Inert unless enabled: without ``--perfpilot`` (or an option that implies it) this module
+adds its command-line options, the ``perf_budget`` marker's description and the
+``perfpilot_measure`` fixture, and nothing else runs: no per-test hook is registered and
+no other perfpilot module is imported. Enabled, it registers
+:class:`perfpilot.pytest_session.PerfpilotSession`, which holds every hook.
+
+    pytest --perfpilot                                   # per-test telemetry and a summary
+    pytest --perfpilot --perfpilot-save                  # store a baseline for this machine
+    pytest --perfpilot --perfpilot-compare               # judge against it; fail on regressions
+    pytest --perfpilot --perfpilot-compare-fail="wall:10%,peak_rss:20%"
+    pytest --perfpilot --perfpilot-json out.json --perfpilot-html report.html
+
+Defaults can also live in ``[tool.perfpilot.pytest]`` (keys ``rounds``, ``max_time``,
+``keep``, ``compare_fail``, ``dir``, ``slowest``); command-line options win.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
+
+MARKER_HELP = ("perf_budget(wall=..., cpu=..., peak_rss=..., io=..., energy=..., gpu_memory=...): "
+               "performance limits checked with --perfpilot, e.g. perf_budget(wall='200 ms', peak_rss='50 MB')")
+CONFIG_KEYS = {"rounds", "max_time", "keep", "compare_fail", "dir", "slowest"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("perfpilot", "perfpilot performance checks")
-    group.addoption("--perfpilot", action="store_true", default=False, help="measure every test (wall, cpu, memory, io, energy)")
+    group.addoption("--perfpilot", action="store_true", default=False,
+                    help="measure every test (wall, cpu incl. subprocesses, peak memory, io, energy, gpu memory)")
+    group.addoption("--perfpilot-save", action="store_true", default=False,
+                    help="save this run as the baseline for this machine under .perfpilot/ (implies --perfpilot)")
+    group.addoption("--perfpilot-compare", action="store_true", default=False,
+                    help="judge each test against this machine's latest baseline; significant regressions fail")
+    group.addoption("--perfpilot-compare-fail", metavar="SPEC", default=None,
+                    help="metrics and thresholds that fail when significantly worse, e.g. 'wall:10%%,peak_rss:20%%' "
+                         "(default wall:10%%; implies --perfpilot-compare)")
+    group.addoption("--perfpilot-baseline", metavar="PATH", default=None,
+                    help="compare with this baseline file instead of the machine's latest")
+    group.addoption("--perfpilot-dir", metavar="DIR", default=None,
+                    help="where baselines live (default: <rootdir>/.perfpilot)")
+    group.addoption("--perfpilot-keep", metavar="N", type=int, default=None,
+                    help="baselines kept per machine when saving (default 10; older ones are deleted)")
+    group.addoption("--perfpilot-rounds", metavar="N", type=int, default=None,
+                    help="calls per passing test function (default 1; 5 when saving or comparing)")
+    group.addoption("--perfpilot-max-time", metavar="SECONDS", type=float, default=None,
+                    help="time allowed per test for extra rounds (default 2)")
+    group.addoption("--perfpilot-json", metavar="PATH", default=None, help="write the measurements as JSON")
+    group.addoption("--perfpilot-html", metavar="PATH", default=None, help="write an HTML report with plots")
+    group.addoption("--perfpilot-slowest", metavar="N", type=int, default=None,
+                    help="slowest tests listed in the terminal summary (default 10; 0 for none)")
+
+
+def _enabled(config: pytest.Config) -> bool:
+    get = config.getoption
+    return bool(get("perfpilot") or get("perfpilot_save") or get("perfpilot_compare")
+                or get("perfpilot_compare_fail") or get("perfpilot_baseline") or get("perfpilot_json")
+                or get("perfpilot_html"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    if not _enabled(config):
+        return
+    from perfpilot.errors import PerfpilotError
+
+    try:
+        options = _options(config)
+    except PerfpilotError as exc:
+        raise pytest.UsageError(f"perfpilot: {exc}") from None
+    from perfpilot.pytest_session import PLUGIN_NAME, PerfpilotSession, XdistMerge
+
+    session = PerfpilotSession(config, options)
+    config.pluginmanager.register(session, PLUGIN_NAME)
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(XdistMerge(session), f"{PLUGIN_NAME}-xdist")
+
+
+def _options(config: pytest.Config) -> Any:
+    from perfpilot.config import load_settings, parse_duration
+    from perfpilot.pytest_baseline import DEFAULT_KEEP
+    from perfpilot.pytest_budgets import BudgetError, parse_thresholds
+    from perfpilot.pytest_compare import DEFAULT_THRESHOLDS
+    from perfpilot.pytest_session import Options
+
+    settings = load_settings(cwd=config.rootpath)
+    table = dict(settings.pytest)
+    unknown = set(table) - CONFIG_KEYS
+    if unknown:
+        raise BudgetError(f"[tool.perfpilot.pytest]: unknown keys {sorted(unknown)}",
+                          hint=f"known keys: {', '.join(sorted(CONFIG_KEYS))}")
+
+    def pick(option: str, key: str, default: Any) -> Any:
+        value = config.getoption(option)
+        if value is not None:
+            return value
+        return table.get(key, default)
+
+    spec = pick("perfpilot_compare_fail", "compare_fail", None)
+    baseline = config.getoption("perfpilot_baseline")
+    compare = bool(config.getoption("perfpilot_compare") or config.getoption("perfpilot_compare_fail") or baseline)
+    save = bool(config.getoption("perfpilot_save"))
+    rounds = int(pick("perfpilot_rounds", "rounds", 5 if (save or compare) else 1))
+    if rounds < 1:
+        raise BudgetError(f"--perfpilot-rounds must be at least 1, got {rounds}")
+    keep = int(pick("perfpilot_keep", "keep", DEFAULT_KEEP))
+    if keep < 1:
+        raise BudgetError(f"--perfpilot-keep must be at least 1, got {keep}")
+    folder = pick("perfpilot_dir", "dir", None)
+    return Options(
+        save=save,
+        compare=compare,
+        thresholds=parse_thresholds(spec) if spec else dict(DEFAULT_THRESHOLDS),
+        baseline_path=Path(baseline).resolve() if baseline else None,
+        folder=Path(folder).resolve() if folder else config.rootpath / ".perfpilot",
+        keep=keep,
+        rounds=rounds,
+        max_time=parse_duration(pick("perfpilot_max_time", "max_time", 2.0), name="--perfpilot-max-time"),
+        json_path=Path(config.getoption("perfpilot_json")).resolve() if config.getoption("perfpilot_json") else None,
+        html_path=Path(config.getoption("perfpilot_html")).resolve() if config.getoption("perfpilot_html") else None,
+        slowest=int(pick("perfpilot_slowest", "slowest", 10)),
+        cpu_tdp_w=settings.cpu_tdp_w,
+    )
+
+
+@pytest.fixture
+def perfpilot_measure(request: pytest.FixtureRequest) -> Any:
+    """Measure a callable over calibrated rounds: ``dist = perfpilot_measure(fn, *args)``.
+
+    Returns a :class:`perfpilot.profilers.block.Distribution` (``wall``/``cpu`` per call for
+    each round, ``median``, ``result``). ``perfpilot_measure.measure(fn, args=..., name=...,
+    rounds=...)`` sets the rounds; ``with perfpilot_measure.block() as b:`` measures a block once.
+    """
+    from perfpilot.pytest_measure import PerfpilotMeasure
+
+    return PerfpilotMeasure(request.node.nodeid, request.config.pluginmanager.get_plugin("perfpilot-session"))

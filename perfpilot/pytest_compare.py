@@ -1,0 +1,138 @@
+"""Judging a test's rounds against its baseline with the statistics engine.
+
+Every (test, metric) pair gets a :class:`perfpilot.profilers.stats.Verdict` (bootstrap CI
+of the ratio of medians, Mann-Whitney p, noise). A finding is then one of:
+
+``regression``  the engine says *regressed* (p below alpha and the whole CI above
+                ``1 + threshold``) and the medians differ by more than the metric's noise
+                floor -- this fails the test;
+``noise``       worse beyond the threshold by the point estimate, but not significant, or
+                below the noise floor, or resting on an energy estimate -- reported, never
+                fails;
+``improved``    the engine says *improved*;
+``unchanged``   anything else.
+
+The noise floor (:data:`NOISE_FLOOR`) exists because a baseline and a later run are
+separate sessions, not interleaved rounds: for a test of a few hundred microseconds, a
+shift in machine load between the two sessions is larger than any CI computed within
+either. Differences below the floor are never called regressions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from perfpilot.pytest_budgets import format_quantity
+
+DEFAULT_THRESHOLDS = {"wall": 0.10}
+NOISE_FLOOR = {"wall": 2e-4, "cpu": 2e-4, "peak_rss": 2.0**20, "io": 2.0**20, "io_read": 2.0**20,
+               "io_write": 2.0**20, "gpu_memory": 2.0**20, "energy": 0.0}
+# perfpilot_measure rounds are calibrated tight loops (>= 1 ms each): far less drift per
+# round than a whole test, so their floor is per round, divided among the calls in it.
+MEASURE_FLOOR_PER_ROUND = 2e-5
+MIN_ROUNDS = 3  # fewer on either side cannot reach significance with a rank test
+
+
+@dataclass
+class Finding:
+    nodeid: str
+    metric: str
+    kind: str  # regression | noise | improved | unchanged | insufficient
+    verdict: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    subject: str = ""  # "" for the whole test, else the perfpilot_measure name
+
+    @property
+    def where(self) -> str:
+        return f"{self.nodeid} [{self.subject}]" if self.subject else self.nodeid
+
+    def describe(self) -> str:
+        v = self.verdict
+        if not v:
+            return f"{self.metric}: {self.reason}"
+        ci = ""
+        if v.get("ci_low") is not None and v.get("ci_high") is not None:
+            ci = f" (CI {v['ci_low']:.2f}-{v['ci_high']:.2f}, p={v['p_value']:.3g}, {v['runs_a']} vs {v['runs_b']} rounds)"
+        ratio = v.get("ratio")
+        ratio_text = f"{ratio:.2f}x" if isinstance(ratio, (int, float)) and math.isfinite(ratio) else "n/a"
+        text = (f"{self.metric} {ratio_text}: {format_quantity(self.metric, v['median_a'])} -> "
+                f"{format_quantity(self.metric, v['median_b'])}{ci}")
+        return text + (f"; {self.reason}" if self.reason else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodeid": self.nodeid, "subject": self.subject, "metric": self.metric, "kind": self.kind,
+                "reason": self.reason, "verdict": self.verdict}
+
+
+def judge(a: Sequence[float], b: Sequence[float], *, metric: str, threshold: float | None, source: str) -> Any:
+    """The one place the plugin calls the statistics engine (imported lazily: numpy/scipy)."""
+    from perfpilot.profilers.stats import verdict
+
+    return verdict(a, b, metric=metric, threshold=threshold, source=source)
+
+
+def classify(nodeid: str, metric: str, a: Sequence[float], b: Sequence[float], *, threshold: float,
+             source: str = "measured", subject: str = "", floor: float | None = None) -> Finding:
+    if len(a) < MIN_ROUNDS or len(b) < MIN_ROUNDS:
+        return Finding(nodeid, metric, "insufficient", subject=subject,
+                       reason=f"{len(a)} baseline and {len(b)} current rounds; need {MIN_ROUNDS} each")
+    v = judge(a, b, metric=metric, threshold=threshold, source=source)
+    data = v.to_dict()
+    data.pop("samples_a", None)  # the rounds are in the report already
+    data.pop("samples_b", None)
+    floor = NOISE_FLOOR.get(metric, 0.0) if floor is None else floor
+    diff = v.median_b - v.median_a
+    worse = math.isfinite(v.ratio) and v.ratio > 1 + v.threshold
+    if v.regressed and diff > floor:
+        return Finding(nodeid, metric, "regression", data, subject=subject)
+    if v.regressed:
+        return Finding(nodeid, metric, "noise", data, subject=subject,
+                       reason=f"significant but {format_quantity(metric, diff)} is below the "
+                              f"{format_quantity(metric, floor)} noise floor")
+    if worse:
+        if source == "estimate":
+            reason = "estimate, decides nothing"
+        elif v.p_value < 1 - v.confidence:
+            reason = f"the CI reaches below the +{v.threshold:.0%} threshold"
+        else:
+            reason = f"not significant (p={v.p_value:.2g})"
+        return Finding(nodeid, metric, "noise", data, reason=reason, subject=subject)
+    if v.improved:
+        return Finding(nodeid, metric, "improved", data, subject=subject)
+    return Finding(nodeid, metric, "unchanged", data, subject=subject)
+
+
+def compare_record(nodeid: str, base: Mapping[str, Any], current: Mapping[str, Any],
+                   thresholds: Mapping[str, float]) -> list[Finding]:
+    """Findings for one test. ``base``/``current`` are baseline entries (see pytest_report.baseline_entry).
+
+    A test that measured callables with ``perfpilot_measure`` is judged on those calibrated
+    distributions (wall and cpu per call) rather than on whole-test rounds.
+    """
+    findings: list[Finding] = []
+    base_measures: Mapping[str, Any] = base.get("measure") or {}
+    current_measures: Mapping[str, Any] = current.get("measure") or {}
+    if current_measures:
+        for name, dist in current_measures.items():
+            if name not in base_measures:
+                continue
+            for metric in ("wall", "cpu"):
+                if metric in thresholds and dist.get(metric) and base_measures[name].get(metric):
+                    iterations = max(1, int(dist.get("iterations") or 1))
+                    findings.append(classify(nodeid, metric, base_measures[name][metric], dist[metric],
+                                             threshold=thresholds[metric], subject=name or "measure",
+                                             floor=MEASURE_FLOOR_PER_ROUND / iterations))
+        return findings
+    base_rounds: Mapping[str, list[float]] = base.get("rounds") or {}
+    rounds: Mapping[str, list[float]] = current.get("rounds") or {}
+    for metric, threshold in thresholds.items():
+        if metric not in rounds or metric not in base_rounds:
+            continue
+        source = "measured"
+        if metric == "energy" and "estimate" in (base.get("energy_source"), current.get("energy_source")):
+            source = "estimate"
+        findings.append(classify(nodeid, metric, base_rounds[metric], rounds[metric], threshold=threshold,
+                                 source=source))
+    return findings

@@ -1,0 +1,357 @@
+"""The pytest hooks that do the work; registered by :mod:`perfpilot.pytest_plugin` only
+when perfpilot is enabled, so a run without ``--perfpilot`` never calls any of them.
+
+Measurement: the *call* phase of each test (not its fixtures' setup/teardown), in the
+pytest process, through :class:`perfpilot.profilers.block.BlockMeter`. With
+``--perfpilot-rounds N`` (5 by default when saving or comparing) a passing plain test
+function is called N times with the same fixture values; extra rounds stop after
+``--perfpilot-max-time`` seconds, and stay within half of a pytest-timeout limit (the
+limit covers the whole test, rounds included). A round that raises ends the rounds and
+is noted; the test's outcome is always that of its first, real call.
+
+pytest-xdist: each worker measures the tests it runs (decided: measure, not disable),
+and sends its records to the controller, which writes the baseline and the reports.
+Timings then include the contention of workers sharing cores; a baseline records its
+worker count and a comparison across different counts is flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generator
+
+import pytest
+
+from perfpilot.profilers.block import BlockMeter
+from perfpilot.pytest_baseline import Baseline, BaselineError, BaselineStore, load, make_meta
+from perfpilot.pytest_budgets import MARKER, Budget, BudgetError, budget_from_marker, merge_budgets
+from perfpilot.pytest_compare import compare_record
+from perfpilot.pytest_report import TestRecord, build_document, check_budget, terminal_lines
+
+PLUGIN_NAME = "perfpilot-session"
+WORKER_KEY = "perfpilot"
+BUDGET_KEY = pytest.StashKey[Budget | None]()
+
+
+@dataclass
+class Options:
+    save: bool
+    compare: bool
+    thresholds: dict[str, float]
+    baseline_path: Path | None
+    folder: Path
+    keep: int
+    rounds: int
+    max_time: float
+    json_path: Path | None
+    html_path: Path | None
+    slowest: int
+    cpu_tdp_w: float | None
+
+
+def budget_for(item: pytest.Item) -> Budget | None:
+    """The test's merged budget (cached on the item); raises BudgetError for a bad marker."""
+    if BUDGET_KEY in item.stash:
+        return item.stash[BUDGET_KEY]
+    budgets = []
+    for mark in item.iter_markers(MARKER):
+        try:
+            budgets.append(budget_from_marker(mark.args, mark.kwargs))
+        except BudgetError as exc:
+            raise BudgetError(f"{item.nodeid}: @pytest.mark.{MARKER}: {exc}") from None
+    budget = merge_budgets(budgets)
+    item.stash[BUDGET_KEY] = budget
+    return budget
+
+
+def _timeout_of(item: pytest.Item) -> float | None:
+    """pytest-timeout's limit for this test, when that plugin is active."""
+    marker = item.get_closest_marker("timeout")
+    values: list[Any] = []
+    if marker is not None:
+        values.append(marker.kwargs.get("timeout", marker.args[0] if marker.args else None))
+    values.append(getattr(item.config.option, "timeout", None))
+    for value in values:
+        try:
+            if value is not None and float(value) > 0:
+                return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _repeatable(item: pytest.Item) -> bool:
+    # unittest and doctest items run setUp/tearDown or whole documents in runtest(); a
+    # plain test function's runtest() is just the call, with fixtures already set up.
+    return type(item) is pytest.Function
+
+
+class PerfpilotSession:
+    def __init__(self, config: pytest.Config, options: Options) -> None:
+        self.config = config
+        self.options = options
+        self.meter = BlockMeter(cpu_tdp_w=options.cpu_tdp_w)
+        self.records: dict[str, TestRecord] = {}
+        self.worker_id = str(config.workerinput["workerid"]) if hasattr(config, "workerinput") else ""
+        self.worker_count = int(config.workerinput.get("workercount", 1)) if self.worker_id else 0
+        self.baseline: Baseline | None = None
+        self.baseline_missing = ""
+        self.notes: list[str] = []
+        self.saved: str | None = None
+        self._host: dict[str, Any] | None = None
+        self._current: TestRecord | None = None
+
+    # ---------------------------------------------------------------- session
+
+    @property
+    def is_controller(self) -> bool:
+        """True in the process that writes reports: a plain run, or xdist's controller."""
+        return not self.worker_id
+
+    def xdist_workers(self) -> int:
+        if self.worker_id:
+            return self.worker_count
+        numprocesses = getattr(self.config.option, "numprocesses", None)
+        dist = getattr(self.config.option, "dist", "no")
+        if numprocesses and dist != "no":
+            return int(numprocesses) if isinstance(numprocesses, int) else (os.cpu_count() or 1)
+        return 0
+
+    def host(self) -> dict[str, Any]:
+        if self._host is None:
+            from perfpilot.profilers.host import host_info
+
+            self._host = host_info()
+        return self._host
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if not self.options.compare:
+            return
+        try:
+            if self.options.baseline_path is not None:
+                self.baseline = load(self.options.baseline_path)
+                if self.baseline.meta.get("machine_id") != self.host()["machine_id"]:
+                    self.baseline.warnings.append("this baseline was recorded on another machine")
+            else:
+                store = BaselineStore(self.options.folder, self.host()["machine_id"])
+                self.baseline = store.latest(self.host()["python"])
+                if self.baseline is None:
+                    self.baseline_missing = (f"no baseline for this machine under {store.folder}; "
+                                             "run with --perfpilot-save first (nothing was compared)")
+        except BaselineError as exc:
+            raise pytest.UsageError(f"perfpilot: {exc}") from None
+        if self.baseline is not None:
+            workers = self.baseline.meta.get("xdist_workers", 0)
+            if workers != self.xdist_workers():
+                self.baseline.warnings.append(
+                    f"baseline ran with {workers or 'no'} xdist workers, this run with {self.xdist_workers() or 'none'}:"
+                    " contention differs, so timings may shift")
+
+    # ------------------------------------------------------------- collection
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_pycollect_makeitem(self, collector: pytest.Collector, name: str, obj: object) -> Any:
+        result = yield
+        items = result if isinstance(result, list) else [result]
+        for item in items:
+            if isinstance(item, pytest.Item):
+                try:
+                    budget_for(item)
+                except BudgetError as exc:
+                    # A CollectError is shown as its message alone, as a collection error.
+                    raise collector.CollectError(str(exc)) from None
+        return result
+
+    # ---------------------------------------------------------------- running
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        try:
+            budget = budget_for(item)
+        except BudgetError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        record = TestRecord(item.nodeid, worker=self.worker_id)
+        if budget is not None:
+            record.budget = dict(budget.spec)
+        self.records[item.nodeid] = record
+        self._current = record
+        meter = self.meter
+        start = meter.start()
+        try:
+            result = yield
+        finally:
+            self._record(record, meter.stop(start))
+        try:
+            self._extra_rounds(item, record)
+            if budget is not None:
+                check_budget(record, dict(budget.limits))
+            self._compare(record)
+        finally:
+            self._current = None
+        return result
+
+    def _record(self, record: TestRecord, sample: Any) -> None:
+        record.add(sample.metrics())
+        record.energy_source = sample.energy_source
+        record.energy_note = "; ".join(e.get("note", "") for e in sample.energy.values())
+        record.peak_rss_exact = record.peak_rss_exact and sample.peak_rss_exact
+
+    def _extra_rounds(self, item: pytest.Item, record: TestRecord) -> None:
+        wanted = self.options.rounds - 1
+        if wanted <= 0 or record.measure or not _repeatable(item):
+            return
+        allowance = self.options.max_time
+        timeout = _timeout_of(item)
+        if timeout is not None:
+            allowance = min(allowance, timeout / 2 - sum(record.rounds.get("wall", [])))
+        spent = 0.0
+        for index in range(wanted):
+            last = record.rounds["wall"][-1]
+            if spent + last > allowance:
+                record.notes.append(f"{len(record.rounds['wall'])} rounds: the next would pass the "
+                                    f"{allowance:.2f} s allowance for extra rounds")
+                break
+            t0 = time.perf_counter()
+            start = self.meter.start()
+            try:
+                item.runtest()
+            except Exception as exc:  # noqa: BLE001 - the real call passed; a repeat that fails only ends the rounds
+                self.meter.stop(start)
+                record.notes.append(f"round {index + 2} raised {type(exc).__name__}: {exc}; rounds stopped "
+                                    "(is the test idempotent?)")
+                break
+            self._record(record, self.meter.stop(start))
+            spent += time.perf_counter() - t0
+
+    def _compare(self, record: TestRecord) -> None:
+        if self.baseline is None:
+            return
+        base = self.baseline.tests.get(record.nodeid)
+        if base is None:
+            return
+        for finding in compare_record(record.nodeid, base, record.baseline_entry(), self.options.thresholds):
+            record.findings.append(finding.to_dict())
+            if finding.kind == "regression":
+                record.failures.append(
+                    f"perfpilot: significant regression vs baseline ({self.baseline.describe()}): "
+                    f"{finding.describe()}" + (f" [{finding.subject}]" if finding.subject else ""))
+
+    def add_measure(self, nodeid: str, data: dict[str, Any]) -> None:
+        """Called by the ``perfpilot_measure`` fixture with a distribution's ``to_dict()``."""
+        record = self._current if self._current is not None and self._current.nodeid == nodeid else None
+        if record is None:
+            return
+        name = data.get("name") or f"measure{len(record.measure) + 1 if record.measure else ''}"
+        record.measure[name] = data
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+        report = yield
+        if call.when != "call":
+            return report
+        record = self.records.get(item.nodeid)
+        if record is not None and record.failures and report.passed and not hasattr(report, "wasxfail"):
+            report.outcome = "failed"
+            report.longrepr = "\n".join(record.failures)
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = self.records.get(report.nodeid)
+        if record is None:
+            return
+        if report.failed or (report.when == "call" and not record.outcome):
+            record.outcome = report.outcome
+        elif report.skipped and not record.outcome:
+            record.outcome = "skipped"
+
+    # ----------------------------------------------------------- xdist merge
+
+    def merge_worker(self, payload: str) -> None:
+        for data in json.loads(payload):
+            record = TestRecord.from_dict(data)
+            self.records[record.nodeid] = record
+
+    # ----------------------------------------------------------------- finish
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.is_controller:
+            self.config.workeroutput[WORKER_KEY] = json.dumps([r.to_dict() for r in self.records.values()])
+            return
+        if self.xdist_workers():
+            self.notes.append(f"measured per xdist worker ({self.xdist_workers()} workers): timings include "
+                              "contention between workers")
+        if self.baseline_missing:
+            self.notes.append(self.baseline_missing)
+        rounds_of = [len(r.rounds.get("wall", [])) for r in self.records.values() if r.rounds.get("wall")]
+        if self.options.save:
+            self._save()
+        self.document = self._document(rounds_of)
+        if self.options.json_path is not None:
+            self.options.json_path.parent.mkdir(parents=True, exist_ok=True)
+            self.options.json_path.write_text(json.dumps(self.document, indent=1, allow_nan=False) + "\n",
+                                              encoding="utf-8")
+        if self.options.html_path is not None:
+            from perfpilot.profilers.renderers.pytest_html import render
+
+            self.options.html_path.parent.mkdir(parents=True, exist_ok=True)
+            self.options.html_path.write_text(render(self.document), encoding="utf-8")
+
+    def _meta(self) -> dict[str, Any]:
+        return make_meta(machine_id=self.host()["machine_id"], rootdir=self.config.rootpath,
+                         rounds=self.options.rounds, xdist_workers=self.xdist_workers(), host=self.host())
+
+    def _save(self) -> None:
+        passed = {nodeid: r.baseline_entry() for nodeid, r in self.records.items()
+                  if r.outcome == "passed" and r.rounds.get("wall")}
+        if not passed:
+            self.notes.append("no passing measured tests: no baseline saved")
+            return
+        store = BaselineStore(self.options.folder, self.host()["machine_id"])
+        path = store.save(self._meta(), passed, keep=self.options.keep)
+        try:
+            self.saved = str(path.relative_to(self.config.rootpath))
+        except ValueError:
+            self.saved = str(path)
+
+    def _document(self, rounds_of: list[int]) -> dict[str, Any]:
+        meta = self._meta()
+        meta["rounds"] = int(statistics.median(rounds_of)) if rounds_of else self.options.rounds
+        meta["measuring"] = self.meter.capabilities()
+        meta["notes"] = self.notes
+        meta["thresholds"] = self.options.thresholds if self.options.compare else {}
+        baseline = None
+        if self.baseline is not None:
+            baseline = {"path": str(self.baseline.path) if self.baseline.path else None, "meta": self.baseline.meta,
+                        "warnings": self.baseline.warnings,
+                        "missing": sum(1 for n in self.records if n not in self.baseline.tests)}
+        findings = [f for r in self.records.values() for f in r.findings]
+        return build_document(meta=meta, records=self.records.values(), findings=findings, baseline=baseline,
+                              saved=self.saved)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        document = getattr(self, "document", None)
+        if document is None:
+            return
+        terminalreporter.write_sep("=", "perfpilot")
+        for text, markup in terminal_lines(document, slowest=self.options.slowest):
+            terminalreporter.write_line(text, **markup)
+        for path in (self.options.json_path, self.options.html_path):
+            if path is not None:
+                terminalreporter.write_line(f"perfpilot report written: {path}")
+
+
+class XdistMerge:
+    """xdist's controller collects what each worker measured (only registered with xdist)."""
+
+    def __init__(self, session: PerfpilotSession) -> None:
+        self.session = session
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        payload = getattr(node, "workeroutput", {}).get(WORKER_KEY)
+        if payload:
+            self.session.merge_worker(payload)
