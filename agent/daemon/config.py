@@ -1,0 +1,269 @@
+"""The daemon's settings: the ``[daemon]`` table of perfpilot's config, then flags.
+
+``perfpilot daemon --config /etc/perfpilot.toml`` reads the ``[daemon]`` table of that
+file (the same :class:`perfpilot.config.Settings` every command uses, so top-level keys
+such as ``plugins``/``disable_plugins`` apply too)::
+
+    [daemon]
+    watch = ["name:gunicorn", "cmdline:celery.*worker", "pid:1234", "top:5"]
+    interval = "1s"                   # sampling interval
+    db = "/var/lib/perfpilot/perfpilot.db"
+    listen = "127.0.0.1:10464"        # off-loopback needs token or token_file
+    token_file = "/etc/perfpilot/token"
+    flush_interval = "5s"             # batched writes: at most this much is lost on a crash
+    raw_retention = "24h"             # raw samples, then 1-minute means ...
+    rollup_retention = "30d"          # ... kept this long
+    max_db_bytes = "512MiB"           # hard bound on the database (oldest data goes first)
+
+    [daemon.snapshots]                # py-spy (needs ptrace: root or CAP_SYS_PTRACE)
+    every = "60s"
+    duration = "2s"
+    rate = 50
+
+    [daemon.findings]
+    window = "60s"
+    cpu_saturation_pct = 90
+
+Unknown keys are an error naming the key, like everywhere else in perfpilot.
+
+Default port 10464: the exporter range 9100-9999 is fully allocated on Prometheus's
+port-allocation page, 9464 is OpenTelemetry's Prometheus exporter default, and the issue
+rules out node_exporter 9100, process-exporter 9256, dcgm-exporter 9400, Netdata 19999,
+Pyroscope 4040 and Parca 7071. 10464 is below Linux's ephemeral range (32768+) and not
+a well-known default of any exporter or Kubernetes component (those sit at 10250-10259).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from perfpilot.config import parse_duration, parse_percent
+from perfpilot.errors import ConfigError
+
+DEFAULT_PORT = 10464
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+TOKEN_ENV = "PERFPILOT_DAEMON_TOKEN"
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_SCALE = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+               "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
+               "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
+
+
+def parse_size(value: Any, *, name: str) -> int:
+    """``1048576``, ``"64MB"``, ``"512MiB"`` -> bytes (int, > 0)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a size like 64MiB, got {value!r}")
+    if isinstance(value, (int, float)):
+        size = int(value)
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ConfigError(f"{name}: expected a size like 64MiB, got {value!r}")
+        size = int(float(match.group(1)) * _SIZE_SCALE[(match.group(2) or "").lower()])
+    if size <= 0:
+        raise ConfigError(f"{name}: must be greater than zero, got {value!r}")
+    return size
+
+
+def default_db_path() -> Path:
+    """/var/lib/perfpilot as root (the systemd unit's StateDirectory), else XDG state."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/perfpilot/perfpilot.db")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "perfpilot" / "perfpilot.db"
+
+
+@dataclass
+class SnapshotConfig:
+    enabled: bool = True
+    every: float = 60.0
+    duration: int = 2  # py-spy takes whole seconds
+    rate: int = 50
+    keep: int = 10  # snapshots per process in the rolling hot spots
+    max_per_round: int = 4  # processes snapshotted per round (bounded cost)
+    top: int = 20  # hot spots kept per snapshot
+
+
+@dataclass
+class FindingConfig:
+    window: float = 60.0
+    cpu_saturation_pct: float = 90.0
+    memory_window: float = 600.0
+    memory_min_growth_bytes: int = 16 * 1024 * 1024
+    memory_min_r2: float = 0.8
+    iowait_pct: float = 20.0
+    steal_pct: float = 10.0
+    gpu_idle_pct: float = 5.0
+    gpu_min_memory_bytes: int = 256 * 1024 * 1024
+    restarts: int = 3
+    restarts_window: float = 600.0
+
+
+@dataclass
+class DaemonConfig:
+    watch: list[str] = field(default_factory=list)
+    interval: float = 1.0
+    db: Path = field(default_factory=default_db_path)
+    listen: str = DEFAULT_LISTEN
+    token: str | None = None
+    token_file: Path | None = None
+    flush_interval: float = 5.0
+    raw_retention: float = 24 * 3600.0
+    rollup_retention: float = 30 * 24 * 3600.0
+    rollup_step: float = 60.0
+    max_db_bytes: int = 512 * 1024 * 1024
+    maintenance_every: float = 60.0
+    max_processes_per_watch: int = 256
+    top_every: float = 5.0
+    propose: bool = False
+    snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
+    findings: FindingConfig = field(default_factory=FindingConfig)
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    def resolved_token(self) -> str | None:
+        if self.token:
+            return self.token
+        if self.token_file is not None:
+            try:
+                text = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"daemon token_file {self.token_file}: cannot read: {exc.strerror}") from None
+            if not text:
+                raise ConfigError(f"daemon token_file {self.token_file} is empty", hint="write a random token into it")
+            return text
+        return os.environ.get(TOKEN_ENV) or None
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ConfigError(f"daemon listen: expected HOST:PORT like {DEFAULT_LISTEN}, got {listen!r}")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def _as_number(value: Any, name: str, kind: type) -> Any:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{name}: must not be negative, got {value!r}")
+    return number
+
+
+_DURATIONS = {"interval", "flush_interval", "raw_retention", "rollup_retention", "rollup_step", "maintenance_every",
+              "top_every", "every", "window", "memory_window", "restarts_window"}
+_SIZES = {"max_db_bytes", "memory_min_growth_bytes", "gpu_min_memory_bytes"}
+_PERCENTS = {"cpu_saturation_pct", "iowait_pct", "steal_pct", "gpu_idle_pct"}
+
+
+def _coerce(obj: Any, table: Mapping[str, Any], origin: str) -> None:
+    known = {f.name: f for f in fields(obj)}
+    for key, value in table.items():
+        norm = str(key).replace("-", "_")
+        name = f"{origin}.{key}"
+        if norm not in known or norm in {"snapshots", "findings"}:
+            raise ConfigError(f"{origin}: unknown key {key!r}", hint=f"known keys: {', '.join(known)}")
+        current = getattr(obj, norm)
+        if norm in _DURATIONS:
+            value = parse_duration(value, name=name)
+        elif norm in _SIZES:
+            value = parse_size(value, name=name)
+        elif norm in _PERCENTS:
+            value = parse_percent(value, name=name) * 100.0
+        elif norm == "duration":
+            value = max(1, round(parse_duration(value, name=name)))
+        elif norm == "watch":
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name}: expected a list of selectors like [\"name:gunicorn\"], got {value!r}")
+        elif norm in {"db", "token_file"}:
+            value = Path(str(value)).expanduser()
+        elif isinstance(current, bool):
+            value = _as_bool(value, name)
+        elif isinstance(current, int):
+            value = _as_number(value, name, int)
+        elif isinstance(current, float):
+            value = _as_number(value, name, float)
+        elif not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        setattr(obj, norm, value)
+
+
+def daemon_config(table: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None,
+                  origin: str = "daemon") -> DaemonConfig:
+    """Build a :class:`DaemonConfig` from a ``[daemon]`` table, then flag overrides."""
+    config = DaemonConfig()
+    table = dict(table or {})
+    snapshots = table.pop("snapshots", None)
+    findings = table.pop("findings", None)
+    _coerce(config, table, origin)
+    for key, sub, target in (("snapshots", snapshots, config.snapshots), ("findings", findings, config.findings)):
+        if sub is None:
+            continue
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"{origin}.{key}: expected a table, got {sub!r}")
+        _coerce(target, sub, f"{origin}.{key}")
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None and v != ()}
+    if "watch" in flags:
+        flags["watch"] = list(flags["watch"])
+    if "snapshots" in flags:
+        config.snapshots.enabled = bool(flags.pop("snapshots"))
+    _coerce(config, flags, "command line")
+    validate(config)
+    return config
+
+
+def validate(config: DaemonConfig) -> None:
+    split_listen(config.listen)
+    if config.flush_interval < config.interval:
+        # Writing more often than sampling buys nothing and costs fsyncs.
+        config.flush_interval = config.interval
+    if config.rollup_step < 1:
+        raise ConfigError(f"daemon rollup_step must be at least 1s, got {config.rollup_step}")
+    if config.max_db_bytes < 64 * 1024:
+        raise ConfigError(f"daemon max_db_bytes must be at least 64KiB, got {config.max_db_bytes}",
+                          hint="the schema alone needs a few pages")
+    if config.snapshots.rate <= 0:
+        raise ConfigError("daemon.snapshots.rate must be a positive number of Hz")
+    if not is_loopback(config.host) and not config.resolved_token():
+        raise ConfigError(
+            f"daemon listen {config.listen} is not loopback: a token is required",
+            hint=f"set token_file in [daemon], --token-file, or {TOKEN_ENV}; or listen on 127.0.0.1",
+        )

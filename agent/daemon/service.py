@@ -1,0 +1,324 @@
+"""The daemon: one sampling thread on a monotonic schedule, a snapshot thread, an HTTP
+thread, and the main thread waiting for SIGTERM/SIGINT.
+
+Each tick: rescan watched processes, read them, read the host, run the collectors (each
+isolated; one that raises is recorded and, after repeated failures, disabled), read
+GPUs, hand everything to the store's buffer and the findings engine, and publish a new
+state for ``/metrics``. Every step of a tick is guarded: an error is logged, counted
+(``perfpilot_tick_errors_total``) and the next tick runs.
+
+Shutdown (SIGTERM, SIGINT, or :meth:`Daemon.stop`): the sampler finishes its tick, the
+py-spy child is killed, the store flushes and checkpoints, the HTTP server stops; the
+process exits 0. All of it takes well under a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from perfpilot import __version__
+from perfpilot.agent.daemon.config import DaemonConfig, is_loopback
+from perfpilot.agent.daemon.exporter import Exporter
+from perfpilot.agent.daemon.findings import KINDS, FindingEngine
+from perfpilot.agent.daemon.sampler import CollectorRunner, GpuProbe, HostProbe, ProcessSampler
+from perfpilot.agent.daemon.snapshots import Snapshotter
+from perfpilot.agent.daemon.store import Store
+from perfpilot.agent.daemon.watch import Watcher
+
+log = logging.getLogger("perfpilot.daemon")
+
+MAX_LOGGED_ERRORS = 20
+
+
+@dataclass
+class TickCounters:
+    ticks: int = 0
+    late: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+    last_tick: float = 0.0  # time.time() of the last completed tick
+    recent_errors: list[str] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, *, collectors: list[Any] | None = None, nvml: Any = None) -> None:
+        """``collectors``: instances to run for host telemetry (the CLI builds them from
+        the plugin registry); ``nvml``: a pynvml-like module (tests pass a fake)."""
+        self.config = config
+        self.store = Store(config.db, max_bytes=config.max_db_bytes, raw_retention=config.raw_retention,
+                           rollup_retention=config.rollup_retention, rollup_step=config.rollup_step)
+        self.started_at = time.time()
+        self.watcher = Watcher(config.watch, exclude={os.getpid()}, top_every=config.top_every,
+                               max_per_group=config.max_processes_per_watch,
+                               restart_window=config.findings.restarts_window)
+        self.watch_lock = threading.Lock()
+        self.processes = ProcessSampler(self.watcher, started_at=self.started_at)
+        self.host = HostProbe()
+        self.collectors = CollectorRunner(collectors or [])
+        self.gpu = GpuProbe(nvml)
+        self.findings = FindingEngine(config.findings, config.interval)
+        self.snapshots = Snapshotter(config.snapshots, self.watcher, self.watch_lock, self._on_hotspots)
+        self.counters = TickCounters()
+        self.exporter: Exporter | None = None
+        self._state: dict[str, Any] = {"watches": {}}
+        self._version = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_flush = 0.0
+        self._last_maintain = 0.0
+        self._gpu_ok = False
+
+    # --------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Open the store and the port (errors here are the user's to fix), then start threads."""
+        self.store.open()
+        if self.store.stats.opened_after_crash:
+            log.warning("perfpilot daemon: %s was not closed cleanly last time; checked it, it is sound",
+                        self.config.db)
+        token = self.config.resolved_token()
+        try:
+            self.exporter = Exporter(self.config.host, self.config.port, token=token, state=self.state,
+                                     api=self.api, version=lambda: self._version)
+        except BaseException:
+            self.store.close()
+            raise
+        self.collectors.start()
+        self._gpu_ok = self.gpu.start()
+        self.exporter.start()
+        self._tick()
+        self._thread = threading.Thread(target=self._loop, name="perfpilot-sampler", daemon=True)
+        self._thread.start()
+        self.snapshots.start()
+        auth = "token required" if token else "no token"
+        log.info("perfpilot daemon: listening on http://%s:%d/metrics (%s), interval %gs, db %s, watching %s",
+                 self.exporter.host, self.exporter.port, auth, self.config.interval, self.config.db,
+                 ", ".join(self.config.watch) or "host only")
+        for problem in self.capabilities()["missing"]:
+            log.info("perfpilot daemon: degraded: %s", problem)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.snapshots.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.exporter is not None:
+            self.exporter.stop()
+        try:
+            self.collectors.stop()
+        except Exception:  # noqa: BLE001 - shutdown goes on
+            pass
+        self.gpu.stop()
+        self.store.close()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the exit status (0 on a clean stop)."""
+        stop_signal: list[int] = []
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            stop_signal.append(signum)
+            self._stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        name = signal.Signals(stop_signal[0]).name if stop_signal else "stop"
+        log.info("perfpilot daemon: %s received, flushing and exiting", name)
+        self.stop()
+        return 0
+
+    # -------------------------------------------------------------- sampling
+
+    def _loop(self) -> None:
+        interval = self.config.interval
+        t0 = time.monotonic()
+        k = 1
+        while True:
+            delay = t0 + k * interval - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            if self._stop.is_set():
+                break
+            if delay < -interval:
+                self.counters.late += 1
+            self._tick()
+            # Skip ticks we are late for rather than bursting to catch up.
+            k = max(k + 1, int((time.monotonic() - t0) / interval) + 1)
+
+    def _guard(self, what: str, func: Any, *args: Any, default: Any = None) -> Any:
+        try:
+            return func(*args)
+        except Exception as exc:  # noqa: BLE001 - one failing part must not stop the daemon
+            self.counters.errors += 1
+            message = f"{what}: {type(exc).__name__}: {exc}"
+            if len(self.counters.recent_errors) < MAX_LOGGED_ERRORS:
+                log.warning("perfpilot daemon: %s", message)
+            self.counters.recent_errors = [*self.counters.recent_errors[-9:], message]
+            return default
+
+    def _tick(self) -> None:
+        started = time.monotonic()
+        now = time.time()
+        with self.watch_lock:
+            self._guard("watch", self.watcher.refresh, now)
+            watches = self._guard("processes", self.processes.sample, time.monotonic(), default={}) or {}
+            events = [(g.watch, kind, msg) for g in self.watcher.groups for kind, msg in g.events]
+            restart_times = {g.watch: list(g.restart_times) for g in self.watcher.groups}
+            for group in self.watcher.groups:
+                group.events.clear()
+        host = self._guard("host", self.host.sample, default={}) or {}
+        collected = self._guard("collectors", self.collectors.sample, default={}) or {}
+        gpu_devices: dict[str, float] = {}
+        if self._gpu_ok:
+            sampled = self._guard("gpu", self.gpu.sample, default=({}, {}))
+            gpu_devices, per_pid = sampled
+            for group in self.watcher.groups:
+                if group.watch in watches:
+                    held = [per_pid[p] for p in group.members if p in per_pid]
+                    watches[group.watch].gpu_memory_bytes = sum(held) if held else 0.0
+        self.store.add_samples(now, "host", {**host, **gpu_devices})
+        if collected:
+            self.store.add_samples(now, "collectors", collected)
+        for watch, state in watches.items():
+            self.store.add_samples(now, watch, state.metrics())
+        for watch, kind, message in events:
+            self.store.add_event(now, kind, watch, message)
+            log.info("perfpilot daemon: %s: %s", watch, message)
+        self.findings.observe(now, host, watches, gpu_devices)
+        changed = self._guard("findings", self.findings.evaluate, now, watches, restart_times, default=[]) or []
+        for finding in changed:
+            self.store.put_finding(finding)
+            if finding["first_seen"] == finding["last_seen"] or not finding["active"]:
+                log.info("perfpilot daemon: finding %s: %s", "raised" if finding["active"] else "resolved",
+                         finding["message"])
+        if time.monotonic() - self._last_flush >= self.config.flush_interval:
+            self._last_flush = time.monotonic()
+            self._guard("store flush", self.store.flush)
+        if time.monotonic() - self._last_maintain >= self.config.maintenance_every:
+            self._last_maintain = time.monotonic()
+            self._guard("store maintenance", self.store.maintain, now)
+        self.counters.ticks += 1
+        self.counters.seconds += time.monotonic() - started
+        self.counters.last_tick = now
+        self._publish(now, host, collected, gpu_devices, watches)
+
+    def _publish(self, now: float, host: dict[str, float], collected: dict[str, float],
+                 gpu_devices: dict[str, float], watches: dict[str, Any]) -> None:
+        active: dict[str, int] = {}
+        for kind, _entity in self.findings.active:
+            active[kind] = active.get(kind, 0) + 1
+        stats = self.store.stats
+        state = {
+            "ts": now,
+            "version": __version__,
+            "db": str(self.config.db),
+            "host": {**host, **gpu_devices},
+            "host_cpu_totals": dict(self.host.totals),
+            "collectors": collected,
+            "collector_status": self.collectors.status(),
+            "watches": {w: copy.copy(s) for w, s in watches.items()},
+            "findings_active": active,
+            "findings_raised": dict(self.findings.raised_total),
+            "self": {
+                "ticks": self.counters.ticks, "late": self.counters.late, "tick_seconds": self.counters.seconds,
+                "tick_errors": self.counters.errors, "store_bytes": self.store.file_bytes(),
+                "flushes": stats.flushes, "dropped": stats.dropped, "evictions": stats.size_evictions,
+                "flushed_until": stats.flushed_until, "snapshots_ok": self.snapshots.stats.ok,
+                "snapshots_failed": self.snapshots.stats.failed,
+                "snapshot_cpu_seconds": self.snapshots.stats.cpu_seconds,
+                "http_rejected": self.exporter.rejected if self.exporter else 0,
+            },
+        }
+        self._state = state
+        self._version += 1
+
+    def _on_hotspots(self, ts: float, watch: str, pid: int, hotspots: list[dict[str, Any]]) -> None:
+        self.store.add_hotspots(ts, watch, pid, hotspots)
+
+    # ------------------------------------------------------------------ reading
+
+    def state(self) -> dict[str, Any]:
+        return self._state
+
+    def capabilities(self) -> dict[str, Any]:
+        missing: list[str] = []
+        root = os.geteuid() == 0
+        if "io" in self.processes.missing or "fds" in self.processes.missing:
+            missing.append("per-process I/O and open fds of other users' processes need root or CAP_SYS_PTRACE")
+        if self.config.snapshots.enabled and not self.snapshots.available:
+            missing.append(f"hot spots: {self.snapshots.reason}")
+        elif self.snapshots.stats.problems:
+            missing.append("hot spots: " + next(iter(self.snapshots.stats.problems.values())))
+        if not self._gpu_ok:
+            missing.append(f"GPU: {self.gpu.reason}")
+        for name, st in self.collectors.status().items():
+            if not st.get("available"):
+                missing.append(f"collector {name}: {st.get('reason')}")
+            elif st.get("disabled"):
+                missing.append(f"collector {name} disabled after errors: {(st.get('errors') or ['?'])[-1]}")
+        return {"root": root, "missing": missing}
+
+    def api(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        state = self._state
+        if path in {"/", "/healthz"}:
+            age = time.time() - self.counters.last_tick
+            healthy = age <= max(5 * self.config.interval, 5.0) and not self._stop.is_set()
+            stats = self.store.stats
+            return (200 if healthy else 503), {
+                "status": "ok" if healthy else "stale",
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - self.started_at, 3),
+                "interval_s": self.config.interval,
+                "ticks": self.counters.ticks,
+                "late_ticks": self.counters.late,
+                "tick_errors": self.counters.errors,
+                "recent_errors": self.counters.recent_errors,
+                "last_tick_age_s": round(age, 3),
+                "store": {"path": str(self.config.db), "file_bytes": self.store.file_bytes(),
+                          "max_bytes": self.config.max_db_bytes, "flushes": stats.flushes,
+                          "flushed_until": stats.flushed_until, "rows_written": stats.rows_written,
+                          "dropped": stats.dropped, "evictions": stats.size_evictions,
+                          "last_error": stats.last_error, "recovered_after_crash": stats.opened_after_crash},
+                "collectors": state.get("collector_status", {}),
+                "snapshots": {"enabled": self.config.snapshots.enabled, "available": self.snapshots.available,
+                              "ok": self.snapshots.stats.ok, "failed": self.snapshots.stats.failed,
+                              "cpu_seconds": round(self.snapshots.stats.cpu_seconds, 3),
+                              "problems": self.snapshots.stats.problems},
+                "capabilities": self.capabilities(),
+                "listen": f"{self.config.host}:{self.exporter.port if self.exporter else self.config.port}",
+                "loopback_only": is_loopback(self.config.host),
+            }
+        if path == "/api/latest":
+            watches = {w: {**s.metrics(), "processes": s.members} for w, s in state.get("watches", {}).items()}
+            return 200, {"ts": state.get("ts"), "host": state.get("host", {}), "collectors": state.get("collectors", {}),
+                         "watches": watches}
+        if path == "/api/hotspots":
+            watch = (query.get("watch") or [None])[0]
+            return 200, {"hotspots": self.snapshots.hotspots(watch)}
+        if path == "/api/findings":
+            return 200, {"findings": self.findings.listing(), "kinds": list(KINDS)}
+        return 404, {"error": f"no such endpoint {path}",
+                     "endpoints": ["/metrics", "/healthz", "/api/latest", "/api/hotspots", "/api/findings"]}
+
+
+def configure_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("perfpilot.daemon")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False

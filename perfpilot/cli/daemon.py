@@ -1,0 +1,244 @@
+"""``perfpilot daemon``: continuous telemetry, hot spots and findings for a server.
+
+``perfpilot daemon`` alone runs the daemon in the foreground (systemd runs it so, see
+examples/systemd/perfpilot.service). ``status``, ``query`` and ``findings`` read the
+database the daemon writes (read-only, safe while it runs).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from perfpilot.config import load_settings, parse_duration
+
+
+def _settings_and_config(config_file: Path | None, overrides: dict[str, Any]) -> tuple[Any, Any]:
+    from perfpilot.agent.daemon.config import daemon_config
+
+    settings = load_settings(config_file=config_file)
+    origin = f"{settings.source} [daemon]" if settings.source else "daemon"
+    return settings, daemon_config(settings.daemon, overrides, origin=origin)
+
+
+def _collectors(settings: Any) -> list[Any]:
+    from perfpilot.registry import build_plugin_manager
+
+    plugin_set = build_plugin_manager()
+    instances = []
+    for name, entry in plugin_set.collectors(only=settings.plugins or None,
+                                             disable=settings.disable_plugins).items():
+        try:
+            instances.append(entry.factory(settings))
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the daemon
+            click.echo(f"perfpilot daemon: collector {name} skipped: {type(exc).__name__}: {exc}", err=True)
+    for name, error in plugin_set.load_errors.items():
+        click.echo(f"perfpilot daemon: plugin {name} not loaded: {error}", err=True)
+    return instances
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="Config file whose [daemon] table configures the daemon (e.g. /etc/perfpilot.toml).")
+@click.option("--watch", "watch", multiple=True, metavar="SELECTOR",
+              help="Process(es) to watch: name:NAME, cmdline:REGEX, pid:N or top:N. Repeatable.")
+@click.option("--interval", default=None, metavar="DURATION", help="Sampling interval (default 1s).")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database (default /var/lib/perfpilot/perfpilot.db as root, else ~/.local/state/...).")
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="Where /metrics and the JSON API listen (default 127.0.0.1:10464).")
+@click.option("--token-file", type=click.Path(path_type=Path), default=None,
+              help="File holding the bearer token (required to listen off loopback).")
+@click.option("--flush-interval", default=None, metavar="DURATION",
+              help="Batched writes: at most this much data is lost on a crash (default 5s).")
+@click.option("--max-db-size", "max_db_bytes", default=None, metavar="SIZE",
+              help="Bound on the database's disk use, e.g. 512MiB (oldest data goes first).")
+@click.option("--snapshots/--no-snapshots", default=None, help="Periodic py-spy snapshots (default on).")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+@click.pass_context
+def daemon(ctx: click.Context, config_file: Path | None, watch: tuple[str, ...], interval: str | None,
+           db: Path | None, listen: str | None, token_file: Path | None, flush_interval: str | None,
+           max_db_bytes: str | None, snapshots: bool | None, verbose: bool) -> None:
+    """Run the telemetry daemon in the foreground (SIGTERM stops it cleanly).
+
+    \b
+      perfpilot daemon --config /etc/perfpilot.toml
+      perfpilot daemon --watch name:gunicorn --watch pid:1234 --interval 1s --db /var/lib/perfpilot/pp.db
+      perfpilot daemon status | query --since 1h --metric cpu.utilization_pct | findings
+
+    Serves Prometheus /metrics, /healthz and a JSON API (/api/latest, /api/hotspots,
+    /api/findings) on 127.0.0.1:10464 unless --listen says otherwise.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_file"] = config_file
+    ctx.obj["db"] = db
+    if ctx.invoked_subcommand is not None:
+        return
+    from perfpilot.agent.daemon.service import Daemon, configure_logging
+
+    settings, config = _settings_and_config(config_file, {
+        "watch": watch, "interval": interval, "db": db, "listen": listen, "token_file": token_file,
+        "flush_interval": flush_interval, "max_db_bytes": max_db_bytes, "snapshots": snapshots,
+    })
+    configure_logging(verbose)
+    service = Daemon(config, collectors=_collectors(settings))
+    sys.exit(service.run())
+
+
+def _resolve(ctx: click.Context, config_file: Path | None, db: Path | None) -> Any:
+    config_file = config_file or ctx.obj.get("config_file")
+    db = db or ctx.obj.get("db")
+    _settings, config = _settings_and_config(config_file, {"db": db})
+    return config
+
+
+def _open_readonly(config: Any) -> Any:
+    from perfpilot.agent.daemon.store import Store
+
+    return Store(config.db, readonly=True).open()
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+
+def _fetch_health(config: Any) -> dict[str, Any] | None:
+    host = "127.0.0.1" if config.host in {"0.0.0.0", "::", ""} else config.host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.port}/healthz"
+    request = urllib.request.Request(url)
+    try:
+        token = config.resolved_token()
+    except Exception:  # noqa: BLE001 - status still works without the token
+        token = None
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=1.5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.loads(exc.read())
+        except (ValueError, OSError):
+            return {"status": f"HTTP {exc.code}"}
+    except (OSError, ValueError):
+        return None
+
+
+@daemon.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="Config file.")
+@click.option("--db", type=click.Path(path_type=Path), default=None, help="The daemon's database.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def status(ctx: click.Context, config_file: Path | None, db: Path | None, as_json: bool) -> None:
+    """Is the daemon running, what does its database hold."""
+    config = _resolve(ctx, config_file, db)
+    health = _fetch_health(config)
+    store = _open_readonly(config)
+    try:
+        summary = store.summary()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"daemon": health, "store": summary}, indent=1, default=str))
+        return
+    console = Console()
+    if health is None:
+        console.print(f"daemon: [yellow]not reachable[/] at {config.listen}")
+    else:
+        console.print(f"daemon: [green]{health.get('status')}[/] pid {health.get('pid')}, up "
+                      f"{health.get('uptime_s', 0):.0f}s, {health.get('ticks')} ticks, "
+                      f"{health.get('tick_errors')} tick errors")
+        for problem in (health.get("capabilities") or {}).get("missing", []):
+            console.print(f"  degraded: {problem}")
+    console.print(f"database: {summary['path']} ({summary['file_bytes'] / 2**20:.1f} MiB, {summary['series']} series)")
+    console.print(f"  raw samples {_when(summary['raw_from'])} .. {_when(summary['raw_to'])}; "
+                  f"minute means from {_when(summary['rollups_from'])}")
+    console.print(f"  watched: {', '.join(e for e in summary['entities'] if e not in {'host', 'collectors'}) or '-'}")
+    console.print(f"  active findings: {summary['active_findings']}")
+
+
+@daemon.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="Config file.")
+@click.option("--db", type=click.Path(path_type=Path), default=None, help="The daemon's database.")
+@click.option("--since", default="1h", show_default=True, metavar="DURATION", help="How far back.")
+@click.option("--metric", default=None, help="Metric name, e.g. cpu.utilization_pct (omit to list them).")
+@click.option("--watch", "entity", default=None, metavar="SELECTOR",
+              help="Only this watch (e.g. name:gunicorn), or host / collectors.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+def query(ctx: click.Context, config_file: Path | None, db: Path | None, since: str, metric: str | None,
+          entity: str | None, as_json: bool) -> None:
+    """Print stored values of a metric (raw samples, then 1-minute means for older data)."""
+    config = _resolve(ctx, config_file, db)
+    seconds = parse_duration(since, name="--since")
+    store = _open_readonly(config)
+    try:
+        if metric is None:
+            rows = [{"entity": e, "metric": m} for e, m in store.metrics() if entity is None or e == entity]
+            if as_json:
+                for row in rows:
+                    click.echo(json.dumps(row))
+            else:
+                for row in rows:
+                    click.echo(f"{row['entity']}\t{row['metric']}")
+            return
+        rows = store.query(metric, time.time() - seconds, entity=entity)
+    finally:
+        store.close()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    if not rows:
+        click.echo(f"no values of {metric} in the last {since}", err=True)
+        return
+    table = Table(box=None, padding=(0, 2))
+    for column in ("time", "watch", "value", "kind"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for row in rows[-2000:]:
+        table.add_row(_when(row["ts"]), row["entity"], f"{row['value']:.6g}", row["kind"])
+    Console().print(table)
+
+
+@daemon.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="Config file.")
+@click.option("--db", type=click.Path(path_type=Path), default=None, help="The daemon's database.")
+@click.option("--since", default="7d", show_default=True, metavar="DURATION", help="How far back.")
+@click.option("--active", is_flag=True, help="Only findings that still hold.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def findings(ctx: click.Context, config_file: Path | None, db: Path | None, since: str, active: bool,
+             as_json: bool) -> None:
+    """Findings: CPU saturation, memory growth, idle GPU, I/O wait, CPU steal, restarts."""
+    config = _resolve(ctx, config_file, db)
+    seconds = parse_duration(since, name="--since")
+    store = _open_readonly(config)
+    try:
+        rows = store.findings(since=time.time() - seconds, active_only=active)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=1, default=str))
+        return
+    if not rows:
+        click.echo(f"no findings in the last {since}")
+        return
+    table = Table(box=None, padding=(0, 2))
+    for column in ("kind", "watch", "state", "first seen", "last seen", "message"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["kind"], row["entity"], "active" if row["active"] else "resolved",
+                      _when(row["first_seen"]), _when(row["last_seen"]), row["message"] or "")
+    Console().print(table)
