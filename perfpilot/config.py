@@ -116,6 +116,10 @@ class Settings:
     model: str | None = None
     base_url: str | None = None
     context_tokens: int = field(default=12000, metadata={"kind": "int"})
+    mock_replies: str | None = None  # JSON file of scripted replies for the mock backend
+    llm_timeout: float = field(default=120.0, metadata={"kind": "duration"})
+    llm_retries: int = field(default=3, metadata={"kind": "int"})
+    test_timeout: float | None = field(default=None, metadata={"kind": "duration"})
     # other modes
     daemon: dict[str, Any] = field(default_factory=dict, metadata={"kind": "table"})
     pytest: dict[str, Any] = field(default_factory=dict, metadata={"kind": "table"})

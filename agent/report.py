@@ -1,0 +1,228 @@
+"""The optimiser's report: ``optimize-report.json``, ``optimize-report.html`` and
+``perfpilot.patch`` (the combined diff of every accepted change).
+
+The HTML page is self-contained (Chart.js inlined by
+:func:`perfpilot.profilers.renderers.htmlpage.page`): the cumulative ratio with its CI,
+one before/after chart per accepted step (median bars plus every run), and every
+proposal with its verdict, reason and diff.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from perfpilot.agent.loop import Result
+from perfpilot.agent.outcomes import Outcome
+
+SCHEMA_VERSION = 1
+JSON_NAME = "optimize-report.json"
+HTML_NAME = "optimize-report.html"
+PATCH_NAME = "perfpilot.patch"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def build(result: Result) -> dict[str, Any]:
+    s = result.settings
+    baseline = result.baseline
+    data: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "project": str(result.project),
+        "started_at": datetime.fromtimestamp(result.started_at, timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(result.duration_s, 3),
+        "settings": {"run": s.run, "test": s.test, "objective": s.objective, "guards": s.guards, "budget": s.budget,
+                     "time_budget": s.time_budget, "max_failures": s.max_failures, "runs": s.runs,
+                     "min_runs": s.min_runs, "threshold": s.threshold, "confidence": s.confidence,
+                     "output_check": s.output_check, "backend": s.backend, "model": s.model},
+        "proposer": result.proposer,
+        "objective": result.objective,
+        "guards": result.guards,
+        "stop_reason": result.stop_reason,
+        "interrupted": result.interrupted,
+        "error": result.error,
+        "baseline": None,
+        "proposals": [o.to_dict() for o in result.outcomes],
+        "accepted": [o.index for o in result.accepted],
+        "counts": _counts(result.outcomes),
+        "verification_runs": result.verification_runs,
+        "cumulative": result.cumulative,
+        "final": {"env": result.final_state.env, "knobs": result.final_state.knobs,
+                  "run": shlex.join([*shlex.split(s.run or ""), *_knob_args(result)])},
+        "patch": PATCH_NAME if result.patch.strip() else None,
+        "notes": result.notes,
+    }
+    if baseline is not None:
+        data["baseline"] = {
+            "values": baseline.values,
+            "metrics": baseline.metrics,
+            "tests_s": baseline.tests_s,
+            "summary": baseline.profile.summary,
+            "hotspots": [{k: h.get(k) for k in ("function", "file", "line", "self_pct", "total_pct")}
+                         for h in baseline.profile.hotspots[:10]],
+        }
+    return _finite(data)
+
+
+def _knob_args(result: Result) -> list[str]:
+    from perfpilot.agent.knobs import knob_args, parse_knobs
+
+    try:
+        return knob_args(parse_knobs(result.settings.knobs), result.final_state.knobs)
+    except Exception:  # noqa: BLE001 - a report never fails over a display detail
+        return []
+
+
+def _counts(outcomes: list[Outcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.reason] = counts.get(outcome.reason, 0) + 1
+    return counts
+
+
+def write(result: Result, output_dir: Path) -> dict[str, Path]:
+    """Write the JSON, HTML and patch; returns what was written."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    data = build(result)
+    written = {"json": output_dir / JSON_NAME, "html": output_dir / HTML_NAME}
+    written["json"].write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    written["html"].write_text(render_html(data), encoding="utf-8")
+    patch = output_dir / PATCH_NAME
+    if result.patch.strip():
+        patch.write_text(result.patch, encoding="utf-8")
+        written["patch"] = patch
+    elif patch.exists():
+        patch.unlink()  # a stale patch from an earlier run would be a lie
+    return written
+
+
+# ------------------------------------------------------------------- HTML
+
+_CSS = """
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;color:#fff}
+.accepted,.winner{background:#1a7f37} .rejected{background:#9a6700} .refused,.malformed{background:#cf222e}
+.proposal{border:1px solid #e3e6ea;border-radius:6px;padding:8px 12px;margin:10px 0}
+.big{font-size:28px;font-weight:600}
+"""
+
+
+def _fmt_ratio(verdict: dict[str, Any] | None) -> str:
+    if not verdict or verdict.get("ratio") is None:
+        return "-"
+    low, high = verdict.get("ci_low"), verdict.get("ci_high")
+    ci = f" (95% CI {low:.3f}–{high:.3f})" if low is not None and high is not None else ""
+    return f"{verdict['ratio']:.3f}×{ci}"
+
+
+def _verdict_table(verdicts: dict[str, Any]) -> str:
+    if not verdicts:
+        return ""
+    rows = ["<table><tr><th>metric</th><th>verdict</th><th class=num>baseline</th><th class=num>candidate</th>"
+            "<th class=num>ratio</th><th>95% CI</th><th class=num>p</th><th class=num>runs</th></tr>"]
+    for metric, v in verdicts.items():
+        ci = f"{v['ci_low']:.3f}–{v['ci_high']:.3f}" if v.get("ci_low") is not None and v.get("ci_high") is not None else "-"
+        rows.append(f"<tr><td>{html.escape(metric)}</td><td>{html.escape(str(v.get('verdict')))}</td>"
+                    f"<td class=num>{v.get('median_a', 0):.4g}</td><td class=num>{v.get('median_b', 0):.4g}</td>"
+                    f"<td class=num>{v.get('ratio') or 0:.3f}</td><td>{ci}</td>"
+                    f"<td class=num>{v.get('p_value') if v.get('p_value') is None else format(v['p_value'], '.2g')}</td>"
+                    f"<td class=num>{v.get('runs_a')}+{v.get('runs_b')}</td></tr>")
+    rows.append("</table>")
+    return "".join(rows)
+
+
+def _chart(chart_id: str, labels: list[str], medians: list[float], runs: list[list[float]], unit: str) -> str:
+    spec = {
+        "type": "bar",
+        "data": {"labels": labels, "datasets": [
+            {"type": "bar", "label": f"median {unit}", "data": medians, "backgroundColor": ["#8c959f", "#1a7f37"]},
+            {"type": "scatter", "label": "runs", "data": [{"x": labels[i], "y": y} for i, side in enumerate(runs)
+                                                            for y in side],
+             "backgroundColor": "#1d232a", "pointRadius": 3},
+        ]},
+        "options": {"responsive": True, "maintainAspectRatio": False, "animation": False,
+                    "scales": {"y": {"beginAtZero": True, "title": {"display": True, "text": unit}}}},
+    }
+    from perfpilot.profilers.renderers.htmlpage import json_for_script
+
+    return (f'<div class="chart" style="height:220px;max-width:480px"><canvas id="{chart_id}"></canvas></div>'
+            f"<script>new Chart(document.getElementById('{chart_id}'), {json_for_script(spec)});</script>")
+
+
+def render_html(data: dict[str, Any]) -> str:
+    from perfpilot.profilers.renderers.htmlpage import page
+
+    objective = data["objective"]
+    esc = html.escape
+    parts = [f"<h1>perfpilot optimize</h1><p class=muted>{esc(data['project'])} — {esc(data['started_at'])}, "
+             f"{data['duration_s']:.1f} s, proposer {esc(data['proposer'] or '-')}, stopped: "
+             f"{esc(data['stop_reason'] or '-')}</p>"]
+    if data.get("interrupted"):
+        parts.append("<p class=bad><b>Interrupted:</b> this is a partial report.</p>")
+    if data.get("error"):
+        parts.append(f"<p class=bad>Error: {esc(data['error'])}</p>")
+    cumulative = data.get("cumulative")
+    parts.append("<h2>Result</h2>")
+    if cumulative:
+        v = cumulative["verdict"]
+        parts.append(f"<p><span class=big>{_fmt_ratio(v)}</span><br><span class=muted>{esc(objective)} of the "
+                     f"optimised version relative to the original (lower is better); "
+                     f"{v.get('runs_a')}+{v.get('runs_b')} runs"
+                     f"{'' if cumulative.get('measured') else ', from the single accepted step'}</span></p>")
+        parts.append(_chart("cumulative", ["original", "optimised"], [v["median_a"], v["median_b"]],
+                            [cumulative.get("values_a", []), cumulative.get("values_b", [])], objective))
+    else:
+        parts.append("<p>No change was proven better; the project is unchanged.</p>")
+    counts = ", ".join(f"{n} {esc(k)}" for k, n in data["counts"].items()) or "none"
+    parts.append(f"<p>{len(data['proposals'])} proposals: {counts}. Verification used {data['verification_runs']} "
+                 f"measured runs. Patch: {esc(data['patch'] or 'none')}.</p>")
+    baseline = data.get("baseline")
+    if baseline:
+        parts.append(f"<h2>Baseline</h2><p>{esc(objective)} over {len(baseline['values'])} runs: "
+                     + ", ".join(f"{x:.4g}" for x in baseline["values"]) + "</p>")
+        if baseline["hotspots"]:
+            rows = "".join(f"<tr><td>{esc(str(h['function']))}</td><td>{esc(str(h['file']))}:{h['line']}</td>"
+                           f"<td class=num>{h['self_pct']}</td><td class=num>{h['total_pct']}</td></tr>"
+                           for h in baseline["hotspots"])
+            parts.append("<table><tr><th>function</th><th>where</th><th class=num>self %</th>"
+                         f"<th class=num>total %</th></tr>{rows}</table>")
+    accepted = [p for p in data["proposals"] if p["status"] == "accepted"]
+    if accepted:
+        parts.append("<h2>Accepted steps</h2>")
+        for p in accepted:
+            v = p["verdicts"].get(objective, {})
+            parts.append(f"<h3>#{p['index']} {esc(p['title'])}: {_fmt_ratio(v)}</h3>")
+            parts.append(_chart(f"step{p['index']}", ["before", "after"], [v.get("median_a", 0), v.get("median_b", 0)],
+                                [p["values_a"], p["values_b"]], objective))
+    parts.append("<h2>Every proposal</h2>")
+    for p in data["proposals"]:
+        block = [f"<div class=proposal><b>#{p['index']} {esc(p['title'])}</b> "
+                 f"<span class='badge {esc(p['status'])}'>{esc(p['status'])}</span> {esc(p['reason'])}"
+                 f" <span class=muted>({p['duration_s']:.1f} s)</span>"]
+        proposal = p.get("proposal") or {}
+        if proposal.get("rationale"):
+            block.append(f"<p class=muted>{esc(proposal['rationale'])}</p>")
+        if p["detail"]:
+            block.append(f"<pre>{esc(p['detail'])}</pre>")
+        block.append(_verdict_table(p["verdicts"]))
+        if p["diff"]:
+            block.append(f"<details><summary>diff</summary><pre>{esc(p['diff'])}</pre></details>")
+        if p.get("raw_reply"):
+            block.append(f"<details><summary>raw reply</summary><pre>{esc(p['raw_reply'])}</pre></details>")
+        block.append("</div>")
+        parts.append("".join(block))
+    if data["notes"]:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in data["notes"]) + "</ul>")
+    return page("perfpilot optimize", "\n".join(parts), extra_css=_CSS)

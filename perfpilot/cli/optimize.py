@@ -1,0 +1,169 @@
+"""``perfpilot optimize``: propose, test and verify changes; keep only what is proven better."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from perfpilot.config import Settings, load_settings
+from perfpilot.errors import ConfigError, PerfpilotError
+
+NOTHING_TO_PROPOSE = (
+    "nothing can propose changes: add knobs under [tool.perfpilot.knobs] "
+    '(e.g. threads = { env = "OMP_NUM_THREADS", values = ["1", "2"] }) '
+    "or an LLM backend (--backend openai --model gpt-4.1 with PERFPILOT_API_KEY set)"
+)
+
+
+def _project_dir(settings: Settings, config_file: Path | None) -> Path:
+    if config_file is not None:
+        return config_file.resolve().parent
+    if settings.source:
+        return Path(settings.source).resolve().parent
+    return Path.cwd().resolve()
+
+
+def choose_proposer(settings: Settings, plugin_set: Any, requested: str | None) -> tuple[Any, str]:
+    """(proposer, description): the LLM with the configured backend, else the knob search."""
+    proposers = plugin_set.proposers()
+    name = requested or ("llm" if settings.backend else ("knobs" if settings.knobs else None))
+    if name is None:
+        raise ConfigError(NOTHING_TO_PROPOSE)
+    if name not in proposers:
+        raise ConfigError(f"unknown proposer {name!r}", hint=f"known: {', '.join(sorted(proposers))}")
+    backend = None
+    description = name
+    if name == "llm":
+        if not settings.backend:
+            raise ConfigError("the llm proposer needs a backend", hint="pass --backend openai or --backend mock")
+        backends = plugin_set.backends()
+        if settings.backend not in backends:
+            raise ConfigError(f"unknown backend {settings.backend!r}", hint=f"known: {', '.join(sorted(backends))}")
+        backend = backends[settings.backend].factory(settings)
+        description = f"llm via {settings.backend}" + (f" ({settings.model})" if settings.model else "")
+    elif name == "knobs" and not settings.knobs:
+        raise ConfigError(NOTHING_TO_PROPOSE)
+    return proposers[name].factory(settings, backend), description
+
+
+@click.command()
+@click.option("--run", "run_command", default=None, metavar="CMD", help="The command to make better (e.g. \"python bench.py\").")
+@click.option("--test", "test_command", default=None, metavar="CMD", help="The command that must keep passing (e.g. \"pytest -q\").")
+@click.option("--objective", default=None, help="What to minimise: wall, cpu, peak_rss, energy, gpu_memory, reported.<name>...")
+@click.option("--guard", "guards", multiple=True, metavar="METRIC=LIMIT", help="A metric that may not get worse, e.g. peak_rss=+10% (repeatable).")
+@click.option("--budget", type=int, default=None, help="Most proposals to try (default 8).")
+@click.option("--time-budget", default=None, metavar="DURATION", help="Stop starting new proposals after this long (e.g. 10m).")
+@click.option("--max-failures", type=int, default=None, help="Stop after this many failed proposals in a row (default 4).")
+@click.option("--proposer", type=click.Choice(["llm", "knobs"]), default=None, help="Default: llm when a backend is set, else knobs.")
+@click.option("--backend", default=None, help="LLM backend: openai or mock.")
+@click.option("--model", default=None, help="Model name for the backend (default gpt-4.1).")
+@click.option("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--mock-replies", default=None, type=click.Path(path_type=Path), help="JSON list of replies for --backend mock.")
+@click.option("--runs", type=int, default=None, help="Most runs per side when verifying (default 10).")
+@click.option("--min-runs", type=int, default=None, help="Fewest runs per side before stopping early (default 5).")
+@click.option("--threshold", default=None, metavar="PCT", help="Smallest change that counts, e.g. 2% (default: from the noise).")
+@click.option("--output-check", default=None, metavar="MODE", help="none, exact, numeric[:rtol] or reported.<name>[:tol].")
+@click.option("--protect", "protect", multiple=True, metavar="GLOB", help="More files candidates may not touch (repeatable).")
+@click.option("--context-tokens", type=int, default=None, help="Token budget for the LLM context (default 12000).")
+@click.option("--output-dir", type=click.Path(path_type=Path), default=None, help="Where to write the report and patch (default: the project).")
+@click.option("--apply", "apply_result", is_flag=True, help="Apply the accepted changes to the project (clean git tree only).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="Config file (pyproject.toml or perfpilot.toml).")
+@click.option("-q", "--quiet", is_flag=True, help="Only the final summary.")
+def optimize(run_command: str | None, test_command: str | None, objective: str | None, guards: tuple[str, ...],
+             budget: int | None, time_budget: str | None, max_failures: int | None, proposer: str | None,
+             backend: str | None, model: str | None, base_url: str | None, mock_replies: Path | None,
+             runs: int | None, min_runs: int | None, threshold: str | None, output_check: str | None,
+             protect: tuple[str, ...], context_tokens: int | None, output_dir: Path | None, apply_result: bool,
+             config_file: Path | None, quiet: bool) -> None:
+    """Propose changes, apply each in an isolated copy, run the tests, re-measure, and
+    keep only what is proven better. Writes optimize-report.json/.html and
+    perfpilot.patch; the project itself is changed only with --apply.
+
+    \b
+      perfpilot optimize --run "python bench.py" --test "pytest -q" --objective wall --budget 8
+      perfpilot optimize --backend openai --model gpt-4.1 --base-url http://127.0.0.1:8000/v1
+      perfpilot optimize --backend mock --mock-replies replies.json
+    """
+    from perfpilot.agent import report
+    from perfpilot.agent.loop import Optimizer
+    from perfpilot.agent.progress import TerminalProgress
+    from perfpilot.agent.workspace import apply_to_project, git_dirty
+    from perfpilot.registry import build_plugin_manager
+
+    console = Console(stderr=True)
+    overrides: dict[str, Any] = dict(run=run_command, test=test_command, objective=objective, budget=budget,
+                                     time_budget=time_budget, max_failures=max_failures, backend=backend, model=model,
+                                     base_url=base_url, runs=runs, min_runs=min_runs, threshold=threshold,
+                                     output_check=output_check, context_tokens=context_tokens,
+                                     mock_replies=str(mock_replies.resolve()) if mock_replies else None)
+    settings = load_settings(config_file=config_file, overrides=overrides)
+    if guards:
+        parsed = dict(settings.guards)
+        for guard in guards:
+            metric, sep, limit = guard.partition("=")
+            if not sep or not metric.strip() or not limit.strip():
+                raise click.BadParameter(f"expected METRIC=LIMIT like peak_rss=+10%, got {guard!r}", param_hint="--guard")
+            parsed[metric.strip()] = limit.strip()
+        settings = settings.replace(guards=parsed)
+    if protect:
+        settings = settings.replace(protected=[*settings.protected, *protect])
+    if settings.mock_replies and not Path(settings.mock_replies).is_absolute() and settings.source:
+        settings = settings.replace(mock_replies=str(Path(settings.source).parent / settings.mock_replies))
+    project = _project_dir(settings, config_file)
+    out_dir = (output_dir or project).resolve()
+
+    if apply_result:
+        dirty = git_dirty(project)
+        if dirty is None:
+            raise ConfigError(f"--apply needs a git work tree, and {project} is not one",
+                              hint="run without --apply and use perfpilot.patch")
+        if dirty:
+            raise ConfigError(f"--apply needs a clean git tree, but {project} has {len(dirty)} uncommitted "
+                              f"change(s) (e.g. {dirty[0][3:]})", hint="commit or stash them, or run without --apply")
+
+    plugin_set = build_plugin_manager()
+    chosen, description = choose_proposer(settings, plugin_set, proposer)
+    progress = TerminalProgress(console, quiet=quiet)
+    optimizer = Optimizer(settings, project, chosen, progress=progress, plugin_set=plugin_set,
+                          proposer_name=description)
+    if not quiet:
+        console.print(f"[bold cyan]perfpilot optimize[/] {escape(str(project))}: objective [bold]{settings.objective}[/]"
+                      + (f", guards {settings.guards}" if settings.guards else "")
+                      + f", proposer {escape(description)}, budget {settings.budget}")
+    with progress:
+        result = optimizer.run()
+    written = report.write(result, out_dir)
+    _summary(console, result, written)
+    if result.interrupted:
+        console.print("[yellow]interrupted: the workspace was removed; partial report written[/]")
+        sys.exit(130)
+    if apply_result and result.patch.strip():
+        dirty = git_dirty(project)
+        if dirty:
+            raise ConfigError(f"{project} changed while optimising; not applying", hint=f"apply {written['patch']} by hand")
+        apply_to_project(project, result.patch)
+        console.print(f"[green]applied[/] {len(result.accepted)} accepted change(s) to {escape(str(project))}")
+    if result.final_state.env or result.final_state.knobs:
+        console.print(f"[bold]to keep the gain, also run with:[/] {escape(report.build(result)['final']['run'])}"
+                      + (" " + escape(" ".join(f"{k}={v}" for k, v in result.final_state.env.items()))
+                         if result.final_state.env else ""))
+    if result.error:
+        raise PerfpilotError(result.error)
+
+
+def _summary(console: Console, result: Any, written: dict[str, Path]) -> None:
+    cumulative = result.cumulative
+    if cumulative:
+        v = cumulative["verdict"]
+        console.print(f"[bold green]{result.objective} ×{v['ratio']:.3f}[/] (95% CI {v['ci_low']:.3f}–{v['ci_high']:.3f}) "
+                      f"with {len(result.accepted)} accepted change(s); {result.verification_runs} verification runs; "
+                      f"{result.duration_s:.1f} s")
+    else:
+        console.print(f"no change was proven better ({len(result.outcomes)} proposals, {result.duration_s:.1f} s)")
+    console.print(f"[dim]stopped: {escape(result.stop_reason or '-')}; wrote "
+                  + ", ".join(escape(str(p)) for p in written.values()) + "[/]")
