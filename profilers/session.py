@@ -29,7 +29,7 @@ from perfpilot.errors import CommandNotExecutable, CommandNotFound, ConfigError,
 from perfpilot.profilers.collector import CollectorSet
 from perfpilot.profilers.host import host_info
 from perfpilot.profilers.profile import Profile
-from perfpilot.profilers.target import Target, add_rusage, rusage_to_dict
+from perfpilot.profilers.target import Target, add_io, add_rusage, read_proc_io, rusage_to_dict
 
 TickCallback = Callable[[float, Mapping[str, float]], None]
 
@@ -162,11 +162,14 @@ def _reap_orphans(target: Target, exclude: set[int]) -> dict[str, float] | None:
         try:
             if child.status() != psutil.STATUS_ZOMBIE:
                 continue
+            io = read_proc_io(child.pid)  # readable until the zombie is reaped
             pid, _status, ru = os.wait4(child.pid, os.WNOHANG)
         except (ChildProcessError, psutil.Error):
             continue
         if pid:
             total = add_rusage(total, rusage_to_dict(ru))
+            if io is not None:
+                target.orphan_io = add_io(target.orphan_io, io)
     return total
 
 
@@ -287,7 +290,8 @@ def profile_command(
         os.unlink(metrics_path)
         _raise_launch_error(exc, argv, cwd)
 
-    target = Target(pid=popen.pid, launched=True, command=argv, cwd=cwd)
+    target = Target(pid=popen.pid, launched=True, command=argv, cwd=cwd, started_at=t0,
+                    marker=f"{reporting.ENV_VAR}={metrics_path}")
     outputs: dict[str, bytes] = {}
     readers = []
     if options.capture_output:
@@ -321,6 +325,10 @@ def profile_command(
         timer.start()
 
     with _InterruptForwarder(target) as forwarder:
+        # Wait without reaping first: the zombie's /proc/<pid>/io still holds the exact
+        # I/O of the whole waited-for tree (chars and syscalls have no rusage field).
+        os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+        target.exit_io = read_proc_io(popen.pid)
         _pid, status, ru = os.wait4(popen.pid, 0)
     interrupted = forwarder.interrupted
     wall = time.monotonic() - t0
@@ -329,6 +337,7 @@ def profile_command(
     popen.returncode = os.waitstatus_to_exitcode(status)
     target.exit_rusage = rusage_to_dict(ru)
     target.ended = True
+    target.ended_at = t0 + wall
 
     sampler.stop()
     exclude = {stacks.pid} if stacks is not None and getattr(stacks, "pid", None) else set()
@@ -396,6 +405,7 @@ def profile_pid(
     target = Target(pid=pid, launched=False, command=command, cwd=cwd)
     started_at = _now_iso()
     t0 = time.monotonic()
+    target.started_at = t0
     collectors.start(target)
     sampler = _Sampler(collectors, target, settings.interval, t0, options.on_tick)
     sampler.start()
@@ -419,6 +429,7 @@ def profile_pid(
     wall = time.monotonic() - t0
     sampler.stop()
     target.ended = True
+    target.ended_at = t0 + wall
     profile = Profile(
         target={"command": command, "cwd": cwd, "pid": pid, "exit_code": None, "signal": None,
                 "attached": True, "interrupted": interrupted, "timed_out": False},

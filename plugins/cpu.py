@@ -1,0 +1,330 @@
+"""CPU collector: process-tree user/system time, utilisation, context switches,
+and the machine's per-core load, steal and iowait.
+
+Totals (``summary``):
+
+``cpu_user_s`` / ``cpu_system_s``
+    Launched target: exact, from the rusage the session reaped with ``os.wait4``
+    (the root and every descendant it waited for, plus orphans perfpilot reaped as
+    subreaper) plus descendants still alive at the end (their own times and those of
+    children they reaped). Attached target (``--pid``): the sum over every process
+    seen of its CPU time since attach, sampled (the last tick before a process exits
+    is the last we know of it).
+``cpu_utilization_mean_pct``
+    total CPU seconds / wall seconds x 100 (100 = one core busy).
+``cpu_ctx_switches_voluntary`` / ``cpu_ctx_switches_involuntary``
+    exact from rusage when launched, else sampled.
+``cpu_utilization_peak_pct``, ``cpu_processes_max``, ``cpu_system_busy_mean_pct``,
+``cpu_steal_mean_pct``, ``cpu_iowait_mean_pct``, ``cpu_load_1m_max``.
+
+Series: ``cpu.utilization_pct`` (tree; 100 = one core), ``cpu.processes``,
+``cpu.system_busy_pct`` (machine; 100 = every core), ``cpu.core<N>_busy_pct``,
+``cpu.steal_pct``, ``cpu.iowait_pct``, ``cpu.load_1m`` (runnable tasks, 1-minute
+average), ``cpu.ctx_switches_voluntary_per_s`` / ``..._involuntary_per_s`` (tree).
+
+Cost: one read of ``/proc/<pid>/stat`` per process per tick (raw ``os.read``, not
+psutil, which costs ~3x more per call); ``/proc/<pid>/status`` for context switches
+only once a second. See ``benchmarks/sampler_cost.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from perfpilot import hookimpl
+from perfpilot.config import Settings
+from perfpilot.profilers.target import Target
+
+CLK_TCK = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+CTX_INTERVAL_S = 1.0
+
+# Field positions in /proc/<pid>/stat after the ")" that ends the command name.
+STAT_MINFLT, STAT_MAJFLT = 7, 9
+STAT_UTIME, STAT_STIME, STAT_CUTIME, STAT_CSTIME = 11, 12, 13, 14
+STAT_STARTTIME = 19
+
+
+def read_file(path: str) -> bytes | None:
+    """A small /proc file in one ``read`` (cheaper than ``open().read()``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def proc_stat(pid: int) -> list[bytes] | None:
+    """``/proc/<pid>/stat`` fields after the command name (index 0 is the state)."""
+    data = read_file(f"/proc/{pid}/stat")
+    if not data:
+        return None
+    return data[data.rindex(b")") + 2:].split()
+
+
+def proc_status_ctx(pid: int) -> tuple[int, int] | None:
+    """(voluntary, involuntary) context switches from ``/proc/<pid>/status``."""
+    data = read_file(f"/proc/{pid}/status")
+    if data is None:
+        return None
+    vol = invol = 0
+    for line in data.splitlines()[-4:]:  # the ctxt lines close the file
+        if line.startswith(b"voluntary_ctxt_switches"):
+            vol = int(line.split()[1])
+        elif line.startswith(b"nonvoluntary_ctxt_switches"):
+            invol = int(line.split()[1])
+    return vol, invol
+
+
+@dataclass
+class _ProcTimes:
+    starttime: bytes
+    first_user: float
+    first_system: float
+    user: float
+    system: float
+
+
+class TreeCpu:
+    """CPU seconds of a process tree, from ``/proc/<pid>/stat`` (also used by ``power``).
+
+    Each process is identified by (pid, start time), so a reused pid is a new process.
+    ``baseline_existing`` makes processes already running at the first update count
+    from that moment (attach); otherwise from their birth (launch).
+    """
+
+    def __init__(self, baseline_existing: bool) -> None:
+        self.procs: dict[int, _ProcTimes] = {}
+        self.gone_user = 0.0
+        self.gone_system = 0.0
+        self._baseline = baseline_existing
+
+    def update(self, pids: Iterable[int]) -> float:
+        """Read every pid; return CPU seconds used since the previous update."""
+        delta = 0.0
+        current: set[int] = set()
+        for pid in pids:
+            fields = proc_stat(pid)
+            if fields is None:
+                continue
+            current.add(pid)
+            user = int(fields[STAT_UTIME]) / CLK_TCK
+            system = int(fields[STAT_STIME]) / CLK_TCK
+            rec = self.procs.get(pid)
+            if rec is None or rec.starttime != fields[STAT_STARTTIME]:
+                if rec is not None:
+                    self._retire(pid)
+                base_u, base_s = (user, system) if self._baseline else (0.0, 0.0)
+                rec = self.procs[pid] = _ProcTimes(fields[STAT_STARTTIME], base_u, base_s, base_u, base_s)
+            delta += (user - rec.user) + (system - rec.system)
+            rec.user, rec.system = user, system
+        for pid in [p for p in self.procs if p not in current]:
+            self._retire(pid)
+        self._baseline = False
+        return delta
+
+    def _retire(self, pid: int) -> None:
+        rec = self.procs.pop(pid)
+        self.gone_user += rec.user - rec.first_user
+        self.gone_system += rec.system - rec.first_system
+
+    def sampled_totals(self) -> tuple[float, float]:
+        user = self.gone_user + sum(r.user - r.first_user for r in self.procs.values())
+        system = self.gone_system + sum(r.system - r.first_system for r in self.procs.values())
+        return user, system
+
+    def alive_totals(self, exclude: int) -> tuple[float, float, int]:
+        """Current own+reaped-children times of tracked processes still in /proc.
+
+        For a launched target these are exactly what its rusage cannot contain: no
+        process in the tree has waited for them yet.
+        """
+        user = system = 0.0
+        count = 0
+        for pid, rec in self.procs.items():
+            if pid == exclude:
+                continue
+            fields = proc_stat(pid)
+            if fields is None or fields[STAT_STARTTIME] != rec.starttime:
+                continue
+            count += 1
+            user += (int(fields[STAT_UTIME]) + int(fields[STAT_CUTIME])) / CLK_TCK
+            system += (int(fields[STAT_STIME]) + int(fields[STAT_CSTIME])) / CLK_TCK
+        return user, system, count
+
+
+def tree_cpu_totals(target: Target, tree: TreeCpu) -> tuple[float, float, str]:
+    """(user_s, system_s, how): exact rusage plus live descendants, or sampled."""
+    exact = target.exact_totals() if target.launched else None
+    if exact is None:
+        user, system = tree.sampled_totals()
+        return user, system, "sampled"
+    alive_user, alive_system, _ = tree.alive_totals(exclude=target.pid)
+    return exact["utime"] + alive_user, exact["stime"] + alive_system, "rusage"
+
+
+def _system_times() -> list[list[int]]:
+    """Rows of ``/proc/stat`` ``cpu`` lines: [total, then cpu0, cpu1...] as jiffies."""
+    data = read_file("/proc/stat") or b""
+    rows = []
+    for line in data.splitlines():
+        if not line.startswith(b"cpu"):
+            break
+        rows.append([int(x) for x in line.split()[1:]])
+    return rows
+
+
+class CpuCollector:
+    name = "cpu"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.target: Target | None = None
+        self.tree = TreeCpu(baseline_existing=False)
+        self._t_start = 0.0
+        self._last_now: float | None = None
+        self._sys_prev: list[list[int]] | None = None
+        self._ctx_prev: dict[int, tuple[bytes, int, int]] = {}
+        self._ctx_total = [0, 0]
+        self._ctx_last_now: float | None = None
+        self._util: list[float] = []
+        self._busy: list[float] = []
+        self._steal: list[float] = []
+        self._iowait: list[float] = []
+        self._load_max = 0.0
+        self._procs_max = 0
+
+    def available(self) -> tuple[bool, str]:
+        if not os.path.exists("/proc/self/stat"):
+            return False, "needs Linux /proc (not found on this system)"
+        return True, ""
+
+    def start(self, target: Target) -> None:
+        self.target = target
+        self.tree = TreeCpu(baseline_existing=not target.launched)
+        self._t_start = target.started_at if target.started_at is not None else time.monotonic()
+        self._sys_prev = _system_times()
+
+    def sample(self, now: float) -> dict[str, float]:
+        assert self.target is not None
+        pids = [p.pid for p in self.target.processes()]
+        used = self.tree.update(pids)
+        out: dict[str, float] = {"cpu.processes": float(len(pids))}
+        self._procs_max = max(self._procs_max, len(pids))
+        if self._last_now is not None and now > self._last_now:
+            util = 100.0 * used / (now - self._last_now)
+            out["cpu.utilization_pct"] = round(util, 2)
+            self._util.append(util)
+        self._last_now = now
+        out.update(self._system(now))
+        if self._ctx_last_now is None or now - self._ctx_last_now >= CTX_INTERVAL_S:
+            out.update(self._ctx(now, pids))
+        return out
+
+    def _system(self, now: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        rows = _system_times()
+        prev, self._sys_prev = self._sys_prev, rows
+        if prev and len(prev) == len(rows):
+            for index, (a, b) in enumerate(zip(prev, rows)):
+                d = [y - x for x, y in zip(a, b)]
+                total = sum(d[:8])  # user..steal; guest time is already inside user
+                if total <= 0:
+                    continue
+                busy = 100.0 * (total - d[3] - d[4]) / total  # minus idle and iowait
+                if index == 0:
+                    steal = 100.0 * d[7] / total if len(d) > 7 else 0.0
+                    iowait = 100.0 * d[4] / total
+                    out["cpu.system_busy_pct"] = round(busy, 1)
+                    out["cpu.steal_pct"] = round(steal, 2)
+                    out["cpu.iowait_pct"] = round(iowait, 2)
+                    self._busy.append(busy)
+                    self._steal.append(steal)
+                    self._iowait.append(iowait)
+                else:
+                    out[f"cpu.core{index - 1}_busy_pct"] = round(busy, 1)
+        load = os.getloadavg()[0]
+        self._load_max = max(self._load_max, load)
+        out["cpu.load_1m"] = load
+        return out
+
+    def _ctx(self, now: float, pids: list[int]) -> dict[str, float]:
+        assert self.target is not None
+        vol = invol = 0
+        first = self._ctx_last_now is None
+        seen: set[int] = set()
+        for pid in pids:
+            rec = self.tree.procs.get(pid)
+            ctx = proc_status_ctx(pid)
+            if rec is None or ctx is None:
+                continue
+            seen.add(pid)
+            prev = self._ctx_prev.get(pid)
+            if prev is None or prev[0] != rec.starttime:
+                # Attached: what already ran counts from now. Anything else was born
+                # during the run, so every switch since its birth is ours.
+                base = ctx if (first and not self.target.launched) else (0, 0)
+                prev = (rec.starttime, *base)
+            vol += ctx[0] - prev[1]
+            invol += ctx[1] - prev[2]
+            self._ctx_prev[pid] = (rec.starttime, *ctx)
+        for pid in [p for p in self._ctx_prev if p not in seen]:
+            del self._ctx_prev[pid]
+        self._ctx_total[0] += vol
+        self._ctx_total[1] += invol
+        out: dict[str, float] = {}
+        if not first and now > self._ctx_last_now:  # type: ignore[operator]
+            dt = now - self._ctx_last_now  # type: ignore[operator]
+            out["cpu.ctx_switches_voluntary_per_s"] = round(vol / dt, 1)
+            out["cpu.ctx_switches_involuntary_per_s"] = round(invol / dt, 1)
+        self._ctx_last_now = now
+        return out
+
+    def stop(self) -> dict[str, Any]:
+        assert self.target is not None
+        target = self.target
+        user, system, how = tree_cpu_totals(target, self.tree)
+        end = target.ended_at if target.ended_at is not None else time.monotonic()
+        wall = max(end - self._t_start, 1e-9)
+        out: dict[str, Any] = {
+            "cpu_user_s": user,
+            "cpu_system_s": system,
+            "cpu_utilization_mean_pct": 100.0 * (user + system) / wall,
+            "cpu_processes_max": self._procs_max,
+        }
+        exact = target.exact_totals() if target.launched else None
+        if exact is not None:
+            vol, invol = exact["nvcsw"], exact["nivcsw"]
+            for pid, rec in self.tree.procs.items():
+                if pid == target.pid:
+                    continue
+                fields = proc_stat(pid)
+                ctx = proc_status_ctx(pid) if fields and fields[STAT_STARTTIME] == rec.starttime else None
+                if ctx:
+                    vol += ctx[0]
+                    invol += ctx[1]
+            out["cpu_ctx_switches_voluntary"] = int(vol)
+            out["cpu_ctx_switches_involuntary"] = int(invol)
+        else:
+            out["cpu_ctx_switches_voluntary"] = int(self._ctx_total[0])
+            out["cpu_ctx_switches_involuntary"] = int(self._ctx_total[1])
+        if self._util:
+            out["cpu_utilization_peak_pct"] = max(self._util)
+        if self._busy:
+            out["cpu_system_busy_mean_pct"] = sum(self._busy) / len(self._busy)
+            out["cpu_steal_mean_pct"] = sum(self._steal) / len(self._steal)
+            out["cpu_iowait_mean_pct"] = sum(self._iowait) / len(self._iowait)
+        out["cpu_load_1m_max"] = self._load_max
+        return out
+
+
+@hookimpl
+def perfpilot_register_collectors(register: Any) -> None:
+    register(CpuCollector)
