@@ -160,13 +160,13 @@ def metric_value(profile: Profile, name: str) -> float:
             joules = [j for j in joules if j is not None]
             if joules:
                 return float(sum(joules))
-            missing = "any energy figure"
+            missing = "energy figure"
         else:
             entry = entries.get(name.split(".", 1)[1])
             joules_one = _number(entry.get("joules")) if isinstance(entry, dict) else None
             if joules_one is not None:
                 return joules_one
-            missing = f"an energy domain {name.split('.', 1)[1]!r}" + (
+            missing = f"energy domain {name.split('.', 1)[1]!r}" + (
                 f" (it has: {', '.join(sorted(entries))})" if entries else "")
         notes = "; ".join(_collector_note(profile, c) for c in ENERGY_COLLECTORS)
         raise MetricUnavailable(f"metric {name!r}: this profile has no {missing}: {notes}",

@@ -220,20 +220,20 @@ def verdict(
 
     better_word, worse_word = WORDS[metric_kind(metric)]
     significant = p < alpha
+    excludes_1 = significant and (ci_high < 1 or ci_low > 1)
     improved = significant and ci_high < 1 - t
     regressed = significant and ci_low > 1 + t
     if improved:
         word = better_word
     elif regressed:
         word = worse_word
-    elif 1 - t <= ci_low and ci_high <= 1 + t:
+    elif (1 - t <= ci_low and ci_high <= 1 + t) or (excludes_1 and abs(ratio - 1) <= t):
         word = "no change"
-    elif significant and (ci_high < 1 or ci_low > 1) and abs(ratio - 1) <= t:
-        word = "no change"
-        notes.append(f"a real difference of {abs(ratio - 1):.1%}, below the {t:.1%} threshold")
+        if excludes_1:
+            notes.append(f"a real difference of {abs(ratio - 1):.1%}, below the {t:.1%} threshold")
     else:
         word = "inconclusive"
-        if significant and (ci_high < 1 or ci_low > 1):
+        if excludes_1:
             side = better_word if ci_high < 1 else worse_word
             notes.append(f"B is {side} with {confidence:.1%} confidence, but not clearly by more than the "
                          f"{t:.1%} threshold; more runs would tell")

@@ -1,0 +1,207 @@
+"""The verdict engine on synthetic samples with realistic noise (no processes, no timing)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from perfpilot.errors import PerfpilotError
+from perfpilot.profilers.stats import (
+    SampleError,
+    StoppingPlan,
+    default_threshold,
+    planned_looks,
+    robust_noise,
+    smallest_p,
+    verdict,
+)
+
+WINS = {"faster", "slower", "smaller", "larger"}
+
+
+def run_times(rng: np.random.Generator, n: int, *, scale: float = 1.0, sigma: float = 0.08,
+              outliers: float = 0.05) -> np.ndarray:
+    """Lognormal run times around 0.2 s with occasional slow runs (a busy neighbour)."""
+    x = 0.2 * scale * rng.lognormal(0.0, sigma, n)
+    slow = rng.random(n) < outliers
+    x[slow] *= rng.uniform(1.3, 2.0, int(slow.sum()))
+    return x
+
+
+def sequential(plan: StoppingPlan, a: np.ndarray, b: np.ndarray, seed: int):
+    for n in plan.looks:
+        v, stop = plan.decide(a[:n], b[:n], seed=seed)
+        if stop:
+            return v, n
+    raise AssertionError("the last look must stop")
+
+
+def test_aa_single_look_is_no_win_in_at_least_95_of_100_trials() -> None:
+    rng = np.random.default_rng(2024)
+    false_wins = 0
+    for trial in range(100):
+        v = verdict(run_times(rng, 10), run_times(rng, 10), seed=trial)
+        false_wins += v.verdict in WINS
+        assert v.verdict in WINS | {"no change", "inconclusive"}
+    assert false_wins <= 5
+
+
+def test_aa_with_adaptive_stopping_keeps_false_wins_at_most_5_of_100() -> None:
+    # Peeking at 5, 7 and 10 runs: without the Bonferroni split this is where false wins creep in.
+    rng = np.random.default_rng(7)
+    plan = StoppingPlan(min_runs=5, max_runs=10)
+    false_wins = 0
+    for trial in range(100):
+        v, _runs = sequential(plan, run_times(rng, 10, sigma=0.12), run_times(rng, 10, sigma=0.12), trial)
+        false_wins += v.improved or v.regressed
+    assert false_wins <= 5
+
+
+def test_a_30_percent_speedup_is_found_within_10_runs_with_ci_excluding_1() -> None:
+    rng = np.random.default_rng(3)
+    plan = StoppingPlan(min_runs=5, max_runs=10)
+    found = 0
+    runs_used, ratios = [], []
+    for trial in range(100):
+        v, runs = sequential(plan, run_times(rng, 10), run_times(rng, 10, scale=0.7), trial)
+        if v.verdict == "faster":
+            assert v.improved and v.ci_high < 1
+            found += 1
+            runs_used.append(runs)
+            ratios.append(v.ratio)
+    assert found >= 95
+    assert 0.65 < np.median(ratios) < 0.75
+    assert max(runs_used) <= 10
+    assert np.median(runs_used) == 5  # clear at the first look, usually
+
+
+def test_a_1_percent_change_on_noisy_data_is_not_a_win() -> None:
+    rng = np.random.default_rng(11)
+    wins = sum(verdict(run_times(rng, 10), run_times(rng, 10, scale=0.99), seed=i).improved for i in range(100))
+    assert wins <= 5
+    # Many runs make the 1% real (significant) but it stays under the 2% bar.
+    v = verdict(run_times(rng, 400, sigma=0.05, outliers=0.0), run_times(rng, 400, scale=0.99, sigma=0.05, outliers=0.0))
+    assert not v.improved
+    assert v.verdict in {"no change", "inconclusive"}
+    assert 0.97 < v.ratio < 1.0
+
+
+def test_a_real_but_tiny_difference_is_no_change_and_says_why() -> None:
+    rng = np.random.default_rng(5)
+    a = 1.0 + rng.normal(0, 0.002, 30)
+    b = 0.99 + rng.normal(0, 0.002, 30)
+    v = verdict(a, b, threshold=0.02)
+    assert v.p_value < 1e-6
+    assert v.verdict == "no change"
+    assert not v.improved
+    assert any("below the 2.0% threshold" in note for note in v.notes)
+
+
+def test_words_follow_the_metric_kind_and_direction() -> None:
+    a = [100.0, 101.0, 99.0, 100.5, 99.5, 100.2, 99.8, 100.1]
+    double = [2 * x for x in a]
+    half = [x / 2 for x in a]
+    assert verdict(a, half, metric="wall").verdict == "faster"
+    assert verdict(a, double, metric="cpu").verdict == "slower"
+    assert verdict(a, half, metric="peak_rss").verdict == "smaller"
+    larger = verdict(a, double, metric="energy")
+    assert larger.verdict == "larger" and larger.regressed and not larger.improved
+    assert verdict(a, half, metric="reported.step_time_s").verdict == "faster"
+
+
+def test_estimated_energy_is_labelled_and_decides_nothing() -> None:
+    a = [10.0, 10.2, 9.9, 10.1, 10.05, 9.95, 10.0, 10.1]
+    v = verdict(a, [x * 0.5 for x in a], metric="energy", source="estimate")
+    assert v.verdict == "smaller"
+    assert v.source == "estimate" and v.label == "smaller (estimate)"
+    assert not v.improved and not v.regressed
+    assert any("estimate" in note for note in v.notes)
+
+
+def test_noise_note_when_a_spreads_more_than_the_effect() -> None:
+    a = [1.0, 1.3, 0.8, 1.1, 0.9, 1.25]
+    b = [0.97 * x for x in (1.25, 0.8, 1.1, 1.3, 0.9, 1.0)]
+    v = verdict(a, b)
+    assert v.verdict == "inconclusive"
+    note = next(n for n in v.notes if "own runs spread" in n)
+    assert "--cpus" in note and "runs per side" in note
+
+
+def test_threshold_grows_with_noise_between_floor_and_cap() -> None:
+    assert default_threshold(0.001, 0.002) == pytest.approx(0.02)
+    assert default_threshold(0.2, 0.1) == pytest.approx(0.05)
+    assert default_threshold(3.0, 0.0) == pytest.approx(0.10)
+    v = verdict([1.0, 1.01, 0.99, 1.0, 1.02], [1.0, 1.0, 1.01, 0.99, 1.0], threshold=0.07)
+    assert v.threshold == 0.07
+
+
+def test_robust_noise_ignores_one_outlier() -> None:
+    values = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 50.0]
+    assert robust_noise(values) < 0.05
+    assert robust_noise([3.0]) == 0.0
+
+
+def test_identical_runs_are_no_change() -> None:
+    v = verdict([2.0] * 6, [2.0] * 6)
+    assert (v.ratio, v.ci_low, v.ci_high, v.p_value) == (1.0, 1.0, 1.0, 1.0)
+    assert v.verdict == "no change"
+
+
+def test_zero_median_a_gives_json_safe_output() -> None:
+    v = verdict([0.0] * 6, [5.0, 6.0, 5.5, 6.5, 5.2, 6.1], metric="io")
+    assert v.ratio == math.inf
+    assert v.verdict == "larger" and v.regressed
+    data = v.to_dict()
+    json.dumps(data, allow_nan=False)
+    assert data["ratio"] is None and data["samples_b"][0] == 5.0
+
+
+def test_too_few_runs_cannot_be_significant_and_say_so() -> None:
+    v = verdict([1.0, 1.1, 1.05], [0.5, 0.55, 0.52])
+    assert smallest_p(3, 3) == pytest.approx(0.1)
+    assert v.verdict == "inconclusive"
+    assert any("cannot reach" in n for n in v.notes)
+
+
+@pytest.mark.parametrize(("a", "b", "message"), [
+    ([], [1.0, 2.0], "no runs for A"),
+    ([1.0, float("nan")], [1.0, 2.0], "A has non-finite"),
+    ([1.0, 2.0], [float("inf"), 2.0], "B has non-finite"),
+])
+def test_bad_samples_are_user_errors(a: list[float], b: list[float], message: str) -> None:
+    with pytest.raises(SampleError, match=message) as info:
+        verdict(a, b)
+    assert isinstance(info.value, PerfpilotError)
+
+
+def test_bad_confidence_and_threshold_are_user_errors() -> None:
+    with pytest.raises(SampleError, match="confidence"):
+        verdict([1.0, 2.0], [1.0, 2.0], confidence=95)
+    with pytest.raises(SampleError, match="threshold"):
+        verdict([1.0, 2.0], [1.0, 2.0], threshold=2.0)
+
+
+def test_planned_looks_and_bonferroni_confidence() -> None:
+    assert planned_looks(5, 10) == (5, 7, 10)
+    assert planned_looks(5, 50) == (5, 7, 10, 14, 20, 28, 40, 50)
+    assert planned_looks(5, 5) == (5,)
+    assert planned_looks(8, 4) == (4,)
+    plan = StoppingPlan(5, 10, confidence=0.95)
+    assert plan.look_confidence == pytest.approx(1 - 0.05 / 3)
+    assert "Bonferroni" in plan.describe()
+    v, stop = plan.decide([1.0, 1.1, 1.05, 0.95, 1.0], [1.0, 1.1, 1.05, 0.95, 1.02])
+    assert v.confidence == pytest.approx(plan.look_confidence)
+    assert not stop  # 5 noisy runs cannot show "no change" within 2%
+
+
+def test_verdict_to_dict_round_trips_through_json() -> None:
+    rng = np.random.default_rng(0)
+    v = verdict(run_times(rng, 8), run_times(rng, 8, scale=0.7))
+    data = json.loads(json.dumps(v.to_dict()))
+    assert set(data) >= {"metric", "median_a", "median_b", "ratio", "ci_low", "ci_high", "confidence", "p_value",
+                         "runs_a", "runs_b", "noise_a", "noise_b", "threshold", "verdict", "improved", "regressed",
+                         "source", "notes"}
+    assert data["ci_low"] <= data["ratio"] <= data["ci_high"]
