@@ -251,7 +251,11 @@ def daemon_config(table: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
 
 
 def validate(config: DaemonConfig) -> None:
+    from perfpilot.agent.daemon.watch import Selector
+
     split_listen(config.listen)
+    for text in config.watch:
+        Selector(text)  # a typo in a selector is an error now, not an empty group later
     if config.flush_interval < config.interval:
         # Writing more often than sampling buys nothing and costs fsyncs.
         config.flush_interval = config.interval

@@ -233,6 +233,11 @@ class GpuProbe:
     def start(self) -> bool:
         try:
             if self.nvml is None:
+                if os.environ.get("PERFPILOT_FAKE_NVML"):
+                    # A test's scripted GPU (perfpilot.testing): never set on a real host.
+                    from perfpilot.testing.fake_nvml import from_environment
+
+                    from_environment()
                 import pynvml
 
                 self.nvml = pynvml

@@ -49,10 +49,13 @@ class TickCounters:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, *, collectors: list[Any] | None = None, nvml: Any = None) -> None:
+    def __init__(self, config: DaemonConfig, *, collectors: list[Any] | None = None, nvml: Any = None,
+                 problems: list[str] | None = None) -> None:
         """``collectors``: instances to run for host telemetry (the CLI builds them from
-        the plugin registry); ``nvml``: a pynvml-like module (tests pass a fake)."""
+        the plugin registry); ``nvml``: a pynvml-like module (tests pass a fake);
+        ``problems``: plugins that could not be loaded, reported as degraded."""
         self.config = config
+        self.problems = list(problems or [])
         self.store = Store(config.db, max_bytes=config.max_db_bytes, raw_retention=config.raw_retention,
                            rollup_retention=config.rollup_retention, rollup_step=config.rollup_step)
         self.started_at = time.time()
@@ -254,7 +257,7 @@ class Daemon:
         return self._state
 
     def capabilities(self) -> dict[str, Any]:
-        missing: list[str] = []
+        missing: list[str] = list(self.problems)
         root = os.geteuid() == 0
         if "io" in self.processes.missing or "fds" in self.processes.missing:
             missing.append("per-process I/O and open fds of other users' processes need root or CAP_SYS_PTRACE")

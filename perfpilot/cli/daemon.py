@@ -31,20 +31,20 @@ def _settings_and_config(config_file: Path | None, overrides: dict[str, Any]) ->
     return settings, daemon_config(settings.daemon, overrides, origin=origin)
 
 
-def _collectors(settings: Any) -> list[Any]:
+def _collectors(settings: Any) -> tuple[list[Any], list[str]]:
+    """Collector instances for host telemetry, and why any are missing (shown as degraded)."""
     from perfpilot.registry import build_plugin_manager
 
     plugin_set = build_plugin_manager()
     instances = []
+    problems = [f"plugin {name} not loaded: {error}" for name, error in plugin_set.load_errors.items()]
     for name, entry in plugin_set.collectors(only=settings.plugins or None,
                                              disable=settings.disable_plugins).items():
         try:
             instances.append(entry.factory(settings))
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the daemon
-            click.echo(f"perfpilot daemon: collector {name} skipped: {type(exc).__name__}: {exc}", err=True)
-    for name, error in plugin_set.load_errors.items():
-        click.echo(f"perfpilot daemon: plugin {name} not loaded: {error}", err=True)
-    return instances
+            problems.append(f"collector {name} skipped: {type(exc).__name__}: {exc}")
+    return instances, problems
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,7 +91,8 @@ def daemon(ctx: click.Context, config_file: Path | None, watch: tuple[str, ...],
         "flush_interval": flush_interval, "max_db_bytes": max_db_bytes, "snapshots": snapshots,
     })
     configure_logging(verbose)
-    service = Daemon(config, collectors=_collectors(settings))
+    instances, problems = _collectors(settings)
+    service = Daemon(config, collectors=instances, problems=problems)
     sys.exit(service.run())
 
 

@@ -1,0 +1,154 @@
+"""The daemon's SQLite store: WAL, batching, downsampling, the disk bound, bad files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from perfpilot.agent.daemon.store import Store, StoreError
+
+
+def _store(path: Path, **kw) -> Store:
+    return Store(path, **kw).open()
+
+
+def test_wal_mode_and_batched_writes(tmp_path: Path) -> None:
+    store = _store(tmp_path / "pp.db")
+    now = time.time()
+    store.add_samples(now, "host", {"cpu.utilization_pct": 12.5, "memory.used_bytes": 1e9})
+    store.add_samples(now + 1, "host", {"cpu.utilization_pct": 13.5})
+    # Nothing is on disk until the batch is flushed: another connection sees no samples.
+    other = sqlite3.connect(tmp_path / "pp.db")
+    assert other.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
+    assert store.flush() == 3
+    assert other.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 3
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other.close()
+    rows = store.query("cpu.utilization_pct", now - 10)
+    assert [r["value"] for r in rows] == [12.5, 13.5]
+    assert store.stats.flushed_until == pytest.approx(now + 1, abs=0.01)
+    store.close()
+
+
+def test_downsampling_keeps_minute_means_and_drops_old_raw(tmp_path: Path) -> None:
+    store = _store(tmp_path / "pp.db", raw_retention=3600, rollup_step=60)
+    now = time.time()
+    base = (int(now) // 60) * 60 - 2 * 3600  # two hours ago, on a minute boundary
+    for i in range(120):  # two minutes of 1 Hz samples, values 0..119
+        store.add_samples(base + i, "name:web", {"memory.rss_bytes": float(i)})
+    store.add_samples(now, "name:web", {"memory.rss_bytes": 999.0})
+    store.flush()
+    store.maintain(now)
+    rows = store.query("memory.rss_bytes", base - 1, entity="name:web")
+    rollups = [r for r in rows if r["kind"] == "rollup"]
+    raw = [r for r in rows if r["kind"] == "raw"]
+    assert [r["value"] for r in raw] == [999.0]  # only the recent sample stays raw
+    assert [(r["value"], r["min"], r["max"], r["n"]) for r in rollups] == [(29.5, 0, 59, 60), (89.5, 60, 119, 60)]
+    store.close()
+
+
+def test_size_bound_evicts_oldest_and_never_raises(tmp_path: Path) -> None:
+    limit = 256 * 1024
+    store = _store(tmp_path / "pp.db", max_bytes=limit, raw_retention=10 * 86400)
+    start = time.time() - 5000
+    for second in range(5000):  # ~100k rows, several MB unbounded
+        store.add_samples(start + second, "host", {f"m{j}": float(second) for j in range(20)})
+        if second % 250 == 0:
+            store.flush()
+            store.maintain(start + second)
+    store.flush()
+    store.maintain()
+    assert store.stats.size_evictions > 0
+    assert store.stats.dropped == 0
+    assert store.size_bytes() <= limit
+    # The database file itself stays near the bound (pages are returned to the filesystem).
+    assert os.path.getsize(tmp_path / "pp.db") <= 2 * limit
+    newest = store.query("m0", start + 4990)
+    assert newest and newest[-1]["value"] == 4999.0  # the newest data is what is kept
+    assert sqlite3.connect(tmp_path / "pp.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.close()
+
+
+def test_full_disk_during_a_flush_is_survived(tmp_path: Path) -> None:
+    """max_page_count is the store's hard cap: hitting it is SQLITE_FULL, as on a full disk."""
+    store = _store(tmp_path / "pp.db", max_bytes=128 * 1024, raw_retention=10 * 86400)
+    start = time.time() - 3000
+    for second in range(3000):  # one huge batch, far over the cap
+        store.add_samples(start + second, "host", {f"m{j}": float(second) for j in range(10)})
+    store.flush()
+    assert "full" in store.stats.last_error
+    assert store.stats.size_evictions > 0
+    # Either the retry after shrinking fitted, or the batch was dropped and counted: never a crash.
+    assert store.stats.flushes + (1 if store.stats.dropped else 0) == 1
+    store.add_samples(time.time(), "host", {"m0": 1.0})
+    assert store.flush() == 1  # and the store keeps working
+    store.close()
+
+
+def test_corrupt_file_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "pp.db"
+    path.write_bytes(b"this is not sqlite" * 500)
+    with pytest.raises(StoreError) as err:
+        _store(path)
+    message = str(err.value)
+    assert "corrupt or not a perfpilot database" in message and "\n" not in message
+    assert "move the file aside" in message
+
+
+def test_database_locked_by_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "pp.db"
+    _store(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError) as err:
+            Store(path, busy_timeout=0.2).open()
+        assert "is locked by another process" in str(err.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_second_daemon_on_the_same_database_is_refused(tmp_path: Path) -> None:
+    first = _store(tmp_path / "pp.db")
+    with pytest.raises(StoreError, match=f"in use by another perfpilot daemon \\(pid {os.getpid()}\\)"):
+        _store(tmp_path / "pp.db")
+    first.close()
+    _store(tmp_path / "pp.db").close()  # free again once the first one closed
+
+
+def test_crash_loses_only_the_unflushed_batch(tmp_path: Path) -> None:
+    """A writer SIGKILLed after some flushes: the database opens cleanly with every flushed row."""
+    path = tmp_path / "pp.db"
+    script = f"""
+import os, signal, time
+from perfpilot.agent.daemon.store import Store
+s = Store({str(path)!r}).open()
+for i in range(50):
+    s.add_samples(1000.0 + i, "host", {{"x": float(i)}})
+    if i % 10 == 9:
+        s.flush()
+s.add_samples(2000.0, "host", {{"x": -1.0}})  # buffered, never flushed
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    store = _store(path)
+    assert store.stats.opened_after_crash  # noticed, and checked with quick_check
+    values = [r["value"] for r in store.query("x", 0, until=3000)]
+    assert values == [float(i) for i in range(50)]
+    store.close()
+    reopened = _store(path)
+    assert not reopened.stats.opened_after_crash
+    reopened.close()
+
+
+def test_readonly_open_of_a_missing_database(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "nope.db", readonly=True).open()
