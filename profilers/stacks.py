@@ -122,17 +122,19 @@ def ptrace_scope() -> int | None:
 
 def ptrace_denied_message(pid: int) -> str:
     """One line: py-spy may not read pid's memory, why that is likely, and every fix."""
+    user = None
     try:
         proc = psutil.Process(pid)
-        who = f"pid {pid} ({proc.name()}, user {proc.username()})"
-        target_uid = proc.uids().real
+        user = proc.username()
+        who = f"pid {pid} ({proc.name()}, user {user})"
+        target_uid = proc.uids().effective
     except psutil.Error:
         who, target_uid = f"pid {pid}", None
     reasons: list[str] = []
     fixes: list[str] = []
-    if target_uid is not None and target_uid != os.geteuid() and os.geteuid() != 0:
-        reasons.append("it belongs to another user")
-        fixes.append("run perfpilot as that user or as root")
+    if target_uid is not None and target_uid != os.geteuid():
+        reasons.append(f"it runs as another user ({user})")
+        fixes.append(f"run perfpilot as {user}" + (" or as root" if os.geteuid() != 0 else ""))
     scope = ptrace_scope()
     if scope is not None and scope >= 1:
         reasons.append(f"kernel.yama.ptrace_scope={scope}")
