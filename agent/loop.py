@@ -41,7 +41,7 @@ BASELINE_RUNS = 3
 OUTPUT_TAIL = 3000
 
 
-class TestsFailed(PerfpilotError):
+class BaselineTestsFailed(PerfpilotError):
     """The project's tests fail on the unchanged project: nothing can be verified."""
 
 
@@ -120,6 +120,7 @@ class Result:
     proposer: str = ""
     notes: list[str] = field(default_factory=list)
     final_state: State = field(default_factory=State)
+    workspace_dirs: list[str] = field(default_factory=list)  # to show profile paths relative to the project
 
     @property
     def accepted(self) -> list[Outcome]:
@@ -265,7 +266,7 @@ class Optimizer:
             passed, output, tests_s = self._run_tests(ws.base, ws.state)
             if not passed:
                 self.progress.output("test output (unchanged project)", _tail(output))
-                raise TestsFailed("the tests fail on the unchanged project, so no change could be verified",
+                raise BaselineTestsFailed("the tests fail on the unchanged project, so no change could be verified",
                                   hint=f"fix them first; test command: {self.settings.test}")
             if self._test_timeout is None:
                 self._test_timeout = max(TEST_TIMEOUT_FLOOR_S, TEST_TIMEOUT_FACTOR * tests_s)
@@ -466,6 +467,7 @@ class Optimizer:
             self.progress.stage("setting up the isolated workspace")
             self.workspace = Workspace.create(self.project, protected=self.settings.protected, knobs=self.knobs,
                                               commands=[self.settings.run, self.settings.test])
+            result.workspace_dirs = [str(self.workspace.base), str(self.workspace.candidate_dir)]
             result.baseline = self._baseline()
             self._loop()
             self._cumulative()

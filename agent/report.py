@@ -71,10 +71,19 @@ def build(result: Result) -> dict[str, Any]:
             "metrics": baseline.metrics,
             "tests_s": baseline.tests_s,
             "summary": baseline.profile.summary,
-            "hotspots": [{k: h.get(k) for k in ("function", "file", "line", "self_pct", "total_pct")}
+            "hotspots": [{**{k: h.get(k) for k in ("function", "line", "self_pct", "total_pct")},
+                          "file": _project_path(str(h.get("file", "")), result.workspace_dirs)}
                          for h in baseline.profile.hotspots[:10]],
         }
     return _finite(data)
+
+
+def _project_path(file: str, workspace_dirs: list[str]) -> str:
+    """A workspace path as the project-relative path it stands for."""
+    for root in workspace_dirs:
+        if root and file.startswith(root.rstrip("/") + "/"):
+            return file[len(root.rstrip("/")) + 1:]
+    return file
 
 
 def _knob_args(result: Result) -> list[str]:

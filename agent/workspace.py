@@ -259,10 +259,11 @@ class Workspace:
         if glob is not None and not (key_edit and rel in KEY_EDITABLE):
             raise Refused(f"{rel}: protected (matches {glob!r}: tests, the run/test harness and perfpilot's "
                           "config are not for candidates to change)")
-        exists = (self.candidate_dir / rel).exists()
+        # Judged against the accepted state: a file this candidate creates is new, not untracked.
+        exists = (self.base / rel).exists() or (self.base / rel).is_symlink()
         if exists and self.tracked is not None and rel not in self.tracked:
             raise Refused(f"{rel}: not tracked by the project (git ls-files); perfpilot only edits tracked files")
-        if not exists and not creating:
+        if not exists and not creating and not (self.candidate_dir / rel).exists():
             raise Refused(f"{rel}: no such file in the project")
 
     # ----------------------------------------------------------- candidates
@@ -381,6 +382,8 @@ class Workspace:
         sha = _git(["rev-parse", "HEAD"], self.candidate_dir).stdout.strip()
         _git(["reset", "-q", "--hard", sha], self.base)
         self.state = candidate.state.copy()
+        if self.tracked is not None:
+            self.tracked |= set(candidate.changed_files)  # files it created are the project's now
         self.reset_candidate()
         return sha
 
