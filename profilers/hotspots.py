@@ -103,7 +103,8 @@ def _join_process_frames(stack: str) -> str:
 
 
 def parse_collapsed(text: str) -> Counter[str]:
-    """flamegraph.pl / py-spy raw text -> ``{stack: samples}``. Bad lines are skipped."""
+    """flamegraph.pl / py-spy raw text -> ``{stack: samples}``. Bad lines, and stacks
+    with no code frame at all, are skipped."""
     counts: Counter[str] = Counter()
     for raw in text.splitlines():
         line = raw.rstrip()
@@ -112,7 +113,10 @@ def parse_collapsed(text: str) -> Counter[str]:
         stack, sep, count = line.rpartition(" ")
         if not sep or not count.isdigit() or not stack:
             continue
-        counts[_join_process_frames(stack)] += int(count)
+        stack = _join_process_frames(stack)
+        if not split_stack(stack)[1]:
+            continue  # a process frame alone: an interpreter not yet running Python code
+        counts[stack] += int(count)
     return counts
 
 

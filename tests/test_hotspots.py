@@ -178,3 +178,8 @@ def test_power_series_name() -> None:
     assert energy_attribution.power_series_name("gpu0", ["gpu0.power_w"]) == "gpu0.power_w"
     assert energy_attribution.power_series_name("package0", ["power.rapl_package0_w"]) == "power.rapl_package0_w"
     assert energy_attribution.power_series_name("dram", ["cpu.utilization_pct"]) is None
+
+
+def test_stacks_without_code_frames_are_dropped() -> None:
+    counts = hs.parse_collapsed('process 5:"python x.py" 3\nprocess 5:"python x.py";f (x.py:1) 2\n')
+    assert counts == {'process 5:"python x.py";f (x.py:1)': 2}
