@@ -9,7 +9,7 @@ One verdict compares the per-run figures of A and B for one metric (lower is bet
 * **Rank test**: Mann-Whitney U, two-sided (:func:`scipy.stats.mannwhitneyu`); it
   assumes nothing about the distribution's shape.
 * **Threshold** ``t``: the smallest change worth a word. Default
-  ``clip(noise / 4, 2%, 10%)`` where noise is the larger robust coefficient of variation
+  ``clip(noise / 8, 2%, 10%)`` where noise is the larger robust coefficient of variation
   (1.4826 x MAD / median) of A and B: on a noisy machine, drift and order effects that
   no test models grow with the noise, so the bar rises with it (but never so high that a
   real 30% change could not pass).
@@ -54,7 +54,7 @@ from perfpilot.profilers.metrics import metric_kind
 
 THRESHOLD_FLOOR = 0.02
 THRESHOLD_CAP = 0.10
-NOISE_TO_THRESHOLD = 0.25
+NOISE_TO_THRESHOLD = 0.125
 BOOTSTRAP_RESAMPLES = 2000
 LOOK_GROWTH = 1.4
 
