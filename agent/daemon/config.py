@@ -70,6 +70,20 @@ def parse_size(value: Any, *, name: str) -> int:
     return size
 
 
+_DAYS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(d|day|days|w|week|weeks)\s*$", re.IGNORECASE)
+
+
+def parse_span(value: Any, *, name: str) -> float:
+    """perfpilot's durations plus days and weeks (``"30d"``), which retention needs."""
+    match = _DAYS.match(str(value)) if isinstance(value, str) else None
+    if match:
+        days = float(match.group(1)) * (7 if match.group(2).lower().startswith("w") else 1)
+        if days <= 0:
+            raise ConfigError(f"{name}: must be greater than zero, got {value!r}")
+        return days * 86400.0
+    return parse_duration(value, name=name)
+
+
 def default_db_path() -> Path:
     """/var/lib/perfpilot as root (the systemd unit's StateDirectory), else XDG state."""
     if os.geteuid() == 0:
@@ -202,7 +216,7 @@ def _coerce(obj: Any, table: Mapping[str, Any], origin: str) -> None:
             raise ConfigError(f"{origin}: unknown key {key!r}", hint=f"known keys: {', '.join(known)}")
         current = getattr(obj, norm)
         if norm in _DURATIONS:
-            value = parse_duration(value, name=name)
+            value = parse_span(value, name=name)
         elif norm in _SIZES:
             value = parse_size(value, name=name)
         elif norm in _PERCENTS:

@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from perfpilot.config import load_settings, parse_duration
+from perfpilot.config import load_settings
 
 
 def _settings_and_config(config_file: Path | None, overrides: dict[str, Any]) -> tuple[Any, Any]:
@@ -103,6 +103,12 @@ def _resolve(ctx: click.Context, config_file: Path | None, db: Path | None) -> A
     return config
 
 
+def _since(text: str) -> float:
+    from perfpilot.agent.daemon.config import parse_span
+
+    return parse_span(text, name="--since")
+
+
 def _open_readonly(config: Any) -> Any:
     from perfpilot.agent.daemon.store import Store
 
@@ -183,7 +189,7 @@ def query(ctx: click.Context, config_file: Path | None, db: Path | None, since: 
           entity: str | None, as_json: bool) -> None:
     """Print stored values of a metric (raw samples, then 1-minute means for older data)."""
     config = _resolve(ctx, config_file, db)
-    seconds = parse_duration(since, name="--since")
+    seconds = _since(since)
     store = _open_readonly(config)
     try:
         if metric is None:
@@ -224,7 +230,7 @@ def findings(ctx: click.Context, config_file: Path | None, db: Path | None, sinc
              as_json: bool) -> None:
     """Findings: CPU saturation, memory growth, idle GPU, I/O wait, CPU steal, restarts."""
     config = _resolve(ctx, config_file, db)
-    seconds = parse_duration(since, name="--since")
+    seconds = _since(since)
     store = _open_readonly(config)
     try:
         rows = store.findings(since=time.time() - seconds, active_only=active)
