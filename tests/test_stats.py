@@ -132,7 +132,7 @@ def test_noise_note_when_a_spreads_more_than_the_effect() -> None:
 
 def test_threshold_grows_with_noise_between_floor_and_cap() -> None:
     assert default_threshold(0.001, 0.002) == pytest.approx(0.02)
-    assert default_threshold(0.2, 0.1) == pytest.approx(0.05)
+    assert default_threshold(0.4, 0.1) == pytest.approx(0.05)
     assert default_threshold(3.0, 0.0) == pytest.approx(0.10)
     v = verdict([1.0, 1.01, 0.99, 1.0, 1.02], [1.0, 1.0, 1.01, 0.99, 1.0], threshold=0.07)
     assert v.threshold == 0.07
