@@ -35,7 +35,7 @@ from typing import Any
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.plugins.cpu import STAT_STARTTIME, proc_stat, read_file
+from perfpilot.plugins.cpu import STAT_PPID, STAT_STARTTIME, ProcFiles, proc_files, proc_stat, read_file, tick_stats
 from perfpilot.profilers.target import IO_FIELDS, Target, add_io, read_proc_io
 
 SAMPLE_INTERVAL_S = 0.5
@@ -66,9 +66,17 @@ def physical_disks(sys_block: str = "/sys/block") -> set[str]:
     return {n for n in names if os.path.exists(os.path.join(sys_block, n, "device"))}
 
 
-def disk_sectors(disks: set[str]) -> tuple[int, int]:
+def parse_io(data: bytes | None) -> dict[str, float] | None:
+    """``/proc/<pid>/io`` text as a dict."""
+    if not data:
+        return None
+    words = data.split()  # b"rchar:", b"123", b"wchar:", ...
+    return {words[i][:-1].decode(): float(words[i + 1]) for i in range(0, len(words) - 1, 2)}
+
+
+def disk_sectors(disks: set[str], files: ProcFiles | None = None) -> tuple[int, int]:
     """(sectors read, sectors written) summed over ``disks``."""
-    data = read_file("/proc/diskstats") or b""
+    data = (files.read(0, "diskstats", 65536) if files else read_file("/proc/diskstats")) or b""
     read = written = 0
     for line in data.splitlines():
         parts = line.split()
@@ -78,9 +86,9 @@ def disk_sectors(disks: set[str]) -> tuple[int, int]:
     return read, written
 
 
-def net_bytes() -> tuple[int, int]:
+def net_bytes(files: ProcFiles | None = None) -> tuple[int, int]:
     """(received, sent) bytes over every interface but loopback."""
-    data = read_file("/proc/net/dev") or b""
+    data = (files.read(0, "net/dev", 65536) if files else read_file("/proc/net/dev")) or b""
     recv = sent = 0
     for line in data.splitlines()[2:]:
         name, _, rest = line.partition(b":")
@@ -122,7 +130,7 @@ class IoCollector:
             return {}
         assert self.target is not None
         first = self._last_now is None
-        self._update([p.pid for p in self.target.processes()], first)
+        self._update(tick_stats(self.target, now), first)
         totals = self._sampled()
         out = {
             "io.read_bytes": totals["read_bytes"],
@@ -132,7 +140,8 @@ class IoCollector:
             "io.read_syscalls": totals["syscr"],
             "io.write_syscalls": totals["syscw"],
         }
-        disk, net = disk_sectors(self._disks), net_bytes()
+        files = proc_files(self.target)
+        disk, net = disk_sectors(self._disks, files), net_bytes(files)
         if not first and now > self._last_now:  # type: ignore[operator]
             dt = now - self._last_now  # type: ignore[operator]
             out["io.disk_read_bytes_per_s"] = round((disk[0] - self._disk_prev[0]) * SECTOR / dt, 1)
@@ -143,12 +152,12 @@ class IoCollector:
         self._last_now = now
         return out
 
-    def _update(self, pids: list[int], first: bool) -> None:
+    def _update(self, stats: dict[int, list[bytes] | None], first: bool) -> None:
         assert self.target is not None
         seen: set[int] = set()
-        for pid in pids:
-            fields = proc_stat(pid)
-            io = read_proc_io(pid) if fields is not None else None
+        files = proc_files(self.target)
+        for pid, fields in stats.items():
+            io = parse_io(files.read(pid, "io")) if fields is not None else None
             if fields is None or io is None:
                 continue
             seen.add(pid)
@@ -159,9 +168,9 @@ class IoCollector:
             if rec is None:
                 # Attached: what already ran counts from now; later arrivals from birth.
                 base = dict(io) if (first and not self.target.launched) else dict(ZERO)
-                rec = self.procs[pid] = _ProcIO(fields[STAT_STARTTIME], int(fields[1]), base, io)
+                rec = self.procs[pid] = _ProcIO(fields[STAT_STARTTIME], int(fields[STAT_PPID]), base, io)
             rec.last = io
-            rec.ppid = int(fields[1])
+            rec.ppid = int(fields[STAT_PPID])
         for pid in [p for p in self.procs if p not in seen]:
             rec = self.procs.pop(pid)
             parent = self.procs.get(rec.ppid)
@@ -170,6 +179,10 @@ class IoCollector:
                 parent.first = add_io(parent.first, rec.first)
             else:
                 self.gone = add_io(self.gone, _sub(rec.last, rec.first))
+
+    def _stats_now(self) -> dict[int, list[bytes] | None]:
+        assert self.target is not None
+        return {p.pid: proc_stat(p.pid) for p in self.target.processes()}
 
     def _sampled(self) -> dict[str, float]:
         total = dict(self.gone)
@@ -199,10 +212,10 @@ class IoCollector:
             if target.exit_io is not None:
                 chars = add_io(add_io(target.exit_io, target.orphan_io or ZERO), alive)
             else:
-                self._update([p.pid for p in target.processes()], self._last_now is None)
+                self._update(self._stats_now(), self._last_now is None)
                 chars = self._sampled()
         else:
-            self._update([p.pid for p in target.processes()], self._last_now is None)
+            self._update(self._stats_now(), self._last_now is None)
             chars = self._sampled()
             storage_read, storage_write = chars["read_bytes"], chars["write_bytes"]
         disk, net = disk_sectors(self._disks), net_bytes()

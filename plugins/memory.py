@@ -12,9 +12,10 @@ Totals (``summary``):
     when launched, else sampled), ``memory_system_available_min_bytes``,
     ``memory_swap_used_peak_bytes``.
 
-Series: ``memory.rss_bytes`` (every tick), ``memory.uss_bytes`` / ``memory.pss_bytes``
+Series: ``memory.rss_bytes`` (every tick, from the ``/proc/<pid>/stat`` read shared with
+the cpu collector), ``memory.uss_bytes`` / ``memory.pss_bytes``
 (at most once a second, see below), ``memory.minor_faults_per_s`` /
-``memory.major_faults_per_s`` (once a second), ``memory.system_used_bytes``,
+``memory.major_faults_per_s`` (once a second, from the same shared read), ``memory.system_used_bytes``,
 ``memory.system_available_bytes``, ``memory.swap_used_bytes`` (twice a second).
 
 USS/PSS come from ``/proc/<pid>/smaps_rollup``, which makes the kernel walk the
@@ -31,7 +32,8 @@ from typing import Any
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.plugins.cpu import STAT_MAJFLT, STAT_MINFLT, STAT_STARTTIME, proc_stat, read_file
+from perfpilot.plugins.cpu import (STAT_MAJFLT, STAT_MINFLT, STAT_RSS, STAT_STARTTIME, ProcFiles, proc_files, proc_stat,
+                                   read_file, tick_stats)
 from perfpilot.profilers.target import Target
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -49,9 +51,9 @@ def proc_rss(pid: int) -> int | None:
     return int(data.split()[1]) * PAGE_SIZE
 
 
-def proc_smaps_rollup(pid: int) -> tuple[int, int] | None:
+def proc_smaps_rollup(pid: int, files: ProcFiles | None = None) -> tuple[int, int] | None:
     """(USS, PSS) in bytes: private pages, and pages shared weighted by sharers."""
-    data = read_file(f"/proc/{pid}/smaps_rollup")
+    data = files.read(pid, "smaps_rollup") if files else read_file(f"/proc/{pid}/smaps_rollup")
     if not data:
         return None
     uss = pss = 0
@@ -74,9 +76,9 @@ def proc_hwm(pid: int) -> int | None:
     return None
 
 
-def system_memory() -> dict[str, int]:
+def system_memory(files: ProcFiles | None = None) -> dict[str, int]:
     """Selected ``/proc/meminfo`` fields in bytes."""
-    data = read_file("/proc/meminfo") or b""
+    data = (files.read(0, "meminfo", 8192) if files else read_file("/proc/meminfo")) or b""
     wanted = {b"MemTotal", b"MemAvailable", b"SwapTotal", b"SwapFree"}
     out: dict[str, int] = {}
     for line in data.splitlines():
@@ -118,12 +120,9 @@ class MemoryCollector:
 
     def sample(self, now: float) -> dict[str, float]:
         assert self.target is not None
-        pids = [p.pid for p in self.target.processes()]
-        rss = 0
-        for pid in pids:
-            value = proc_rss(pid)
-            if value is not None:
-                rss += value
+        stats = {pid: f for pid, f in tick_stats(self.target, now).items() if f is not None}
+        pids = list(stats)
+        rss = sum(int(f[STAT_RSS]) for f in stats.values()) * PAGE_SIZE
         self._rss_peak = max(self._rss_peak, rss)
         self._rss_sum += rss
         self._rss_n += 1
@@ -131,7 +130,7 @@ class MemoryCollector:
         if self._smaps_ok and now >= self._smaps_next:
             out.update(self._smaps(now, pids))
         if self._faults_last_now is None or now - self._faults_last_now >= FAULTS_INTERVAL_S:
-            out.update(self._page_faults(now, pids))
+            out.update(self._page_faults(now, stats))
         if self._system_last_now is None or now - self._system_last_now >= SYSTEM_INTERVAL_S:
             out.update(self._system(now))
         return out
@@ -139,8 +138,9 @@ class MemoryCollector:
     def _smaps(self, now: float, pids: list[int]) -> dict[str, float]:
         cost_start = time.thread_time()
         uss = pss = 0
+        files = proc_files(self.target)  # type: ignore[arg-type]
         for pid in pids:
-            found = proc_smaps_rollup(pid)
+            found = proc_smaps_rollup(pid, files)
             if found is not None:
                 uss += found[0]
                 pss += found[1]
@@ -150,15 +150,12 @@ class MemoryCollector:
         self._pss_peak = max(self._pss_peak or 0, pss)
         return {"memory.uss_bytes": float(uss), "memory.pss_bytes": float(pss)}
 
-    def _page_faults(self, now: float, pids: list[int]) -> dict[str, float]:
+    def _page_faults(self, now: float, stats: dict[int, list[bytes]]) -> dict[str, float]:
         assert self.target is not None
         first = self._faults_last_now is None
         minor = major = 0
         seen: set[int] = set()
-        for pid in pids:
-            fields = proc_stat(pid)
-            if fields is None:
-                continue
+        for pid, fields in stats.items():
             seen.add(pid)
             mn, mj = int(fields[STAT_MINFLT]), int(fields[STAT_MAJFLT])
             rec = self._faults.get(pid)
@@ -182,7 +179,7 @@ class MemoryCollector:
 
     def _system(self, now: float) -> dict[str, float]:
         self._system_last_now = now
-        info = system_memory()
+        info = system_memory(proc_files(self.target))  # type: ignore[arg-type]
         if "MemTotal" not in info:
             return {}
         avail = info.get("MemAvailable", 0)

@@ -34,7 +34,7 @@ import psutil
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.plugins.cpu import TreeCpu, tree_cpu_totals
+from perfpilot.plugins.cpu import TreeCpu, proc_stat, tick_stats, tree_cpu_totals
 from perfpilot.plugins.gpu import NvmlDevices, load_nvml, nvml_devices
 from perfpilot.profilers.host import cpu_model
 from perfpilot.profilers.target import Target
@@ -189,7 +189,7 @@ class PowerCollector:
                     out[f"power.{domain}_w"] = round(joules / dt, 3)
         elif self._estimate_last is None or now - self._estimate_last >= ESTIMATE_INTERVAL_S:
             assert self.target is not None
-            used = self.tree.update(p.pid for p in self.target.processes())
+            used = self.tree.update(tick_stats(self.target, now))
             if self._estimate_last is not None and now > self._estimate_last:
                 watts, _ = watts_per_cpu(self.settings)
                 out["power.cpu_estimate_w"] = round(used / (now - self._estimate_last) * watts, 3)
@@ -251,7 +251,7 @@ class PowerCollector:
         return {"energy": energy} if energy else {}
 
     def _estimate(self, target: Target) -> dict[str, Any]:
-        self.tree.update(p.pid for p in target.processes())  # processes born since the last update
+        self.tree.update({p.pid: proc_stat(p.pid) for p in target.processes()})  # born since the last update
         user, system, how = tree_cpu_totals(target, self.tree)
         cpu_s = user + system
         watts, basis = watts_per_cpu(self.settings)

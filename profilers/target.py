@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import resource
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,25 +84,71 @@ def _read_ppid(pid: int) -> int | None:
         return None
 
 
-class _PidTable:
-    """pid -> ppid for the whole host, kept up to date incrementally.
+def _read_status_ids(pid: int) -> tuple[int, int] | None:
+    """(Tgid, PPid) from ``/proc/<pid>/status``; works for thread ids too."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            data = fh.read()
+        tgid = int(data.split(b"\nTgid:", 1)[1].split(None, 1)[0])
+        ppid = int(data.split(b"\nPPid:", 1)[1].split(None, 1)[0])
+        return tgid, ppid
+    except (OSError, ValueError, IndexError):
+        return None
 
-    One ``listdir('/proc')`` per tick; only new pids, and children of vanished pids
-    (they were reparented), have their parent re-read. A pid reused between two ticks
-    is not noticed (pid_max makes that vanishingly rare within 100 ms).
+
+class _PidTable:
+    """pid -> ppid for the whole host, kept up to date cheaply.
+
+    Each tick reads ``/proc/loadavg``, whose last field is the last pid the kernel
+    handed out: the processes created since the previous tick are the pids in between,
+    probed one by one (thread ids come from the same counter and are skipped by their
+    ``Tgid``). A full ``listdir('/proc')`` runs once a second, or when the counter
+    wrapped or jumped too far, to drop exited pids and re-read the parents of
+    reparented ones; until then an exited pid may linger here (its /proc files are
+    gone, which readers handle). Measured on a busy 2-vCPU VM with 180 processes: the
+    listing costs ~300 us cold, so listing every tick was ~0.3% of a core at 10 Hz by
+    itself, and psutil's ``children(recursive=True)`` ~2%.
     """
+
+    FULL_SCAN_S = 1.0
+    MAX_PROBE = 128
 
     def __init__(self) -> None:
         self.ppid: dict[int, int] = {}
         self.children: dict[int, list[int]] = {}
-        self._listing: frozenset[str] = frozenset()
+        self._last_pid: int | None = None
+        self._next_full = 0.0
+        self.full_scans = 0
+
+    @staticmethod
+    def _read_last_pid() -> int | None:
+        try:
+            with open("/proc/loadavg", "rb") as fh:
+                return int(fh.read().split()[4])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def update(self) -> set[int]:
         """Rescan; returns the pids that are new since the last scan."""
-        listing = frozenset(n for n in os.listdir("/proc") if n.isdigit())
-        if listing == self._listing:
-            return set()
-        pids = {int(n) for n in listing}
+        now = time.monotonic()
+        last = self._read_last_pid()
+        prev, self._last_pid = self._last_pid, last
+        if last is None or prev is None or now >= self._next_full or not 0 <= last - prev <= self.MAX_PROBE:
+            self._next_full = now + self.FULL_SCAN_S
+            return self._full_scan()
+        new: set[int] = set()
+        for pid in range(prev + 1, last + 1):
+            ids = _read_status_ids(pid)
+            if ids is None or ids[0] != pid or pid in self.ppid:
+                continue
+            self.ppid[pid] = ids[1]
+            self.children.setdefault(ids[1], []).append(pid)
+            new.add(pid)
+        return new
+
+    def _full_scan(self) -> set[int]:
+        self.full_scans += 1
+        pids = {int(n) for n in os.listdir("/proc") if n.isdigit()}
         gone = self.ppid.keys() - pids
         new = pids - self.ppid.keys()
         reread = set(new)
@@ -113,13 +160,13 @@ class _PidTable:
             ppid = _read_ppid(pid)
             if ppid is None:
                 self.ppid.pop(pid, None)
+                new.discard(pid)
             else:
                 self.ppid[pid] = ppid
         children: dict[int, list[int]] = {}
         for pid, ppid in self.ppid.items():
             children.setdefault(ppid, []).append(pid)
         self.children = children
-        self._listing = listing
         return new
 
 
@@ -144,6 +191,8 @@ class Target:
     _table: _PidTable | None = field(default=None, repr=False)
     _members: set[int] = field(default_factory=set, repr=False)
     _checked: set[int] = field(default_factory=set, repr=False)
+    # per-run scratch space collectors may share, e.g. one /proc/<pid>/stat read per tick
+    scratch: dict[str, Any] = field(default_factory=dict, repr=False)
     _procs: dict[int, psutil.Process] = field(default_factory=dict, repr=False)
     _live: list[psutil.Process] = field(default_factory=list, repr=False)
     _seen: set[int] = field(default_factory=set, repr=False)
@@ -184,25 +233,33 @@ class Target:
         if self._table is None:
             self._table = _PidTable()
         table = self._table
+        scans = table.full_scans
         new = table.update()
         me = os.getpid()
-        if self.marker and self.launched:
-            for pid in new:
-                if table.ppid.get(pid) == me and pid != self.pid and pid not in self._checked:
-                    self._checked.add(pid)
-                    if self._has_marker(pid):
-                        self._members.add(pid)
+        changed = table.full_scans != scans or not self._members
+        for pid in new:
+            parent = table.ppid.get(pid)
+            if parent in self._members:
+                changed = True
+            elif parent == me and self.marker and self.launched and pid != self.pid and pid not in self._checked:
+                self._checked.add(pid)
+                if self._has_marker(pid):
+                    self._members.add(pid)
+                    changed = True
+        if not changed:
+            return self.processes()  # nothing was born into or left the tree
         self._members = {p for p in self._members if p in table.ppid}
         order: list[int] = []
         stack = [p for p in (self.pid, *sorted(self._members)) if p in table.ppid]
         visited: set[int] = set()
         while stack:
-            pid = stack.pop(0)
+            pid = stack.pop()
             if pid in visited:
                 continue
             visited.add(pid)
             order.append(pid)
             stack.extend(table.children.get(pid, ()))
+        order.sort(key=lambda p: p != self.pid)  # root first
         live: list[psutil.Process] = []
         for pid in order:
             proc = self._procs.get(pid)
