@@ -8,7 +8,8 @@ A B A B ... so that slow drifts of the machine land on both sides alike. After e
 planned look (:class:`~perfpilot.profilers.stats.StoppingPlan`) the primary metric is
 judged; a clear verdict stops the runs early, an unclear one keeps them going up to
 ``max_runs``. The false-win rate stays at most ``1 - confidence`` despite the peeking
-(Bonferroni over the planned looks; see :mod:`perfpilot.profilers.stats`).
+(alpha split across the planned looks, a weighted Bonferroni; see
+:mod:`perfpilot.profilers.stats`).
 
 A run that exits non-zero ends the comparison with :class:`RunFailed`: timing a crash
 against a success is meaningless, and a flaky command is the user's first problem.
@@ -118,7 +119,8 @@ class Comparison:
             "stopped_early": self.stopped_early,
             "stopping": None if self.plan is None else {
                 "looks": list(self.plan.looks), "looks_taken": list(self.looks_taken),
-                "confidence": self.plan.confidence, "per_look_confidence": self.plan.look_confidence,
+                "confidence": self.plan.confidence,
+                "per_look_confidence": {str(n): self.plan.confidence_at(n) for n in self.plan.looks},
                 "rule": self.plan.describe(),
             },
             "a": side(self.labels[0], self.a, self.sources[0]),
@@ -341,7 +343,7 @@ def compare(
     n = len(runs["A"])
     judged = [*metrics, *(m for m in optional if _available(runs["A"] + runs["B"], m))]
     verdicts = _verdicts(runs["A"], runs["B"], [m for m in judged if m != primary], threshold=threshold,
-                         confidence=plan.look_confidence)
+                         confidence=plan.confidence_at(n))
     assert current is not None  # the last run is always a look
     verdicts = {primary: current, **verdicts}
     notes = [note for note in (_load_note(load_before, load_after),) if note]
@@ -434,6 +436,7 @@ def measure(
     settings: Settings | None = None,
     plugin_set: Any = None,
     cpus: Sequence[int] | None = None,
+    capture_output: bool = False,
 ) -> list[Profile] | list[dict[str, float]]:
     """``runs`` measured runs of one thing (after ``warmup`` discarded ones).
 
@@ -441,7 +444,8 @@ def measure(
     Profiles; a run that fails raises :class:`RunFailed`. A callable runs in this
     process and gives dicts: ``wall_s`` (perf_counter), ``cpu_s`` (this process's CPU
     time, all threads) and ``peak_rss_bytes`` (the process's high-water mark so far:
-    it never goes down, so it shows growth, not a per-call peak).
+    it never goes down, so it shows growth, not a per-call peak). Added to the contract:
+    ``plugin_set``, ``cpus`` and ``capture_output`` as for :func:`compare`.
     """
     if runs < 1:
         raise ConfigError(f"runs must be at least 1, got {runs}")
@@ -466,7 +470,8 @@ def measure(
     argv = pinned(arm.argv(), cpus)
     profiles: list[Profile] = []
     for index in range(-warmup + 1, runs + 1):
-        options = RunOptions(env=arm.env, cwd=arm.cwd, stdin_devnull=True, plugin_set=plugin_set)
+        options = RunOptions(env=arm.env, cwd=arm.cwd, capture_output=capture_output, stdin_devnull=True,
+                             plugin_set=plugin_set)
         profile = profile_command(argv, settings, options)
         if _failed(profile):
             failure = [("run", max(index, 0), _describe_exit(profile))]

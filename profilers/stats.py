@@ -26,14 +26,18 @@ Requiring the CI to clear the threshold (not just 1) is what stops a 1% change o
 data from being called a 2% win, however many runs are taken.
 
 **Adaptive stopping without inflating false positives** (:class:`StoppingPlan`): runs
-are looked at only at planned sizes, growing about 1.4x from ``min_runs`` to
-``max_runs`` (5, 7, 10 for the defaults). Each of the ``K`` looks tests at
-``alpha / K`` (Bonferroni over the planned looks) and its CI is the ``1 - alpha / K``
-interval. By the union bound the chance that *any* look wrongly declares a difference
-is at most ``alpha``, however the stopping went. A look stops the runs when the verdict
-is clear (better, worse, or a CI inside the threshold); otherwise runs continue to
-``max_runs`` and the last look's verdict stands. Stopping for "no change" never adds
-false wins, so it needs no correction.
+are looked at only at planned sizes, doubling from ``min_runs`` up to ``max_runs``
+(5 and 10 for the defaults; 5, 10, 20, 40, 50 for ``max_runs=50``). The overall
+``alpha = 1 - confidence`` is split across the ``K`` planned looks in proportion to
+their run counts (a weighted Bonferroni split: look ``k`` tests at
+``alpha * n_k / sum(n)``, and its CI is the ``1 - alpha * n_k / sum(n)`` interval).
+The shares add up to ``alpha``, so by the union bound the chance that *any* look
+wrongly declares a difference is at most ``alpha``, however the stopping went. Later
+looks, which have the data to use it, get the larger shares (defaults: 0.0167 at 5
+runs, 0.0333 at 10). A look stops the runs when the verdict is clear (better, worse,
+or a CI inside the threshold); otherwise runs continue to ``max_runs`` and the last
+look's verdict stands. Stopping for "no change" never adds false wins, so it needs no
+correction.
 
 An energy figure that is only an estimate gives a verdict labelled ``source:
 estimate``, and never sets ``improved``/``regressed``: an estimate does not decide.
@@ -47,7 +51,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 from perfpilot.errors import PerfpilotError
 from perfpilot.profilers.metrics import metric_kind
@@ -56,7 +59,7 @@ THRESHOLD_FLOOR = 0.02
 THRESHOLD_CAP = 0.10
 NOISE_TO_THRESHOLD = 0.125
 BOOTSTRAP_RESAMPLES = 2000
-LOOK_GROWTH = 1.4
+LOOK_GROWTH = 2.0
 
 WORDS = {"time": ("faster", "slower"), "size": ("smaller", "larger"), "other": ("smaller", "larger")}
 VERDICTS = ("faster", "slower", "smaller", "larger", "no change", "inconclusive")
@@ -116,6 +119,13 @@ def _as_array(values: Sequence[float], side: str) -> np.ndarray:
     return array
 
 
+def _scipy_stats() -> Any:
+    # scipy.stats takes seconds to import on a busy machine; a CLI typo must not wait for it.
+    from scipy import stats
+
+    return stats
+
+
 def robust_noise(values: Sequence[float] | np.ndarray) -> float:
     """Robust coefficient of variation: 1.4826 x MAD / |median| (0 when undefined)."""
     array = np.asarray(values, dtype=float)
@@ -124,7 +134,7 @@ def robust_noise(values: Sequence[float] | np.ndarray) -> float:
     median = float(np.median(array))
     if median == 0:
         return 0.0
-    return float(sps.median_abs_deviation(array, scale="normal") / abs(median))
+    return float(_scipy_stats().median_abs_deviation(array, scale="normal") / abs(median))
 
 
 def default_threshold(noise_a: float, noise_b: float) -> float:
@@ -145,7 +155,7 @@ def ratio_ci(a: np.ndarray, b: np.ndarray, confidence: float, seed: int,
     with warnings.catch_warnings():
         # Tiny samples give a lumpy bootstrap distribution; that is expected, not news.
         warnings.simplefilter("ignore")
-        result = sps.bootstrap((a, b), _median_ratio, vectorized=True, paired=False, method="percentile",
+        result = _scipy_stats().bootstrap((a, b), _median_ratio, vectorized=True, paired=False, method="percentile",
                                n_resamples=n_resamples, confidence_level=confidence,
                                rng=np.random.default_rng(seed))
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
@@ -160,7 +170,7 @@ def rank_test(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided Mann-Whitney U p-value (1.0 when every value is the same)."""
     if np.all(np.concatenate([a, b]) == a[0]):
         return 1.0
-    return float(sps.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    return float(_scipy_stats().mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
 def smallest_p(runs_a: int, runs_b: int) -> float:
@@ -172,7 +182,8 @@ def runs_needed(noise: float, effect: float, confidence: float = 0.95, power: fl
     """Rough runs per side for a rank test to see ``effect`` through ``noise``."""
     if effect <= 0 or noise <= 0:
         return None
-    z = sps.norm.ppf(1 - (1 - confidence) / 2) + sps.norm.ppf(power)
+    norm = _scipy_stats().norm
+    z = norm.ppf(1 - (1 - confidence) / 2) + norm.ppf(power)
     # pi/3: the rank test's efficiency relative to a t-test on normal data.
     return int(math.ceil(2 * (z * noise / effect) ** 2 * math.pi / 3))
 
@@ -265,7 +276,7 @@ def verdict(
 
 
 def planned_looks(min_runs: int, max_runs: int, growth: float = LOOK_GROWTH) -> tuple[int, ...]:
-    """Run counts (per side) at which the data are looked at: ~1.4x apart, ending at max."""
+    """Run counts (per side) at which the data are looked at: doubling, ending at max."""
     if max_runs < 1:
         raise SampleError(f"max runs must be at least 1, got {max_runs}")
     first = max(1, min(min_runs, max_runs))
@@ -277,7 +288,7 @@ def planned_looks(min_runs: int, max_runs: int, growth: float = LOOK_GROWTH) -> 
 
 @dataclass
 class StoppingPlan:
-    """Planned looks with Bonferroni-split alpha (see the module docstring)."""
+    """Planned looks with alpha split across them (see the module docstring)."""
 
     min_runs: int = 5
     max_runs: int = 10
@@ -288,9 +299,22 @@ class StoppingPlan:
         if not self.looks:
             self.looks = planned_looks(self.min_runs, self.max_runs)
 
+    def alpha_at(self, runs: int) -> float:
+        """The share of alpha spent at the look with ``runs`` per side.
+
+        Between planned looks the smallest share is used, so an unplanned look can only
+        be stricter than planned.
+        """
+        alpha = 1 - self.confidence
+        n = runs if runs in self.looks else self.looks[0]
+        return alpha * n / sum(self.looks)
+
+    def confidence_at(self, runs: int) -> float:
+        return 1 - self.alpha_at(runs)
+
     @property
-    def look_confidence(self) -> float:
-        return 1 - (1 - self.confidence) / len(self.looks)
+    def final_confidence(self) -> float:
+        return self.confidence_at(self.looks[-1])
 
     def is_look(self, runs: int) -> bool:
         return runs in self.looks
@@ -302,12 +326,13 @@ class StoppingPlan:
         return v.verdict in {"faster", "slower", "smaller", "larger"} or inside
 
     def decide(self, a: Sequence[float], b: Sequence[float], **kwargs: Any) -> tuple[Verdict, bool]:
-        """(verdict at the per-look confidence, stop now?) for the runs so far."""
-        v = verdict(a, b, confidence=self.look_confidence, **kwargs)
+        """(verdict at this look's confidence, stop now?) for the runs so far."""
         runs = min(len(a), len(b))
+        v = verdict(a, b, confidence=self.confidence_at(runs), **kwargs)
         return v, self.is_clear(v) or runs >= self.max_runs
 
     def describe(self) -> str:
         alpha = 1 - self.confidence
-        return (f"looks at {', '.join(map(str, self.looks))} runs per side, each at alpha {alpha:.3g}/{len(self.looks)}"
-                f" = {alpha / len(self.looks):.3g} (Bonferroni), so false wins stay <= {alpha:.3g}")
+        shares = ", ".join(f"{self.alpha_at(n):.3g} at {n}" for n in self.looks)
+        return (f"looks at {', '.join(map(str, self.looks))} runs per side; alpha {alpha:.3g} split across them "
+                f"by run count (weighted Bonferroni: {shares}), so false wins stay <= {alpha:.3g} despite stopping early")

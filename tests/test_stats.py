@@ -50,7 +50,7 @@ def test_aa_single_look_is_no_win_in_at_least_95_of_100_trials() -> None:
 
 
 def test_aa_with_adaptive_stopping_keeps_false_wins_at_most_5_of_100() -> None:
-    # Peeking at 5, 7 and 10 runs: without the Bonferroni split this is where false wins creep in.
+    # Peeking at 5 and 10 runs: without splitting alpha this is where false wins creep in.
     rng = np.random.default_rng(7)
     plan = StoppingPlan(min_runs=5, max_runs=10)
     false_wins = 0
@@ -184,16 +184,18 @@ def test_bad_confidence_and_threshold_are_user_errors() -> None:
         verdict([1.0, 2.0], [1.0, 2.0], threshold=2.0)
 
 
-def test_planned_looks_and_bonferroni_confidence() -> None:
-    assert planned_looks(5, 10) == (5, 7, 10)
-    assert planned_looks(5, 50) == (5, 7, 10, 14, 20, 28, 40, 50)
+def test_planned_looks_and_alpha_split() -> None:
+    assert planned_looks(5, 10) == (5, 10)
+    assert planned_looks(5, 50) == (5, 10, 20, 40, 50)
     assert planned_looks(5, 5) == (5,)
     assert planned_looks(8, 4) == (4,)
     plan = StoppingPlan(5, 10, confidence=0.95)
-    assert plan.look_confidence == pytest.approx(1 - 0.05 / 3)
-    assert "Bonferroni" in plan.describe()
+    assert plan.alpha_at(5) == pytest.approx(0.05 / 3) and plan.alpha_at(10) == pytest.approx(0.1 / 3)
+    assert sum(plan.alpha_at(n) for n in plan.looks) == pytest.approx(0.05)  # the union bound holds
+    assert plan.alpha_at(7) == plan.alpha_at(5)  # an unplanned look is only stricter
+    assert "weighted Bonferroni" in plan.describe()
     v, stop = plan.decide([1.0, 1.1, 1.05, 0.95, 1.0], [1.0, 1.1, 1.05, 0.95, 1.02])
-    assert v.confidence == pytest.approx(plan.look_confidence)
+    assert v.confidence == pytest.approx(plan.confidence_at(5))
     assert not stop  # 5 noisy runs cannot show "no change" within 2%
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import click
 from rich.console import Console
@@ -18,7 +18,9 @@ from perfpilot.errors import EXIT_USAGE, PerfpilotError
 from perfpilot.profilers.metrics import check_metric_names, metric_kind
 from perfpilot.profilers.profile import Profile
 from perfpilot.profilers.renderers.terminal import human_bytes, human_seconds
-from perfpilot.profilers.stats import Verdict
+
+if TYPE_CHECKING:
+    from perfpilot.profilers.stats import Verdict
 
 # Judged whenever every run has them; --metric makes a metric required instead.
 DEFAULT_EXTRA = ("cpu", "peak_rss", "energy")
@@ -214,10 +216,11 @@ def compare(runs: int | None, min_runs: int | None, warmup: int, metric: str | N
 
     \b
     Early stopping with the false-positive rate kept: the runs are looked at only
-    at planned counts (5, 7, 10 for --runs 10) and each look tests at alpha/K
-    (Bonferroni over the K looks), so the chance that any look calls a false win
-    stays at most 1 - confidence. A look stops the runs when the verdict is clear;
-    otherwise they go on to --runs.
+    at planned counts, doubling up to --runs (5 and 10 for --runs 10), and the
+    overall alpha (1 - confidence) is split across those looks in proportion to
+    their runs (a weighted Bonferroni: 0.0167 at 5, 0.0333 at 10), so the chance
+    that any look calls a false win stays at most 1 - confidence. A look stops the
+    runs when the verdict is clear; otherwise they go on to --runs.
 
     A run that exits non-zero stops the comparison with an error naming it.
     Energy that is only an estimate is labelled so and never decides a verdict.
