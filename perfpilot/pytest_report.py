@@ -16,7 +16,7 @@ Units: seconds, bytes, joules. ``rounds[metric]`` is the list of every round's f
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from perfpilot.pytest_budgets import NEAR_LIMIT, format_quantity
@@ -56,7 +56,9 @@ class TestRecord:
         return max(values) if metric in SIZE_METRICS else statistics.median(values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow on purpose: dataclasses.asdict deep-copies every list, which cost more
+        # than all the per-test measuring put together on a suite of thousands of tests.
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TestRecord":

@@ -85,6 +85,14 @@ def _timeout_of(item: pytest.Item) -> float | None:
     return None
 
 
+def _outcome_of(exc: BaseException) -> str:
+    if isinstance(exc, pytest.skip.Exception):
+        return "skipped"
+    if isinstance(exc, pytest.xfail.Exception):
+        return "xfailed"
+    return "failed"
+
+
 def _repeatable(item: pytest.Item) -> bool:
     # unittest and doctest items run setUp/tearDown or whole documents in runtest(); a
     # plain test function's runtest() is just the call, with fixtures already set up.
@@ -155,17 +163,21 @@ class PerfpilotSession:
     # ------------------------------------------------------------- collection
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_pycollect_makeitem(self, collector: pytest.Collector, name: str, obj: object) -> Any:
-        result = yield
-        items = result if isinstance(result, list) else [result]
-        for item in items:
-            if isinstance(item, pytest.Item):
-                try:
-                    budget_for(item)
-                except BudgetError as exc:
-                    # A CollectError is shown as its message alone, as a collection error.
-                    raise collector.CollectError(str(exc)) from None
-        return result
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
+        # Once per module/class (not per name in it): a bad marker turns the collector's
+        # report into a collection error that names the test and the value.
+        report = yield
+        if report.passed:
+            for node in report.result:
+                if isinstance(node, pytest.Item):
+                    try:
+                        budget_for(node)
+                    except BudgetError as exc:
+                        report.outcome = "failed"
+                        report.longrepr = str(exc)
+                        report.result = []
+                        break
+        return report
 
     # ---------------------------------------------------------------- running
 
@@ -173,7 +185,7 @@ class PerfpilotSession:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         try:
             budget = budget_for(item)
-        except BudgetError as exc:
+        except BudgetError as exc:  # a marker added after collection
             pytest.fail(str(exc), pytrace=False)
         record = TestRecord(item.nodeid, worker=self.worker_id)
         if budget is not None:
@@ -184,8 +196,12 @@ class PerfpilotSession:
         start = meter.start()
         try:
             result = yield
-        finally:
+        except BaseException as exc:
             self._record(record, meter.stop(start))
+            self._current = None
+            record.outcome = _outcome_of(exc)
+            raise
+        self._record(record, meter.stop(start))
         try:
             self._extra_rounds(item, record)
             if budget is not None:
@@ -193,12 +209,18 @@ class PerfpilotSession:
             self._compare(record)
         finally:
             self._current = None
+        if record.failures:
+            record.outcome = "failed"
+            # Raised here, the test fails like any other: -x, --lf, junitxml and xdist see it.
+            pytest.fail("\n".join(record.failures), pytrace=False)
+        record.outcome = "passed"
         return result
 
     def _record(self, record: TestRecord, sample: Any) -> None:
         record.add(sample.metrics())
         record.energy_source = sample.energy_source
-        record.energy_note = "; ".join(e.get("note", "") for e in sample.energy.values())
+        if not record.energy_note and sample.energy:
+            record.energy_note = "; ".join(e.get("note", "") for e in sample.energy.values())
         record.peak_rss_exact = record.peak_rss_exact and sample.peak_rss_exact
 
     def _extra_rounds(self, item: pytest.Item, record: TestRecord) -> None:
@@ -248,26 +270,6 @@ class PerfpilotSession:
             return
         name = data.get("name") or f"measure{len(record.measure) + 1 if record.measure else ''}"
         record.measure[name] = data
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-        report = yield
-        if call.when != "call":
-            return report
-        record = self.records.get(item.nodeid)
-        if record is not None and record.failures and report.passed and not hasattr(report, "wasxfail"):
-            report.outcome = "failed"
-            report.longrepr = "\n".join(record.failures)
-        return report
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        record = self.records.get(report.nodeid)
-        if record is None:
-            return
-        if report.failed or (report.when == "call" and not record.outcome):
-            record.outcome = report.outcome
-        elif report.skipped and not record.outcome:
-            record.outcome = "skipped"
 
     # ----------------------------------------------------------- xdist merge
 
