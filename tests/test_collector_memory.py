@@ -1,0 +1,79 @@
+"""The memory collector on real processes: RSS from the shared stat read, USS/PSS from
+smaps_rollup at a throttled rate, exact faults, system memory, attach-mode peaks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from perfpilot.config import Settings
+from perfpilot.plugins.memory import SMAPS_MIN_INTERVAL_S, MemoryCollector, proc_smaps_rollup, system_memory
+from perfpilot.profilers.session import RunOptions, profile_command, profile_pid
+from perfpilot.profilers.target import Target
+
+MiB = 1 << 20
+
+
+def test_smaps_rollup_gives_uss_not_above_pss_not_above_rss() -> None:
+    uss, pss = proc_smaps_rollup(os.getpid())  # type: ignore[misc]
+    rss = psutil.Process().memory_info().rss
+    assert 0 < uss <= pss <= rss * 1.01
+
+
+def test_system_memory_fields() -> None:
+    info = system_memory()
+    assert 0 < info["MemAvailable"] <= info["MemTotal"] == psutil.virtual_memory().total
+
+
+def test_collector_series_and_throttled_uss_pss() -> None:
+    target = Target(pid=os.getpid(), launched=False)
+    target.refresh()
+    collector = MemoryCollector(Settings())
+    assert collector.available()[0]
+    collector.start(target)
+    first = collector.sample(10.0)
+    second = collector.sample(10.1)
+    third = collector.sample(10.0 + SMAPS_MIN_INTERVAL_S + 0.05)
+    summary = collector.stop()
+    rss = psutil.Process().memory_info().rss
+    assert first["memory.rss_bytes"] == pytest.approx(rss, rel=0.2)
+    assert "memory.uss_bytes" in first and "memory.uss_bytes" not in second and "memory.pss_bytes" in third
+    assert "memory.system_available_bytes" in first and "memory.swap_used_bytes" in first
+    assert "memory.minor_faults_per_s" in third
+    assert summary["peak_rss_bytes"] >= summary["memory_rss_mean_bytes"] > 0
+    assert summary["memory_uss_peak_bytes"] <= summary["memory_pss_peak_bytes"]
+    assert summary["memory_system_available_min_bytes"] <= psutil.virtual_memory().total
+
+
+def test_page_faults_are_exact_from_rusage(tmp_path) -> None:
+    report = tmp_path / "faults"
+    code = (
+        "import resource\n"
+        "b = bytearray(100 << 20)\n"
+        "for i in range(0, len(b), 4096): b[i] = 1\n"  # touch every page: >= 25600 minor faults
+        "ru = resource.getrusage(resource.RUSAGE_SELF)\n"
+        f"open({str(report)!r}, 'w').write(repr(ru.ru_minflt))\n"
+    )
+    profile = profile_command([sys.executable, "-c", code], Settings(stacks=False), RunOptions(capture_output=True))
+    own = int(report.read_text())
+    assert own >= 25600
+    assert own <= profile.summary["memory_minor_faults"] <= own + 2000
+    assert profile.summary["peak_rss_bytes"] >= 100 * MiB
+
+
+def test_attached_peak_rss_is_sampled() -> None:
+    code = "import sys, time\nb = b'\\x01' * (200 << 20)\nprint('ready', flush=True)\ntime.sleep(30)\n"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        profile = profile_pid(child.pid, 0.35, Settings(stacks=False))
+    finally:
+        child.kill()
+        child.wait()
+    assert profile.summary["peak_rss_bytes"] == pytest.approx(200 * MiB, rel=0.10)
+    assert profile.summary["memory_major_faults"] >= 0
