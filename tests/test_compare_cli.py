@@ -137,3 +137,31 @@ def test_help_says_how_false_positives_are_controlled(perfpilot_cli) -> None:
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "Bonferroni" in text and "--cpus" in text and "--threshold" in text
+
+
+def test_estimated_energy_is_labelled_in_table_and_html() -> None:
+    from rich.console import Console
+
+    from perfpilot.cli.compare import render_terminal
+    from perfpilot.profilers.measure import compare_profiles
+    from perfpilot.profilers.profile import Profile
+    from perfpilot.profilers.renderers import compare_html
+
+    def run(command: str, joules: float, wall: float) -> Profile:
+        return Profile(target={"command": [command], "exit_code": 0}, host={"machine_id": "m"},
+                       summary={"wall_s": wall, "energy": {"cpu": {"joules": joules, "source": "estimate"}}})
+
+    a = [run("old", 10.0 + i * 0.01, 1.0 + i * 0.001) for i in range(8)]
+    b = [run("new", 5.0 + i * 0.01, 1.0 + i * 0.001) for i in range(8)]
+    result = compare_profiles(a, b, metrics=["wall", "energy"])
+    energy = result.verdicts["energy"]
+    assert energy.source == "estimate" and not energy.improved
+    console = Console(record=True, width=200)
+    render_terminal(result, console)
+    text = console.export_text()
+    row = next(line for line in text.splitlines() if line.strip().startswith("energy"))
+    assert "smaller (estimate)" in row and "J*" in row
+    assert "a model, not a meter" in text
+    assert "no change" in next(line for line in text.splitlines() if line.strip().startswith("wall"))
+    page = compare_html.render(result)
+    assert "smaller (estimate)" in page and "joules (estimate)" in page
