@@ -21,14 +21,14 @@ def test_defaults_are_loopback_and_a_free_port() -> None:
 
 def test_table_and_flags() -> None:
     config = daemon_config(
-        {"watch": ["name:gunicorn"], "interval": "500ms", "max_db_bytes": "64MiB", "raw_retention": "2h",
+        {"watch": ["name:gunicorn"], "interval": "500ms", "max_db_bytes": "64MiB", "raw_retention": "2h", "rollup_retention": "30d",
          "snapshots": {"every": "30s", "duration": "3s", "rate": 20}, "findings": {"cpu_saturation_pct": "80%"}},
         {"watch": ("pid:1",), "interval": "2s", "snapshots": False},
     )
     assert config.watch == ["pid:1"]  # flags win over the file
     assert config.interval == 2.0
     assert config.max_db_bytes == 64 * 2**20
-    assert config.raw_retention == 7200
+    assert config.raw_retention == 7200 and config.rollup_retention == 30 * 86400
     assert config.snapshots.every == 30 and config.snapshots.duration == 3 and not config.snapshots.enabled
     assert config.findings.cpu_saturation_pct == pytest.approx(80.0)
 

@@ -152,3 +152,16 @@ os.kill(os.getpid(), signal.SIGKILL)
 def test_readonly_open_of_a_missing_database(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         Store(tmp_path / "nope.db", readonly=True).open()
+
+
+def test_unchanged_values_are_stored_once_a_minute(tmp_path: Path) -> None:
+    store = _store(tmp_path / "pp.db", unchanged_every=60)
+    start = time.time() - 200
+    for second in range(150):
+        store.add_samples(start + second, "host", {"memory.total_bytes": 8e9, "cpu.time_s": float(second)})
+    store.flush()
+    flat = store.query("memory.total_bytes", start - 1)
+    moving = store.query("cpu.time_s", start - 1)
+    assert [round(r["ts"] - start) for r in flat] == [0, 60, 120]  # heartbeat only
+    assert len(moving) == 150  # every change is kept
+    store.close()

@@ -6,6 +6,10 @@ Durability: samples are buffered in memory and written in one transaction every
 the process (SIGKILL, OOM kill), so a crash loses at most the samples of the last flush
 interval. ``flushed_until`` says how far the database is known to be complete.
 
+Unchanged values are stored at most once a minute (a heartbeat), changed ones every
+tick: raw queries see steps, and minute means weight ticks where values moved a little
+more than flat stretches (the price of a small database).
+
 Layout: ``series`` maps (entity, metric) to a small integer; ``samples`` is a
 ``WITHOUT ROWID`` table keyed by (ts, series) so rows append in time order and retention
 deletes a prefix. ``rollups`` holds per-step (default 1 minute) mean/min/max/count.
@@ -95,7 +99,7 @@ class Store:
 
     def __init__(self, path: Path | str, *, max_bytes: int = 512 * 1024 * 1024, raw_retention: float = 86400.0,
                  rollup_retention: float = 30 * 86400.0, rollup_step: float = 60.0, readonly: bool = False,
-                 busy_timeout: float = 2.0) -> None:
+                 busy_timeout: float = 2.0, unchanged_every: float = 60.0) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.raw_retention = raw_retention
@@ -103,6 +107,8 @@ class Store:
         self.step_ms = max(1000, _ms(rollup_step))
         self.readonly = readonly
         self.busy_timeout = busy_timeout
+        self.unchanged_ms = _ms(unchanged_every)
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
         self.stats = StoreStats()
         self._buffer = _Buffer()
         self._lock = threading.Lock()  # guards the buffer
@@ -233,9 +239,20 @@ class Store:
     # ------------------------------------------------------------------ writing
 
     def add_samples(self, ts: float, entity: str, values: dict[str, float]) -> None:
+        """Buffer one tick's values. A value equal to the last one stored for its series is
+        skipped unless ``unchanged_every`` has passed (a heartbeat), so constant series
+        (memory total, thread counts, an idle process's CPU time) cost almost nothing."""
         t = _ms(ts)
-        rows = [(t, entity, metric, float(value)) for metric, value in values.items()
-                if value is not None and math.isfinite(value)]
+        rows = []
+        for metric, value in values.items():
+            if value is None or not math.isfinite(value):
+                continue
+            key = (entity, metric)
+            last = self._last.get(key)
+            if last is not None and last[0] == value and t - last[1] < self.unchanged_ms:
+                continue
+            self._last[key] = (float(value), t)
+            rows.append((t, entity, metric, float(value)))
         with self._lock:
             self._buffer.samples.extend(rows)
 
