@@ -42,7 +42,8 @@ def fetch_suite(cache: Path = CACHE, *, python: str = sys.executable) -> tuple[P
     archive = cache / f"{PACKAGE}-{VERSION}.tar.gz"
     if not archive.is_file():
         try:
-            done = subprocess.run([python, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+            done = subprocess.run([python, "-m", "pip", "download", "--retries", "1", "--timeout", "15",
+                                   "--no-binary", ":all:", "--no-deps",
                                    f"{PACKAGE}=={VERSION}", "-d", str(cache)], capture_output=True, text=True,
                                   timeout=120)
         except (OSError, subprocess.TimeoutExpired) as exc:

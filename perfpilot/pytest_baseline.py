@@ -2,7 +2,7 @@
 
 Layout::
 
-    .perfpilot/baselines/<machine id>/<UTC date>-<commit>-py<X.Y>.json
+    .perfpilot/baselines/<machine id>/<UTC date and time>-<commit>-py<X.Y>.json
 
 A baseline holds, per test, every round's figures (not one number), so that a later run
 can be judged with the statistics engine. Its ``meta`` says where it came from: machine
@@ -117,7 +117,8 @@ class BaselineStore:
 
     def save(self, meta: dict[str, Any], tests: dict[str, dict[str, Any]], *, keep: int = DEFAULT_KEEP) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        # microseconds: names must sort in save order, even for saves within one second
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         commit = (meta.get("commit") or "nogit")[:10]
         stem = f"{stamp}-{commit}-py{python_minor(meta['python'])}"
         path = self.folder / f"{stem}.json"

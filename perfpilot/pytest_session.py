@@ -85,6 +85,17 @@ def _timeout_of(item: pytest.Item) -> float | None:
     return None
 
 
+def _energy_estimate(cpu_tdp_w: float | None) -> tuple[float, str] | None:
+    """The power collector's basis for CPU energy estimates, so both agree."""
+    try:
+        from perfpilot.config import Settings
+        from perfpilot.plugins.power import watts_per_cpu
+    except ImportError:
+        return None
+    watts, basis = watts_per_cpu(Settings(cpu_tdp_w=cpu_tdp_w))
+    return watts, f"estimate: cpu seconds x {watts:.3g} W per busy logical CPU ({basis})"
+
+
 def _outcome_of(exc: BaseException) -> str:
     if isinstance(exc, pytest.skip.Exception):
         return "skipped"
@@ -103,7 +114,7 @@ class PerfpilotSession:
     def __init__(self, config: pytest.Config, options: Options) -> None:
         self.config = config
         self.options = options
-        self.meter = BlockMeter(cpu_tdp_w=options.cpu_tdp_w)
+        self.meter = BlockMeter(cpu_tdp_w=options.cpu_tdp_w, estimate=_energy_estimate(options.cpu_tdp_w))
         self.records: dict[str, TestRecord] = {}
         self.worker_id = str(config.workerinput["workerid"]) if hasattr(config, "workerinput") else ""
         self.worker_count = int(config.workerinput.get("workercount", 1)) if self.worker_id else 0

@@ -46,9 +46,10 @@ STATM = "/proc/self/statm"
 PROC_IO = "/proc/self/io"
 RAPL_ROOT = Path("/sys/class/powercap")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-# Used only when nothing better is known: a busy core of a current server/desktop CPU
-# draws roughly 5-15 W; the figure is stated in every estimate so nobody mistakes it.
-DEFAULT_WATTS_PER_CORE = 10.0
+# Used only when the caller passes no estimate basis (the pytest plugin passes the power
+# collector's, see perfpilot.plugins.power.watts_per_cpu); same default as that collector.
+# The figure is stated in every estimate so nobody mistakes it for a measurement.
+DEFAULT_WATTS_PER_CORE = 4.0
 TDP_ENV = "PERFPILOT_CPU_TDP_W"
 
 
@@ -273,14 +274,15 @@ _ACTIVE: list[_Start] = []
 class BlockMeter:
     """Measures blocks in this process. Build one per session: it probes once what works."""
 
-    def __init__(self, *, cpu_tdp_w: float | None = None, energy: bool = True) -> None:
+    def __init__(self, *, cpu_tdp_w: float | None = None, energy: bool = True,
+                 estimate: tuple[float, str] | None = None) -> None:
         self.proc = _ProcFiles()
         self.hwm_resettable = self.proc.reset_hwm() and self.proc.vm_hwm() is not None
         self.proc_io = self.proc.io() is not None
         self.rapl = _Rapl() if energy else None
         self.nvml = _Nvml() if energy else None
         self.energy = energy
-        self.watts_per_core, self.estimate_note = watts_per_core(cpu_tdp_w)
+        self.watts_per_core, self.estimate_note = estimate or watts_per_core(cpu_tdp_w)
 
     def capabilities(self) -> dict[str, Any]:
         """What this meter measures here, and how (for reports)."""

@@ -1,0 +1,204 @@
+"""The pytest plugin's parts on their own: units, thresholds, the baseline store, the
+in-process block meter (real /proc figures), the classification of verdicts, the HTML."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perfpilot.errors import PerfpilotError
+from perfpilot.profilers.block import BlockMeter, measure_calls
+from perfpilot.pytest_baseline import BaselineError, BaselineStore, load
+from perfpilot.pytest_budgets import BudgetError, budget_from_marker, merge_budgets, parse_quantity, parse_thresholds
+from perfpilot.pytest_compare import classify, compare_record
+from perfpilot.pytest_report import TestRecord, build_document, check_budget
+
+# ------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize(
+    ("metric", "text", "value"),
+    [
+        ("wall", "200 ms", 0.2), ("wall", "1.5s", 1.5), ("cpu", "150 ms", 0.15), ("cpu", "250us", 250e-6),
+        ("cpu", "250 µs", 250e-6), ("wall", "2 min", 120.0), ("wall", 0.25, 0.25),
+        ("peak_rss", "50 MB", 50e6), ("peak_rss", "50 MiB", 50 * 2**20), ("gpu_memory", "1 GiB", 2**30),
+        ("peak_rss", "512 kB", 512e3), ("io", "10 KiB", 10240), ("peak_rss", 4096, 4096.0),
+        ("energy", "2 J", 2.0), ("energy", "500 mJ", 0.5), ("energy", "1 Wh", 3600.0), ("energy", "1e3 J", 1000.0),
+    ],
+)
+def test_quantities_with_units(metric: str, text: object, value: float) -> None:
+    assert parse_quantity(metric, text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("metric", "text", "fragment"),
+    [
+        ("wall", "200 MB", "unknown time unit 'MB'"), ("peak_rss", "5 ms", "unknown size unit 'ms'"),
+        ("energy", "2 W", "unknown energy unit 'W'"), ("wall", "fast", "is not a quantity"),
+        ("wall", "", "is not a quantity"), ("wall", True, "is not a quantity"), ("wall", "0 s", "must be a positive"),
+        ("wall", -1, "must be a positive"), ("nope", "1 s", "unknown budget metric 'nope'"),
+    ],
+)
+def test_bad_quantities_say_what_and_how(metric: str, text: object, fragment: str) -> None:
+    with pytest.raises(BudgetError) as info:
+        parse_quantity(metric, text)
+    assert fragment in str(info.value)
+    assert isinstance(info.value, PerfpilotError)
+
+
+def test_markers_merge_nearest_first() -> None:
+    test_level = budget_from_marker((), {"wall": "1 s"})
+    class_level = budget_from_marker((), {"wall": "5 s", "cpu": "2 s"})
+    merged = merge_budgets([test_level, class_level])  # iter_markers order: closest first
+    assert merged is not None and merged.limits == {"wall": 1.0, "cpu": 2.0}
+    with pytest.raises(BudgetError, match="at least one limit"):
+        budget_from_marker((), {})
+
+
+def test_thresholds() -> None:
+    assert parse_thresholds("wall:10%,peak_rss:20%") == {"wall": pytest.approx(0.1), "peak_rss": pytest.approx(0.2)}
+    assert parse_thresholds(" cpu : 0.05 ") == {"cpu": 0.05}
+    for bad in ("wall", "wall:", "wall:x%", "speed:5%", "", "wall:0%"):
+        with pytest.raises(BudgetError):
+            parse_thresholds(bad)
+
+
+# ----------------------------------------------------------------- budgets
+
+
+def test_budget_check_statuses() -> None:
+    record = TestRecord("t", rounds={"wall": [0.1, 0.3, 0.2], "peak_rss": [10.0, 90.0, 5.0], "energy": [5.0]},
+                        budget={"wall": "150 ms", "peak_rss": "100 B", "energy": "1 J", "gpu_memory": "1 GiB"},
+                        energy_source="estimate", energy_note="estimate: x")
+    check_budget(record, {"wall": 0.15, "peak_rss": 100.0, "energy": 1.0, "gpu_memory": 2.0**30})
+    status = {b["metric"]: b["status"] for b in record.budget_results}
+    # median wall 0.2 > 0.15; peak is the max over rounds (90 of 100: near); estimate not enforced
+    assert status == {"wall": "over", "peak_rss": "near", "energy": "over-estimate", "gpu_memory": "unmeasured"}
+    assert len(record.failures) == 1 and "wall 200.0 ms > budget 150.0 ms" in record.failures[0]
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def test_store_keeps_newest_and_prefers_same_python(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path, "m1")
+    meta = {"machine_id": "m1", "python": "3.11.7", "commit": "abc", "date": "d"}
+    for i in range(4):
+        store.save({**meta, "run": i}, {"t": {"rounds": {"wall": [float(i)]}}}, keep=3)
+    paths = store.list()
+    assert len(paths) == 3  # retention
+    assert load(paths[-1]).meta["run"] == 3
+    assert store.latest("3.11.2").meta["run"] == 3
+    store.save({**meta, "python": "3.12.1", "run": 9}, {}, keep=3)
+    assert store.latest("3.11.7").meta["run"] == 3  # same minor wins over newer
+    other = store.latest("3.13.0")
+    assert other.meta["run"] == 9 and "no baseline for Python 3.13" in other.warnings[0]
+    assert BaselineStore(tmp_path, "m2").latest("3.11.7") is None
+
+
+def test_load_rejects_foreign_files(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text("{not json")
+    with pytest.raises(BaselineError, match="not valid JSON"):
+        load(bad)
+    bad.write_text(json.dumps({"schema": "perfpilot.pytest-baseline", "version": 99, "tests": {}}))
+    with pytest.raises(BaselineError, match="version 99"):
+        load(bad)
+
+
+# -------------------------------------------------------------- block meter
+
+
+def test_meter_sees_peak_growth_even_after_the_memory_is_freed() -> None:
+    meter = BlockMeter(energy=False)
+    with meter.measure() as outer:
+        with meter.measure() as inner:
+            block = bytearray(80 * 2**20)
+            block[:: 4096] = b"x" * len(block[:: 4096])
+            del block
+        with meter.measure() as after:
+            pass
+    assert inner.sample.peak_rss_bytes >= 75 * 2**20
+    if meter.hwm_resettable:
+        assert after.sample.peak_rss_bytes < 8 * 2**20  # the mark was reset
+        assert outer.sample.peak_rss_exact
+    # the nested blocks reset the process-wide mark; the outer block keeps its peak
+    assert outer.sample.peak_rss_bytes >= 75 * 2**20
+
+
+def test_meter_counts_waited_children_and_io(tmp_path: Path) -> None:
+    meter = BlockMeter()
+    child = "import time\nend = time.process_time() + 0.25\nwhile time.process_time() < end: pass"
+    with meter.measure() as m:
+        subprocess.run([sys.executable, "-c", child], check=True)
+        path = tmp_path / "f.bin"
+        with open(path, "wb") as fh:
+            fh.write(os.urandom(4 * 2**20))
+            fh.flush()
+            os.fsync(fh.fileno())
+    sample = m.sample
+    assert sample.cpu_children_s >= 0.2
+    assert sample.cpu_s >= sample.cpu_children_s
+    if sample.io_write_bytes is not None:
+        assert sample.io_wchar >= 4 * 2**20
+    assert sample.energy_source in {"estimate", "measured"}
+    metrics = sample.metrics()
+    assert {"wall", "cpu", "peak_rss", "energy"} <= set(metrics)
+
+
+def test_measure_calls_calibrates_rounds() -> None:
+    dist = measure_calls(sum, (range(200),), rounds=6, min_round_s=2e-3)
+    assert dist.rounds == 6 and len(dist.wall) == 6 and len(dist.cpu) == 6
+    assert dist.iterations > 1  # one sum of 200 ints is far below 2 ms
+    assert dist.result == sum(range(200))
+    slow = measure_calls(sum, (range(2000),), rounds=6, min_round_s=2e-3)
+    assert slow.iterations < dist.iterations
+
+
+# ------------------------------------------------------------ classification
+
+
+def test_classify_regression_noise_and_floor() -> None:
+    base = [0.100, 0.102, 0.099, 0.101, 0.100, 0.103, 0.098]
+    slow = [v * 3 for v in base]
+    assert classify("t", "cpu", base, slow, threshold=0.1).kind == "regression"
+    assert classify("t", "cpu", base, base[::-1], threshold=0.1).kind == "unchanged"
+    assert classify("t", "cpu", slow, base, threshold=0.1).kind == "improved"
+    tiny = [v * 5e-4 for v in base]  # 50 µs tests: tripled, +100 µs is below the 200 µs floor
+    finding = classify("t", "cpu", tiny, [v * 3 for v in tiny], threshold=0.1)
+    assert finding.kind == "noise" and "noise floor" in finding.reason
+    noisy = [0.1, 0.3, 0.1, 0.3, 0.1, 0.3, 0.1]
+    assert classify("t", "wall", noisy, [0.12, 0.3, 0.12, 0.3, 0.3, 0.12, 0.3], threshold=0.1).kind in {"noise", "unchanged"}
+    assert classify("t", "wall", base[:2], slow, threshold=0.1).kind == "insufficient"
+    estimate = classify("t", "energy", base, slow, threshold=0.1, source="estimate")
+    assert estimate.kind == "noise" and "estimate" in estimate.reason
+
+
+def test_measure_distributions_are_judged_instead_of_whole_test_rounds() -> None:
+    base = {"rounds": {"wall": [1.0] * 5}, "measure": {"f": {"wall": [1e-5] * 3 + [1.1e-5] * 3, "cpu": [], "iterations": 100}}}
+    current = {"rounds": {"wall": [1.0] * 5}, "measure": {"f": {"wall": [4e-5] * 3 + [4.2e-5] * 3, "cpu": [],
+                                                               "iterations": 100}}}
+    findings = compare_record("t", base, current, {"wall": 0.1})
+    assert [(f.subject, f.kind) for f in findings] == [("f", "regression")]
+
+
+# --------------------------------------------------------------------- html
+
+
+def test_html_report_is_self_contained() -> None:
+    from perfpilot.profilers.renderers.pytest_html import render
+
+    record = TestRecord("tests/test_x.py::test_<b>", rounds={"wall": [0.2, 0.21], "cpu": [0.19, 0.2], "peak_rss": [1e6]},
+                        budget={"wall": "1 s"}, outcome="passed", energy_source="estimate")
+    check_budget(record, {"wall": 1.0})
+    doc = build_document(meta={"machine_id": "m", "python": "3.11", "rounds": 2, "measuring": {"io": "/proc"}},
+                         records=[record], findings=[], baseline=None, saved=None)
+    page = render(doc)
+    assert page.startswith("<!doctype html>")
+    assert "<code>tests/test_x.py::test_&lt;b&gt;</code>" in page  # escaped in the table
+    assert page.count("new Chart(") >= 2 and "<script src=" not in page
