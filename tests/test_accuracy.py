@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -130,18 +129,29 @@ def test_orphaned_grandchildren_adopted_by_perfpilot_are_counted(burn: Path, tmp
 def test_attached_process_cpu_since_attach_is_sampled_within_10_percent(tmp_path: Path) -> None:
     report = tmp_path / "self.txt"
     code = (
-        "import time\n"
-        "time.sleep(0.6)\n"  # perfpilot attaches while we sleep
+        "import sys, time\n"
+        "while time.process_time() < 0.2: pass\n"  # CPU before the attach: not counted
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
         "a = time.process_time()\n"
         "while time.process_time() - a < 0.5: pass\n"
         "b = time.process_time()\n"
         f"open({str(report)!r}, 'w').write(repr(b - a))\n"
         "time.sleep(0.4)\n"  # let a tick see the final CPU time before we exit
     )
-    child = subprocess.Popen([sys.executable, "-c", code])
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    said_go: list[bool] = []
+
+    def go_after_attaching(_elapsed: float, _values: object) -> None:
+        if not said_go:  # the first tick has taken the attach baseline
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            said_go.append(True)
+
     try:
-        time.sleep(0.1)
-        profile = profile_pid(child.pid, None, SETTINGS)
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        profile = profile_pid(child.pid, None, SETTINGS, RunOptions(on_tick=go_after_attaching))
     finally:
         child.wait()
     burned = float(report.read_text())

@@ -79,12 +79,18 @@ def test_attached_tree_does_not_double_count_what_a_parent_reaps() -> None:
                  f"subprocess.run([sys.executable, '-c', {child_code!r}])\n"
                  "time.sleep(0.7)\n")
     root = subprocess.Popen([sys.executable, "-c", root_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    said_go = []
+
+    def go_after_attaching(_elapsed: float, _values: object) -> None:
+        if not said_go:  # the first tick has taken the attach baseline
+            assert root.stdin is not None
+            root.stdin.write("go\n")
+            root.stdin.flush()
+            said_go.append(True)
+
     try:
         assert root.stdout is not None and root.stdout.readline().endswith("ready\n")
-        assert root.stdin is not None
-        root.stdin.write("go\n")
-        root.stdin.flush()
-        profile = profile_pid(root.pid, None, SETTINGS)
+        profile = profile_pid(root.pid, None, SETTINGS, RunOptions(on_tick=go_after_attaching))
     finally:
         root.kill()
         root.wait()
