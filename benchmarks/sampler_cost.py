@@ -6,8 +6,13 @@ For each configuration (tree scan only, each collector alone, all collectors) pe
 attaches to the tree (``profile_pid``) for a fixed window. The sampler thread reads its
 own CPU clock (``time.thread_time``) at every tick, so the figure is that thread's CPU
 seconds over the window, as % of one core (the issue's target: <= 1%). The whole
-perfpilot process's CPU over the same call is shown too (it adds the attach loop's
-polling and one-off setup). The first tick runs on the calling thread and is skipped.
+perfpilot process's CPU over the same call is shown too: it adds one-off setup (plugin
+manager, host facts, Profile assembly) and ``profile_pid``'s own 20 Hz check whether the
+target is still alive, neither of which is sampling. The first tick runs on the calling
+thread and is skipped.
+
+The host's load matters: on a busy machine every tick starts with cold caches. Quote
+the figure together with the load average printed under the table.
 
 For comparison, the last row times psutil's ``Process.children(recursive=True)`` (what
 the tree scan used before it became incremental) at the same rate.
@@ -16,6 +21,7 @@ the tree scan used before it became incremental) at the same rate.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         pct, per_call = psutil_children_cost(root.pid, args.window, args.interval)
         table.add_row("(psutil children(recursive) scan, for comparison)", f"{pct:.2f}", f"{per_call:.0f}", "-", "-")
         console.print(table)
+        console.print(f"load average during the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         for child in psutil.Process(root.pid).children(recursive=True):
             child.kill()

@@ -43,14 +43,6 @@ FAULTS_INTERVAL_S = 1.0
 SYSTEM_INTERVAL_S = 0.5
 
 
-def proc_rss(pid: int) -> int | None:
-    """Resident set size in bytes from ``/proc/<pid>/statm``."""
-    data = read_file(f"/proc/{pid}/statm")
-    if not data:
-        return None
-    return int(data.split()[1]) * PAGE_SIZE
-
-
 def proc_smaps_rollup(pid: int, files: ProcFiles | None = None) -> tuple[int, int] | None:
     """(USS, PSS) in bytes: private pages, and pages shared weighted by sharers."""
     data = files.read(pid, "smaps_rollup") if files else read_file(f"/proc/{pid}/smaps_rollup")
