@@ -18,8 +18,15 @@ Schema (``schema_version`` 1); every key below is always present, possibly empty
 ``series``          ``{"t": [seconds since start, ...], "values": {metric: [float | null, ...]}}``
                     -- one shared time base; ``null`` where a metric had no sample
 ``hotspots``        ``[{"function", "file", "line", "self_pct", "total_pct", "samples", ...}]``,
-                    hottest first
-``stacks``          ``{"rate_hz": int, "samples": int, "collapsed": {"f1;f2;f3": count}}`` or ``{}``
+                    hottest first (self samples, then total). ``line`` is the function's hottest
+                    line; also ``short_file``, ``code`` (that line's text), ``total_samples``,
+                    ``processes`` (distinct pids), ``lines``: ``[{"line", "code", "samples",
+                    "total_samples", "self_pct", "total_pct"}]`` hottest first, and with energy
+                    figures ``energy_j`` (self), ``energy_total_j``, ``energy_by_domain``,
+                    ``energy_estimated`` (see profilers/hotspots.py, energy_attribution.py)
+``stacks``          ``{"rate_hz": int, "samples": int, "collapsed": {"f1;f2;f3": count},
+                      "timeline": [{"start_s", "end_s", "samples"}]}`` or ``{}``; frames are
+                    py-spy's ``name (file:line)``, ``process N:"cmd"`` at the root per process
 ``collectors``      name -> ``{"available": bool, "reason": str, "errors": [str], "disabled": bool}``
 ``annotations``     free-form, namespaced by who wrote it (``imports``, ``stacks_note``, ...)
 
