@@ -6,7 +6,12 @@ Totals (``summary``):
 ``peak_rss_bytes``
     the larger of the rusage ``maxrss`` (exact peak of the largest single process;
     launched targets) and the sampled peak of the tree's summed RSS. Live
-    descendants' ``VmHWM`` at the end is included too.
+    descendants' ``VmHWM`` at the end is included too. Linux carries the launching
+    process's own high-water mark into a child's ``maxrss`` (across fork/vfork and
+    exec), so a ``maxrss`` not above perfpilot's own peak at launch cannot be told
+    from perfpilot's: then the figure is the sampled peak (tree RSS each tick, each
+    process's ``VmHWM`` once a second) and ``peak_rss_source`` says ``sampled``
+    instead of ``rusage``.
 ``memory_rss_mean_bytes``, ``memory_uss_peak_bytes``, ``memory_pss_peak_bytes``
     (sampled), ``memory_minor_faults`` / ``memory_major_faults`` (exact from rusage
     when launched, else sampled), ``memory_system_available_min_bytes``,
@@ -87,6 +92,7 @@ class MemoryCollector:
         self.settings = settings
         self.target: Target | None = None
         self._rss_peak = 0
+        self._hwm_peak = 0
         self._rss_sum = 0.0
         self._rss_n = 0
         self._uss_peak: int | None = None
@@ -149,6 +155,7 @@ class MemoryCollector:
         seen: set[int] = set()
         for pid, fields in stats.items():
             seen.add(pid)
+            self._hwm_peak = max(self._hwm_peak, proc_hwm(pid) or 0)
             mn, mj = int(fields[STAT_MINFLT]), int(fields[STAT_MAJFLT])
             rec = self._faults.get(pid)
             if rec is None or rec[0] != fields[STAT_STARTTIME]:
@@ -192,8 +199,15 @@ class MemoryCollector:
         out: dict[str, Any] = {}
         # Live descendants at the end: nothing in the tree has waited for them yet.
         alive = [p.pid for p in target.processes() if p.pid != target.pid]
+        source = "sampled"
         if exact is not None:
-            peak = max(peak, int(exact["maxrss_bytes"]))
+            maxrss = int(exact["maxrss_bytes"])
+            launcher = target.launcher_hwm_bytes
+            if launcher is None or maxrss > launcher:
+                peak = max(peak, maxrss)
+                source = "rusage"
+            else:
+                peak = max(peak, self._hwm_peak)
             minor, major = exact["minflt"], exact["majflt"]
             for pid in alive:
                 fields = proc_stat(pid)
@@ -205,7 +219,9 @@ class MemoryCollector:
         else:
             minor = self._faults_gone[0] + sum(r[3] - r[1] for r in self._faults.values())
             major = self._faults_gone[1] + sum(r[4] - r[2] for r in self._faults.values())
+            peak = max(peak, self._hwm_peak)
         out["peak_rss_bytes"] = int(peak)
+        out["peak_rss_source"] = source
         out["memory_minor_faults"] = int(minor)
         out["memory_major_faults"] = int(major)
         if self._rss_n:

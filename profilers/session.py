@@ -29,7 +29,7 @@ from perfpilot.errors import CommandNotExecutable, CommandNotFound, ConfigError,
 from perfpilot.profilers.collector import CollectorSet
 from perfpilot.profilers.host import host_info
 from perfpilot.profilers.profile import Profile
-from perfpilot.profilers.target import Target, add_io, add_rusage, read_proc_io, rusage_to_dict
+from perfpilot.profilers.target import Target, add_io, add_rusage, own_hwm_bytes, read_proc_io, rusage_to_dict
 
 TickCallback = Callable[[float, Mapping[str, float]], None]
 
@@ -276,6 +276,7 @@ def profile_command(
     cwd = options.cwd or settings.cwd or os.getcwd()
     pipe = subprocess.PIPE if options.capture_output else None
     started_at = _now_iso()
+    launcher_hwm = own_hwm_bytes()
     t0 = time.monotonic()
     try:
         popen = subprocess.Popen(
@@ -291,7 +292,7 @@ def profile_command(
         _raise_launch_error(exc, argv, cwd)
 
     target = Target(pid=popen.pid, launched=True, command=argv, cwd=cwd, started_at=t0,
-                    marker=f"{reporting.ENV_VAR}={metrics_path}")
+                    marker=f"{reporting.ENV_VAR}={metrics_path}", launcher_hwm_bytes=launcher_hwm)
     outputs: dict[str, bytes] = {}
     readers = []
     if options.capture_output:

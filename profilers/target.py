@@ -44,6 +44,18 @@ def rusage_to_dict(ru: resource.struct_rusage) -> dict[str, float]:
     }
 
 
+def own_hwm_bytes() -> int | None:
+    """This process's peak RSS (``VmHWM``), bytes; None where /proc has no such line."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def add_rusage(a: dict[str, float] | None, b: dict[str, float]) -> dict[str, float]:
     if a is None:
         return dict(b)
@@ -188,6 +200,10 @@ class Target:
     ended_at: float | None = None
     # "NAME=value" in the target's environment: identifies orphans adopted by us
     marker: str | None = None
+    # perfpilot's own peak RSS when it launched the target. Linux carries the parent's
+    # high-water mark into a child's rusage maxrss across fork/vfork+exec, so a
+    # maxrss at or below this figure may be the launcher's, not the target's.
+    launcher_hwm_bytes: int | None = None
     _table: _PidTable | None = field(default=None, repr=False)
     _members: set[int] = field(default_factory=set, repr=False)
     _checked: set[int] = field(default_factory=set, repr=False)

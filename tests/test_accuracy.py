@@ -65,6 +65,8 @@ def test_very_short_command_still_gets_exact_totals(tmp_path: Path) -> None:
     report = tmp_path / "self.txt"
     code = (
         "import resource, time\n"
+        # above the launcher's own peak, so rusage maxrss is the child's (see plugins/memory.py)
+        "ballast = bytes(160 << 20)\n"
         "while time.process_time() < 0.05: pass\n"
         "ru = resource.getrusage(resource.RUSAGE_SELF)\n"
         f"open({str(report)!r}, 'w').write(repr((ru.ru_utime, ru.ru_stime, ru.ru_maxrss * 1024, ru.ru_minflt)))\n"
@@ -74,6 +76,7 @@ def test_very_short_command_still_gets_exact_totals(tmp_path: Path) -> None:
     s = profile.summary
     # exact, from wait4: at least what the child saw, plus only its exit path
     assert utime + stime <= _cpu(profile) <= utime + stime + 0.02
+    assert s["peak_rss_source"] == "rusage"
     assert maxrss <= s["peak_rss_bytes"] <= maxrss * 1.10
     assert minflt <= s["memory_minor_faults"] <= minflt * 1.10 + 200
     assert profile.series["t"], "the first tick runs at launch, however short the command"
