@@ -66,7 +66,7 @@ def test_very_short_command_still_gets_exact_totals(tmp_path: Path) -> None:
     code = (
         "import resource, time\n"
         # above the launcher's own peak, so rusage maxrss is the child's (see plugins/memory.py)
-        "ballast = bytes(160 << 20)\n"
+        "ballast = b\"\\x01\" * (160 << 20)\n"
         "while time.process_time() < 0.05: pass\n"
         "ru = resource.getrusage(resource.RUSAGE_SELF)\n"
         f"open({str(report)!r}, 'w').write(repr((ru.ru_utime, ru.ru_stime, ru.ru_maxrss * 1024, ru.ru_minflt)))\n"
