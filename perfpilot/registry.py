@@ -98,7 +98,10 @@ class PluginSet:
         found: dict[str, Registered] = {}
         hook = getattr(self.pm.hook, hook_name)
         # Call each implementation separately so we know which plugin registered what.
-        for impl in reversed(hook.get_hookimpls()):  # pluggy calls last-registered first
+        # get_hookimpls() lists them in registration order (built-ins, then entry
+        # points, then extras), so a later registration of a name replaces an earlier
+        # one: a third-party plugin can override a built-in.
+        for impl in hook.get_hookimpls():
             plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
 
             def register(*args: Any, _plugin: str = plugin_name) -> None:

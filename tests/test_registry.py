@@ -132,3 +132,34 @@ def test_third_party_collector_through_entry_point(tmp_path, perfpilot_cli):
     # PERFPILOT_LOAD_PLUGINS restricts which entry points load.
     listing = perfpilot_cli("plugins", "--json", env={**env, "PERFPILOT_LOAD_PLUGINS": ""})
     assert "ticks" not in {row["name"] for row in json.loads(listing.stdout)}
+
+
+class _QuietCpu:
+    name = "cpu"
+
+    def __init__(self, settings):
+        pass
+
+    def available(self):
+        return True, "replaced by a test plugin"
+
+    def start(self, target):
+        pass
+
+    def sample(self, now):
+        return {"cpu.replaced": 1.0}
+
+    def stop(self):
+        return {}
+
+
+class _OverrideCpu:
+    @hookimpl
+    def perfpilot_register_collectors(self, register):
+        register(_QuietCpu)
+
+
+def test_a_later_plugin_overrides_a_builtin_of_the_same_name():
+    collectors = build_plugin_manager(extra_plugins=[(_OverrideCpu(), "my_cpu")]).collectors()
+    assert collectors["cpu"].factory is _QuietCpu
+    assert collectors["cpu"].plugin == "my_cpu"
