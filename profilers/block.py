@@ -13,8 +13,9 @@ What one :class:`BlockMeter` measurement gives, and where each figure comes from
                 afterwards. Where the reset is refused the peak is exact only when the
                 lifetime ``ru_maxrss`` grew during the block; otherwise the end-of-block growth
                 is reported as a lower bound and ``peak_rss_exact`` is false. A child process
-                reaped during the block whose own peak RSS is larger counts instead (its peak
-                is the lifetime maximum of reaped children, so it is seen only when it grows).
+                reaped during the block counts instead when its peak RSS is larger (seen only
+                when the lifetime maximum of reaped children grows, and only above this
+                process's own peak: Linux starts a child's ru_maxrss at its parent's RSS).
 ``io_read``/``io_write``  storage bytes from ``/proc/self/io`` (``read_bytes``/``write_bytes``;
                 page-cache hits are not storage reads). ``rchar``/``wchar`` are kept too.
 ``energy``      RAPL package counters where readable (whole-package energy: everything the
@@ -335,8 +336,12 @@ class BlockMeter:
         else:
             hwm, exact = self.proc.rss(), False
         peak = max(0.0, hwm - start.rss)
-        if child_ru.ru_maxrss > start.child_ru.ru_maxrss:
-            peak = max(peak, child_ru.ru_maxrss * 1024.0)
+        # A child's ru_maxrss starts at this process's RSS when it was forked (Linux hands
+        # the old mm's high-water mark to the exec'd child, vfork included), so a child's
+        # peak is told apart only when it is above this process's own peak in the block.
+        child_peak = child_ru.ru_maxrss * 1024.0
+        if child_ru.ru_maxrss > start.child_ru.ru_maxrss and child_peak > hwm:
+            peak = max(peak, child_peak)
         sample = BlockSample(
             wall_s=wall,
             cpu_user_s=self_ru.ru_utime - start.self_ru.ru_utime,

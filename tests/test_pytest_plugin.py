@@ -283,7 +283,7 @@ def test_named(perfpilot_measure):
     result.assert_outcomes(passed=2)
     doc = _json(pytester)
     assert set(_test(doc, "test_named")["measure"]) == {"small", "large"}
-    assert _test(doc, "test_both")["measure"]["work"]["rounds"] >= 5
+    assert _test(doc, "test_both")["measure"]["measure"]["rounds"] >= 5
 
 
 # ------------------------------------------------------------ reports, xdist, timeout

@@ -202,3 +202,24 @@ def test_html_report_is_self_contained() -> None:
     assert page.startswith("<!doctype html>")
     assert "<code>tests/test_x.py::test_&lt;b&gt;</code>" in page  # escaped in the table
     assert page.count("new Chart(") >= 2 and "<script src=" not in page
+
+
+def test_gpu_memory_comes_from_torch_when_the_code_under_test_uses_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: a stand-in for ``torch.cuda`` checks the wiring (reset at start, peak at stop)."""
+    import types
+
+    calls: list[str] = []
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True, is_initialized=lambda: True,
+        reset_peak_memory_stats=lambda: calls.append("reset"),
+        max_memory_allocated=lambda: calls.append("peak") or 3 * 2**30,
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    meter = BlockMeter(energy=False)
+    with meter.measure() as m:
+        pass
+    assert calls == ["reset", "peak"]
+    assert m.sample.metrics()["gpu_memory"] == 3 * 2**30
+    record = TestRecord("t", rounds={"gpu_memory": [m.sample.gpu_memory_bytes]}, budget={"gpu_memory": "1 GiB"})
+    check_budget(record, {"gpu_memory": parse_quantity("gpu_memory", "1 GiB")})
+    assert "gpu_memory 3.0 GiB > budget 1.0 GiB" in record.failures[0]
