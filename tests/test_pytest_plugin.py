@@ -157,14 +157,23 @@ def test_budgeted():
 
 def test_slowed_function_is_a_regression_and_unchanged_one_is_not(pytester: pytest.Pytester,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    pytester.makepyfile(test_regress=WORK + '''
-SLOW = float(os.environ.get("SLOWDOWN", "1"))
+    pytester.makepyfile(test_regress='''
+import os
+
+SLOW = int(os.environ.get("SLOWDOWN", "1"))
+
+def work(n):
+    # fixed work, not a fixed time: its CPU time carries the machine's real noise
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
 
 def test_changed():
-    spin(0.01 * SLOW)
+    work(150_000 * SLOW)
 
 def test_unchanged():
-    spin(0.01)
+    work(150_000)
 ''')
     # CPU time: load from other processes on a shared machine moves wall time a lot
     # between the saving and the comparing session, CPU time of CPU-bound work far less.
