@@ -36,7 +36,7 @@ keys: ``train.amp``, ``train.activation_checkpointing``, ``train.offload_optimiz
 Output: ``final_loss: <float>`` on stdout (eval loss in fp32 on a fixed held-out set, so it
 can be compared with a tolerance across knobs), and per-run figures through
 ``perfpilot.reporting.report_metric`` (``reported.<name>`` in a perfpilot Profile):
-``step_time_s``, ``steps``, ``final_loss``, ``checkpoint_stall_s``, ``checkpoint_saves``,
+``step_time_s``, ``steps``, ``final_loss``, ``first_loss``, ``train_cpu_s``, ``checkpoint_stall_s``, ``checkpoint_saves``,
 ``process_peak_rss_bytes``, ``samples_per_s``, ``cuda_max_memory_allocated_bytes`` (GPU),
 ``energy_per_step_j`` (GPU: NVML energy counter) or ``energy_per_step_estimate_j`` (CPU:
 process CPU seconds x an assumed watts per busy core, ``TRAIN_CPU_WATTS_PER_CORE``,
@@ -560,6 +560,7 @@ def train(config: Config) -> tuple[dict[str, float], str]:
     step_times: list[float] = []
     first_loss = 0.0
     loop_start = time.perf_counter()
+    cpu_start = time.process_time()
     model.train()
     for step in range(1, config.steps + 1):
         t0 = time.perf_counter()
@@ -585,6 +586,9 @@ def train(config: Config) -> tuple[dict[str, float], str]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     loop_s = time.perf_counter() - loop_start
+    # CPU seconds of this process in the loop (checkpoint writer thread included): on a
+    # shared machine a steadier measure of work done than the loop's wall time.
+    loop_cpu_s = time.process_time() - cpu_start
     joules = meter.joules()
 
     model.eval()
@@ -597,6 +601,7 @@ def train(config: Config) -> tuple[dict[str, float], str]:
         "steps": float(config.steps),
         "step_time_s": loop_s / config.steps,
         "step_time_median_s": sorted(step_times)[len(step_times) // 2],
+        "train_cpu_s": loop_cpu_s,
         "samples_per_s": config.steps * config.effective_batch / loop_s,
         "final_loss": final_loss,
         "first_loss": first_loss,
