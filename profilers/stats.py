@@ -150,7 +150,10 @@ def ratio_ci(a: np.ndarray, b: np.ndarray, confidence: float, seed: int,
              n_resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
     """Percentile-bootstrap CI of median(b)/median(a), A and B resampled independently."""
     if np.all(a == a[0]) and np.all(b == b[0]):
-        point = float(_median_ratio(a, b))
+        if a[0] == 0:
+            point = 1.0 if b[0] == 0 else math.copysign(math.inf, b[0])
+        else:
+            point = float(b[0] / a[0])
         return point, point
     with warnings.catch_warnings():
         # Tiny samples give a lumpy bootstrap distribution; that is expected, not news.
@@ -161,6 +164,9 @@ def ratio_ci(a: np.ndarray, b: np.ndarray, confidence: float, seed: int,
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if math.isnan(low) or math.isnan(high):
         dist = np.asarray(result.bootstrap_distribution, dtype=float)
+        if np.isnan(dist).mean() > (1 - confidence) / 2:
+            # Too many resamples with a zero median for A: the ratio is not estimable.
+            return -math.inf, math.inf
         tail = (1 - confidence) / 2
         low, high = (float(q) for q in np.nanquantile(dist, [tail, 1 - tail]))
     return low, high
@@ -250,13 +256,16 @@ def verdict(
                          f"{t:.1%} threshold; more runs would tell")
 
     effect = abs(ratio - 1) if math.isfinite(ratio) else math.inf
-    if word not in {"no change"} and noise_a > effect:
-        needed = runs_needed(noise_a, max(effect, t), confidence)
+    needed = runs_needed(max(noise_a, noise_b), max(effect, t) if math.isfinite(effect) else t, confidence)
+    more = f"about {needed} runs per side" if needed else "more runs"
+    if word != "no change" and noise_a > effect:
         notes.append(
             f"A's own runs spread ±{noise_a:.1%} (robust CV), more than the {effect:.1%} effect being claimed: "
-            + (f"about {needed} runs per side, " if needed else "more runs, ")
-            + "pinning to one CPU (--cpus 0) and closing other load would help"
+            f"{more}, pinning to one CPU (--cpus 0) and closing other load would help"
         )
+    elif word == "inconclusive" and not excludes_1:
+        notes.append(f"not significant at this confidence (p={p:.2g}, needs < {alpha:.3g}): {more} "
+                     f"would resolve a {max(effect, t):.1%} effect through this noise")
     floor_p = smallest_p(xa.size, xb.size)
     if floor_p >= alpha:
         notes.append(f"with {xa.size} and {xb.size} runs the rank test cannot reach p < {alpha:.3g} "

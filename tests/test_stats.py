@@ -150,6 +150,11 @@ def test_identical_runs_are_no_change() -> None:
     assert v.verdict == "no change"
 
 
+def test_all_zero_runs_are_no_change() -> None:
+    v = verdict([0.0] * 5, [0.0] * 5, metric="io")
+    assert (v.ratio, v.ci_low, v.ci_high) == (1.0, 1.0, 1.0) and v.verdict == "no change"
+
+
 def test_zero_median_a_gives_json_safe_output() -> None:
     v = verdict([0.0] * 6, [5.0, 6.0, 5.5, 6.5, 5.2, 6.1], metric="io")
     assert v.ratio == math.inf
@@ -207,3 +212,14 @@ def test_verdict_to_dict_round_trips_through_json() -> None:
                          "runs_a", "runs_b", "noise_a", "noise_b", "threshold", "verdict", "improved", "regressed",
                          "source", "notes"}
     assert data["ci_low"] <= data["ratio"] <= data["ci_high"]
+
+
+def test_every_inconclusive_verdict_says_what_would_help() -> None:
+    rng = np.random.default_rng(9)
+    seen = 0
+    for trial in range(40):
+        v = verdict(run_times(rng, 6, sigma=0.2), run_times(rng, 6, scale=0.9, sigma=0.2), seed=trial)
+        if v.verdict == "inconclusive":
+            seen += 1
+            assert any("runs" in note for note in v.notes), v.notes
+    assert seen > 10

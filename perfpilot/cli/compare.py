@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -110,7 +111,7 @@ def verdict_table(verdicts: dict[str, Verdict], primary: str) -> Table:
             Text(name, style="bold" if name == primary else ""),
             _value(name, v.median_a, v.source),
             _value(name, v.median_b, v.source),
-            f"{v.ratio:.3f} [{v.ci_low:.3f}, {v.ci_high:.3f}]",
+            Text(f"{v.ratio:.3f} [{v.ci_low:.3f}, {v.ci_high:.3f}]"),  # Text: brackets are not markup
             f"{v.p_value:.2g}",
             f"{v.runs_a}/{v.runs_b}",
             f"±{_pct(v.noise_a)}/±{_pct(v.noise_b)}",
@@ -121,7 +122,7 @@ def verdict_table(verdicts: dict[str, Verdict], primary: str) -> Table:
 
 def render_terminal(comparison: Any, console: Console) -> None:
     labels = comparison.labels
-    console.print(f"[bold]A[/]: {labels[0]}\n[bold]B[/]: {labels[1]}")
+    console.print(f"[bold]A[/]: {escape(labels[0])}\n[bold]B[/]: {escape(labels[1])}")
     console.print(verdict_table(comparison.verdicts, comparison.primary))
     primary = comparison.primary_verdict
     confidence = primary.confidence
@@ -135,10 +136,10 @@ def render_terminal(comparison: Any, console: Console) -> None:
         console.print("[yellow]* energy from the power collector's estimate (a model, not a meter): "
                       "shown for information, it decides nothing[/]")
     for note in comparison.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(f"[yellow]note[/]: {escape(note)}")
     for name, v in comparison.verdicts.items():
         for note in v.notes:
-            console.print(f"[yellow]note[/] ({name}): {note}")
+            console.print(f"[yellow]note[/] ({escape(name)}): {escape(note)}")
 
 
 def _write_outputs(comparison: Any, json_path: str | None, html_path: Path | None, err: Console) -> None:
