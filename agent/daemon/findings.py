@@ -22,8 +22,8 @@ flap it). Each change is written to the store and shown by ``/api/findings``.
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -36,23 +36,50 @@ RESOLVE = 0.5
 MIN_POINTS = 5
 
 
-@dataclass
 class Series:
-    points: deque[tuple[float, float]] = field(default_factory=deque)
+    """A window of (time, value) points; ``hits`` counts those meeting ``test``, kept
+    up to date as points come and go, so judging a window costs O(1), not a pass over it."""
 
-    def add(self, ts: float, value: float, keep: float) -> None:
-        self.points.append((ts, value))
-        while self.points and ts - self.points[0][0] > keep:
-            self.points.popleft()
+    __slots__ = ("points", "keep", "test", "hits", "total", "_adds")
+
+    def __init__(self, keep: float, test: Callable[[float], bool] | None = None) -> None:
+        self.points: deque[tuple[float, float, bool]] = deque()
+        self.keep = keep
+        self.test = test
+        self.hits = 0
+        self.total = 0.0
+        self._adds = 0
+
+    def add(self, ts: float, value: float) -> None:
+        hit = bool(self.test(value)) if self.test is not None else False
+        self.points.append((ts, value, hit))
+        self.hits += hit
+        self.total += value
+        self._adds += 1
+        if self._adds % 4096 == 0:
+            self.total = math.fsum(p[1] for p in self.points)  # no drift from running sums
+        self.prune(ts)
+
+    def prune(self, now: float) -> None:
+        points, keep = self.points, self.keep
+        while points and now - points[0][0] > keep:
+            _t, value, hit = points.popleft()
+            self.hits -= hit
+            self.total -= value
 
     def window(self, now: float, span: float) -> list[tuple[float, float]]:
-        return [(t, v) for t, v in self.points if now - t <= span]
+        return [(t, v) for t, v, _hit in self.points if now - t <= span]
+
+
+def _covered(points: deque[tuple[float, float, bool]] | list[tuple[float, float]], span: float,
+             interval: float) -> bool:
+    return len(points) >= MIN_POINTS and points[-1][0] - points[0][0] >= span - 2 * interval
 
 
 def _fraction(points: list[tuple[float, float]], test: Callable[[float], bool], span: float,
               interval: float) -> float | None:
     """Share of the window's samples meeting ``test``; None while the window is not yet covered."""
-    if len(points) < MIN_POINTS or points[-1][0] - points[0][0] < span - 2 * interval:
+    if not _covered(points, span, interval):
         return None
     return sum(1 for _t, v in points if test(v)) / len(points)
 
@@ -72,81 +99,132 @@ def linear_growth(points: list[tuple[float, float]]) -> tuple[float, float, floa
     return float(slope), r2, float(slope * (t[-1] - t[0]))
 
 
+class _WatchSeries:
+    __slots__ = ("cpu", "rss", "gpu_mem", "memory_next")
+
+    def __init__(self, c: FindingConfig, slack: float) -> None:
+        self.cpu = Series(c.window + slack, lambda v: v >= c.cpu_saturation_pct)
+        self.rss = Series(c.memory_window + slack)
+        self.gpu_mem = Series(c.window + slack, lambda v: v >= c.gpu_min_memory_bytes)
+        self.memory_next = -math.inf
+
+
 class FindingEngine:
+    """Judges findings every tick at O(1) per watch: window shares come from running
+    counts, and the memory-growth regression (a least-squares fit over ``memory_window``)
+    is refitted at most every ``memory_window / 60`` (10 s by default): a leak is a
+    trend over minutes, and refitting 600 points for 50 watches every second would cost
+    more than the rest of the daemon."""
+
     def __init__(self, config: FindingConfig, interval: float) -> None:
-        self.config = config
+        c = self.config = config
         self.interval = interval
-        self.series: dict[str, Series] = {}
+        slack = 2 * interval + 1e-6
+        self.host = {
+            "cpu": Series(c.window + slack, lambda v: v >= c.cpu_saturation_pct),
+            "iowait": Series(c.window + slack, lambda v: v >= c.iowait_pct),
+            "steal": Series(c.window + slack, lambda v: v >= c.steal_pct),
+            "gpu_util": Series(c.window + slack, lambda v: v <= c.gpu_idle_pct),
+        }
+        self._slack = slack
+        self.watches: dict[str, _WatchSeries] = {}
         self.active: dict[tuple[str, str], dict[str, Any]] = {}
         self.resolved: deque[dict[str, Any]] = deque(maxlen=100)
         self.raised_total: dict[str, int] = {k: 0 for k in KINDS}
-        self._keep = max(config.window, config.memory_window) + 5 * interval
-
-    def _add(self, key: str, ts: float, value: float | None) -> None:
-        if value is None:
-            return
-        self.series.setdefault(key, Series()).add(ts, float(value), self._keep)
+        self.memory_every = max(interval, config.memory_window / 60.0)
 
     def observe(self, ts: float, host: dict[str, float], watches: dict[str, Any],
                 gpu_devices: dict[str, float]) -> None:
-        self._add("host.cpu", ts, host.get("cpu.utilization_pct"))
-        self._add("host.iowait", ts, host.get("cpu.iowait_pct"))
-        self._add("host.steal", ts, host.get("cpu.steal_pct"))
-        gpu_util = [v for k, v in gpu_devices.items() if k.endswith(".utilization_pct")]
-        self._add("gpu.util_max", ts, max(gpu_util) if gpu_util else None)
+        h = self.host
+        for key, metric in (("cpu", "cpu.utilization_pct"), ("iowait", "cpu.iowait_pct"), ("steal", "cpu.steal_pct")):
+            value = host.get(metric)
+            if value is not None:
+                h[key].add(ts, float(value))
+        if gpu_devices:
+            gpu_util = [v for k, v in gpu_devices.items() if k.endswith(".utilization_pct")]
+            if gpu_util:
+                h["gpu_util"].add(ts, float(max(gpu_util)))
+        series = self.watches
         for watch, state in watches.items():
+            ws = series.get(watch)
+            if ws is None:
+                ws = series[watch] = _WatchSeries(self.config, self._slack)
             if state.processes:
-                self._add(f"{watch}\0cpu_per_process", ts, state.cpu_pct / state.processes)
-                self._add(f"{watch}\0rss", ts, state.rss_bytes)
+                ws.cpu.add(ts, state.cpu_pct / state.processes)
+                ws.rss.add(ts, float(state.rss_bytes))
             if state.gpu_memory_bytes is not None:
-                self._add(f"{watch}\0gpu_mem", ts, state.gpu_memory_bytes)
+                ws.gpu_mem.add(ts, float(state.gpu_memory_bytes))
+
+    def _share(self, series: Series, now: float) -> float | None:
+        """Share of the window's points meeting the series' test; None until the window is covered."""
+        c = self.config
+        series.prune(now)
+        points = series.points
+        # The series keeps a little more than the window (slack for late ticks); drop it here.
+        while points and now - points[0][0] > c.window:
+            _t, value, hit = points.popleft()
+            series.hits -= hit
+            series.total -= value
+        if not _covered(points, c.window, self.interval):
+            return None
+        return series.hits / len(points)
+
+    def _sustained(self, kind: str, entity: str, series: Series | None, now: float,
+                   message: Callable[[float], str], changed: list[dict[str, Any]]) -> None:
+        if series is None:
+            return
+        share = self._share(series, now)
+        if share is None:
+            return
+        raise_it, resolve_it = share >= SUSTAINED, share < RESOLVE
+        if (kind, entity) not in self.active and not raise_it:
+            return  # the usual case: nothing to raise, nothing to format
+        mean = series.total / len(series.points)
+        self._judge(kind, entity, raise_it, resolve_it, now, message(mean),
+                    {"window_s": self.config.window, "share": round(share, 3), "mean": round(mean, 3)}, changed)
 
     def evaluate(self, now: float, watches: dict[str, Any],
                  restart_times: dict[str, Iterable[float]]) -> list[dict[str, Any]]:
         """Raise, update or resolve findings; return the ones that changed."""
         c = self.config
         changed: list[dict[str, Any]] = []
-
-        def sustained(kind: str, entity: str, key: str, test: Callable[[float], bool], message: Callable[[float], str],
-                      details: Callable[[list[tuple[float, float]]], dict[str, Any]]) -> None:
-            series = self.series.get(key)
-            points = series.window(now, c.window) if series else []
-            share = _fraction(points, test, c.window, self.interval)
-            if share is None:
-                return
-            mean = float(np.mean([v for _t, v in points]))
-            self._judge(kind, entity, share >= SUSTAINED, share < RESOLVE, now, message(mean),
-                        {"window_s": c.window, "share": round(share, 3), "mean": round(mean, 3), **details(points)},
+        h = self.host
+        self._sustained("cpu_saturation", "host", h["cpu"], now,
+                        lambda m: f"host CPU {m:.0f}% busy for {c.window:.0f}s", changed)
+        self._sustained("io_wait", "host", h["iowait"], now,
+                        lambda m: f"host CPUs wait for I/O {m:.0f}% of the time over {c.window:.0f}s", changed)
+        self._sustained("cpu_steal", "host", h["steal"], now,
+                        lambda m: f"hypervisor steals {m:.0f}% of CPU time (noisy neighbour) over {c.window:.0f}s",
                         changed)
-
-        sustained("cpu_saturation", "host", "host.cpu", lambda v: v >= c.cpu_saturation_pct,
-                  lambda m: f"host CPU {m:.0f}% busy for {c.window:.0f}s", lambda p: {})
-        sustained("io_wait", "host", "host.iowait", lambda v: v >= c.iowait_pct,
-                  lambda m: f"host CPUs wait for I/O {m:.0f}% of the time over {c.window:.0f}s", lambda p: {})
-        sustained("cpu_steal", "host", "host.steal", lambda v: v >= c.steal_pct,
-                  lambda m: f"hypervisor steals {m:.0f}% of CPU time (noisy neighbour) over {c.window:.0f}s",
-                  lambda p: {})
         for watch in watches:
-            sustained("cpu_saturation", watch, f"{watch}\0cpu_per_process", lambda v: v >= c.cpu_saturation_pct,
-                      lambda m, w=watch: f"{w}: each process uses {m:.0f}% of a core for {c.window:.0f}s "
-                                         "(CPU-bound; see its hot spots)", lambda p: {})
-            self._memory(watch, now, changed)
-            self._gpu_idle(watch, now, changed)
-            times = [t for t in restart_times.get(watch, ()) if now - t <= c.restarts_window]
-            self._judge("restarts", watch, len(times) >= c.restarts, len(times) < c.restarts, now,
-                        f"{watch}: restarted {len(times)} times in {c.restarts_window / 60:.0f} min",
-                        {"restarts": len(times), "window_s": c.restarts_window}, changed)
+            ws = self.watches.get(watch)
+            if ws is not None:
+                self._sustained("cpu_saturation", watch, ws.cpu, now,
+                                lambda m, w=watch: f"{w}: each process uses {m:.0f}% of a core for {c.window:.0f}s "
+                                                   "(CPU-bound; see its hot spots)", changed)
+                if now >= ws.memory_next:
+                    ws.memory_next = now + self.memory_every - 1e-6
+                    self._memory(watch, ws.rss, now, changed)
+                if ws.gpu_mem.points:
+                    self._gpu_idle(watch, ws.gpu_mem, now, changed)
+            times = restart_times.get(watch)
+            count = sum(1 for t in times if now - t <= c.restarts_window) if times else 0
+            if count >= c.restarts or ("restarts", watch) in self.active:
+                self._judge("restarts", watch, count >= c.restarts, count < c.restarts, now,
+                            f"{watch}: restarted {count} times in {c.restarts_window / 60:.0f} min",
+                            {"restarts": count, "window_s": c.restarts_window}, changed)
         return changed
 
-    def _memory(self, watch: str, now: float, changed: list[dict[str, Any]]) -> None:
+    def _memory(self, watch: str, series: Series, now: float, changed: list[dict[str, Any]]) -> None:
         c = self.config
-        series = self.series.get(f"{watch}\0rss")
-        points = series.window(now, c.memory_window) if series else []
+        points = series.window(now, c.memory_window)
         if len(points) < 10 or points[-1][0] - points[0][0] < c.memory_window / 2:
             return
         slope, r2, growth = linear_growth(points)
         leaking = slope > 0 and r2 >= c.memory_min_r2 and growth >= c.memory_min_growth_bytes
         fine = slope <= 0 or r2 < c.memory_min_r2 / 2 or growth < c.memory_min_growth_bytes / 2
+        if ("memory_growth", watch) not in self.active and not leaking:
+            return
         span = points[-1][0] - points[0][0]
         self._judge("memory_growth", watch, leaking, fine, now,
                     f"{watch}: RSS grows {slope * 3600 / 2**20:.1f} MiB/h (r^2={r2:.2f}, +{growth / 2**20:.1f} MiB "
@@ -155,20 +233,14 @@ class FindingEngine:
                      "r2": round(r2, 4), "growth_bytes": round(growth), "span_s": round(span, 1),
                      "rss_bytes": points[-1][1]}, changed)
 
-    def _gpu_idle(self, watch: str, now: float, changed: list[dict[str, Any]]) -> None:
+    def _gpu_idle(self, watch: str, mem: Series, now: float, changed: list[dict[str, Any]]) -> None:
         c = self.config
-        mem = self.series.get(f"{watch}\0gpu_mem")
-        util = self.series.get("gpu.util_max")
-        if mem is None or util is None:
-            return
-        mem_points = mem.window(now, c.window)
-        util_points = util.window(now, c.window)
-        held = _fraction(mem_points, lambda v: v >= c.gpu_min_memory_bytes, c.window, self.interval)
-        idle = _fraction(util_points, lambda v: v <= c.gpu_idle_pct, c.window, self.interval)
+        held = self._share(mem, now)
+        idle = self._share(self.host["gpu_util"], now)
         if held is None or idle is None:
             return
         share = min(held, idle)
-        held_bytes = mem_points[-1][1]
+        held_bytes = mem.points[-1][1]
         self._judge("gpu_idle", watch, share >= SUSTAINED, share < RESOLVE, now,
                     f"{watch}: holds {held_bytes / 2**30:.2f} GiB of GPU memory while GPUs are "
                     f"<= {c.gpu_idle_pct:.0f}% busy for {c.window:.0f}s",

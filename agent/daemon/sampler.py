@@ -1,7 +1,7 @@
 """One tick of daemon telemetry: watched processes, the host, the registered collectors
 and GPUs.
 
-Why per-process telemetry reads psutil here instead of running the registered
+Why per-process telemetry reads /proc here instead of running the registered
 collectors per process: a collector observes *one* :class:`~perfpilot.profilers.target.Target`
 tree for the life of a run (``start``/``sample``/``stop``), which is the shape of
 ``perfpilot profile``. The daemon watches many groups whose members come and go, and at
@@ -25,11 +25,13 @@ from typing import Any
 
 import psutil
 
+from perfpilot.agent.daemon import procfs
 from perfpilot.agent.daemon.watch import Watcher
 from perfpilot.profilers.collector import CollectorSet
 from perfpilot.profilers.target import Target
 
 HOST_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+MEMINFO_KEYS = {b"MemTotal", b"MemFree", b"MemAvailable", b"SwapTotal", b"SwapFree"}
 
 
 @dataclass
@@ -60,7 +62,14 @@ class WatchState:
     write_bytes_total: float | None = None
     restarts_total: int = 0
     gpu_memory_bytes: float | None = None
-    members: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[tuple[int, str, float, int, int]] = field(default_factory=list)  # pid, name, cpu%, rss, threads
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        """The processes, busiest first (at most 50), for the JSON API."""
+        rows = sorted(self.rows, key=lambda r: -r[2])[:50]
+        return [{"pid": pid, "name": name, "cpu_pct": round(cpu, 2), "rss_bytes": rss, "threads": threads}
+                for pid, name, cpu, rss, threads in rows]
 
     def metrics(self) -> dict[str, float]:
         """Store metric names (``<domain>.<quantity>_<unit>``)."""
@@ -83,56 +92,45 @@ class WatchState:
         return out
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 SLOW_EVERY = 10  # /proc/PID/io and the fd table are read every 10th tick: they move slowly
 
 
-def _read_stat(pid: int, boot_time: float) -> tuple[float, int, int, float]:
-    """(cpu seconds, threads, rss bytes, create time) from one read of /proc/PID/stat.
+@dataclass
+class _Slow:
+    """What is read every SLOW_EVERY ticks, carried between reads."""
 
-    One file per process per tick instead of psutil's four (stat, statm, status, io):
-    at 50 processes and 1 s this is most of the daemon's CPU budget.
-    """
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        data = fh.read()
-    fields = data[data.rindex(b")") + 2:].split()
-    # fields[0] is field 3 (state) of proc(5): utime=14, stime=15, num_threads=20, starttime=22, rss=24
-    utime, stime = int(fields[11]), int(fields[12])
-    return ((utime + stime) / CLK_TCK, int(fields[17]), int(fields[21]) * PAGE_SIZE,
-            round(boot_time + int(fields[19]) / CLK_TCK, 2))
+    fds: int | None = None
+    read_bytes: int | None = None
+    write_bytes: int | None = None
 
 
-def _read_process(pid: int, name: str, boot_time: float, denied: set[str], slow: bool,
-                  last: "ProcessReading | None") -> ProcessReading:
-    try:
-        cpu, threads, rss, create_time = _read_stat(pid, boot_time)
-    except FileNotFoundError:
-        raise psutil.NoSuchProcess(pid) from None
-    except (IndexError, ValueError):
-        raise psutil.ZombieProcess(pid) from None
-    if last is not None and last.create_time != create_time:
-        last = None  # the pid was reused: nothing of the old process carries over
-    fds = last.fds if last is not None else None
-    read_bytes = last.read_bytes if last is not None else None
-    write_bytes = last.write_bytes if last is not None else None
-    if slow or last is None:
-        if "fds" not in denied:
-            try:
-                fds = len(os.listdir(f"/proc/{pid}/fd"))
-            except PermissionError:
-                denied.add("fds")
-            except OSError:
-                pass
-        if "io" not in denied:
-            try:
-                io = psutil.Process(pid).io_counters()
-                read_bytes, write_bytes = io.read_bytes, io.write_bytes
-            except (psutil.AccessDenied, AttributeError):
-                denied.add("io")
-            except psutil.Error:
-                pass
-    return ProcessReading(pid, name, cpu, rss, threads, fds, read_bytes, write_bytes, create_time)
+def _read_slow(pid: int, denied: set[str]) -> _Slow:
+    slow = _Slow()
+    if "fds" not in denied:
+        try:
+            slow.fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except PermissionError:
+            denied.add("fds")
+        except OSError:
+            pass
+    if "io" not in denied:
+        try:
+            with open(f"/proc/{pid}/io", "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"read_bytes:"):
+                        slow.read_bytes = int(line.split()[1])
+                    elif line.startswith(b"write_bytes:"):
+                        slow.write_bytes = int(line.split()[1])
+        except PermissionError:
+            denied.add("io")
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}"):
+                pass  # gone: the next rescan counts the exit
+            else:
+                denied.add("io")  # a kernel without task I/O accounting
+        except (OSError, ValueError, IndexError):
+            pass
+    return slow
 
 
 class ProcessSampler:
@@ -143,77 +141,106 @@ class ProcessSampler:
         self.started_at = time.time() if started_at is None else started_at
         self.states = {g.watch: WatchState(g.watch) for g in watcher.groups}
         self._prev: dict[int, tuple[float, ProcessReading]] = {}
+        self._slow: dict[int, tuple[float, _Slow]] = {}  # pid -> (create time, last slow read)
         # What this user may not read for *some* process (another user's /proc/PID/io):
         # retried every tick per process would cost more than it tells.
         self.denied: dict[int, set[str]] = {}
         self.missing: set[str] = set()
-        self.boot_time = psutil.boot_time()
+        self.stats = procfs.StatReader()
         self._ticks = 0
 
     def sample(self, now: float) -> dict[str, WatchState]:
-        pids: set[int] = set()
-        for group in self.watcher.groups:
-            pids |= group.members
+        groups = self.watcher.groups
+        if len(groups) == 1:
+            pids: set[int] = groups[0].members
+        else:
+            pids = set()
+            for group in groups:
+                pids |= group.members
+        procs = self.watcher.table.procs
         readings: dict[int, ProcessReading] = {}
+        deltas: dict[int, tuple[float, float, float, float]] = {}
         self._ticks += 1
-        slow = self._ticks % SLOW_EVERY == 1
+        slow_tick = self._ticks % SLOW_EVERY == 1
+        read = self.stats.read
+        prev_all = self._prev
+        started_at = self.started_at
         for pid in pids:
-            info = self.watcher.info(pid)
+            info = procs.get(pid)
             if info is None:
                 continue
-            denied = self.denied.setdefault(pid, set())
-            prev = self._prev.get(pid)
-            try:
-                readings[pid] = _read_process(pid, info.name, self.boot_time, denied, slow,
-                                              prev[1] if prev else None)
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            stat = read(pid)
+            if stat is None or stat.state == "Z":
                 continue  # gone since the rescan; the next rescan counts the exit
-            except psutil.AccessDenied:
-                denied.add("all")
-                continue
-            if denied:
-                self.missing |= denied
-        deltas: dict[int, tuple[float, float, float, float]] = {}
-        for pid, reading in readings.items():
-            prev = self._prev.get(pid)
-            if prev is not None and prev[1].create_time == reading.create_time:
+            ctime = stat.create_time
+            carried = self._slow.get(pid)
+            if carried is None or carried[0] != ctime or slow_tick:
+                denied = self.denied.setdefault(pid, set())
+                carried = (ctime, _read_slow(pid, denied))
+                self._slow[pid] = carried
+                if denied:
+                    self.missing |= denied
+            extra = carried[1]
+            reading = ProcessReading(pid, info.name, stat.cpu_seconds, stat.rss_bytes, stat.threads, extra.fds,
+                                     extra.read_bytes, extra.write_bytes, ctime)
+            readings[pid] = reading
+            prev = prev_all.get(pid)
+            if prev is not None and prev[1].create_time == ctime:
                 t_prev, r_prev = prev
-                dt = max(now - t_prev, 1e-6)
-                d_cpu = max(0.0, reading.cpu_total - r_prev.cpu_total)
+                d_cpu = reading.cpu_total - r_prev.cpu_total
+                if d_cpu < 0.0:
+                    d_cpu = 0.0
                 d_read = max(0, (reading.read_bytes or 0) - (r_prev.read_bytes or 0))
                 d_write = max(0, (reading.write_bytes or 0) - (r_prev.write_bytes or 0))
-                deltas[pid] = (d_cpu, d_cpu / dt * 100.0, d_read, d_write)
-            elif reading.create_time >= self.started_at - 1.0:
+                deltas[pid] = (d_cpu, d_cpu / max(now - t_prev, 1e-6) * 100.0, d_read, d_write)
+            elif ctime >= started_at - 1.0:
                 # Born while we watch (a restart): all of its CPU and I/O is new.
-                life = max(now - reading.create_time, 1e-3)
+                life = max(now - ctime, 1e-3)
                 deltas[pid] = (reading.cpu_total, min(reading.cpu_total / life * 100.0, 100.0 * reading.threads),
                                reading.read_bytes or 0, reading.write_bytes or 0)
             else:
                 # Running before we started: counters start from here, as process-exporter's do.
                 deltas[pid] = (0.0, 0.0, 0, 0)
         self._prev = {pid: (now, r) for pid, r in readings.items()}
-        for pid in list(self.denied):
-            if pid not in readings:
-                del self.denied[pid]
-        for group in self.watcher.groups:
+        if len(self._slow) > len(readings):
+            for pid in [p for p in self._slow if p not in readings]:
+                del self._slow[pid]
+                self.denied.pop(pid, None)
+        self.stats.retain(readings)
+        for group in groups:
             state = self.states[group.watch]
-            members = [readings[p] for p in group.members if p in readings]
-            state.processes = len(members)
-            state.rss_bytes = sum(r.rss for r in members)
-            state.threads = sum(r.threads for r in members)
-            fds = [r.fds for r in members if r.fds is not None]
-            state.open_fds = sum(fds) if fds else None
-            state.cpu_pct = sum(deltas[r.pid][1] for r in members)
-            state.cpu_seconds_total += sum(deltas[r.pid][0] for r in members)
-            if any(r.read_bytes is not None for r in members):
-                state.read_bytes_total = (state.read_bytes_total or 0.0) + sum(deltas[r.pid][2] for r in members)
-                state.write_bytes_total = (state.write_bytes_total or 0.0) + sum(deltas[r.pid][3] for r in members)
             state.restarts_total = group.restarts
-            state.members = sorted(
-                ({"pid": r.pid, "name": r.name, "cpu_pct": round(deltas[r.pid][1], 2), "rss_bytes": r.rss,
-                  "threads": r.threads} for r in members),
-                key=lambda m: -m["cpu_pct"],
-            )[:50]
+            members = [(readings[p], deltas[p]) for p in group.members if p in readings]
+            state.processes = len(members)
+            if not members:
+                state.rss_bytes = state.threads = 0
+                state.cpu_pct = 0.0
+                state.open_fds = None
+                state.rows = []
+                continue
+            rss = threads = 0
+            cpu_pct = cpu_s = d_read = d_write = 0.0
+            fds: int | None = None
+            has_io = False
+            for reading, delta in members:
+                rss += reading.rss
+                threads += reading.threads
+                cpu_s += delta[0]
+                cpu_pct += delta[1]
+                if reading.fds is not None:
+                    fds = (fds or 0) + reading.fds
+                if reading.read_bytes is not None:
+                    has_io = True
+                    d_read += delta[2]
+                    d_write += delta[3]
+            state.rss_bytes, state.threads, state.open_fds = rss, threads, fds
+            state.cpu_pct = cpu_pct
+            state.cpu_seconds_total += cpu_s
+            if has_io:
+                state.read_bytes_total = (state.read_bytes_total or 0.0) + d_read
+                state.write_bytes_total = (state.write_bytes_total or 0.0) + d_write
+            # A new list each tick (published states share it); rows become dicts only when asked.
+            state.rows = [(r.pid, r.name, d[1], r.rss, r.threads) for r, d in members]
         return self.states
 
 
@@ -225,31 +252,43 @@ class HostProbe:
     """
 
     def __init__(self) -> None:
-        self._prev: Any = None
+        self._prev: list[float] | None = None
         self.totals = {mode: 0.0 for mode in HOST_MODES}
         self.cores = psutil.cpu_count() or 1
+        self._files = procfs.SystemFiles()
 
     def sample(self) -> dict[str, float]:
-        times = psutil.cpu_times()
         out: dict[str, float] = {}
-        for mode in HOST_MODES:
-            self.totals[mode] = float(getattr(times, mode, 0.0))
+        # First line of /proc/stat: user nice system idle iowait irq softirq steal (USER_HZ).
+        stat = self._files.read("stat", 256)
+        times = [int(v) / procfs.CLK_TCK for v in stat.split(b"\n", 1)[0].split()[1:9]]
+        times += [0.0] * (len(HOST_MODES) - len(times))
+        self.totals = dict(zip(HOST_MODES, times))
         if self._prev is not None:
-            deltas = {m: max(0.0, getattr(times, m, 0.0) - getattr(self._prev, m, 0.0)) for m in HOST_MODES}
+            deltas = dict(zip(HOST_MODES, (max(0.0, a - b) for a, b in zip(times, self._prev))))
             # guest time is already inside user on Linux; idle+iowait is "not running".
             total = sum(deltas.values()) or 1e-9
             out["cpu.utilization_pct"] = 100.0 * (1.0 - (deltas["idle"] + deltas["iowait"]) / total)
             out["cpu.iowait_pct"] = 100.0 * deltas["iowait"] / total
             out["cpu.steal_pct"] = 100.0 * deltas["steal"] / total
         self._prev = times
-        memory = psutil.virtual_memory()
-        out["memory.total_bytes"] = float(memory.total)
-        out["memory.available_bytes"] = float(memory.available)
-        out["memory.used_bytes"] = float(memory.total - memory.available)
-        out["memory.swap_used_bytes"] = float(psutil.swap_memory().used)
+        meminfo: dict[bytes, int] = {}
+        for line in self._files.read("meminfo", 8192).splitlines():
+            key, _, rest = line.partition(b":")
+            if key in MEMINFO_KEYS:
+                meminfo[key] = int(rest.split()[0]) * 1024
+        total_mem = meminfo.get(b"MemTotal", 0)
+        available = meminfo.get(b"MemAvailable", meminfo.get(b"MemFree", 0))
+        out["memory.total_bytes"] = float(total_mem)
+        out["memory.available_bytes"] = float(available)
+        out["memory.used_bytes"] = float(total_mem - available)
+        out["memory.swap_used_bytes"] = float(meminfo.get(b"SwapTotal", 0) - meminfo.get(b"SwapFree", 0))
         load1, load5, load15 = os.getloadavg()
         out["cpu.load1"], out["cpu.load5"], out["cpu.load15"] = load1, load5, load15
         return {k: round(v, 3) for k, v in out.items()}
+
+    def close(self) -> None:
+        self._files.close()
 
 
 class GpuProbe:

@@ -25,12 +25,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-import psutil
-
+from perfpilot.agent.daemon import procfs
 from perfpilot.errors import ConfigError
 
 INTERPRETERS = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|node|ruby|perl|java|sh|bash)$")
 YOUNG_S = 2.0  # a process this young may still exec(): match it again next tick
+RETRY_UNREADABLE_S = 10.0
 
 
 @dataclass
@@ -39,7 +39,6 @@ class ProcInfo:
     name: str
     cmdline: tuple[str, ...]
     create_time: float
-    proc: psutil.Process
     first_seen: float
 
     @property
@@ -48,18 +47,21 @@ class ProcInfo:
 
 
 def _read(pid: int, now: float) -> ProcInfo | None:
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            name = proc.name()
-            create_time = proc.create_time()
-            try:
-                cmdline = tuple(proc.cmdline())
-            except psutil.AccessDenied:
-                cmdline = ()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+    """Name, argv and start time from two small /proc reads (psutil's oneshot() reads
+    more and allocates more; new processes arrive every tick on a busy host)."""
+    stat = procfs.read_stat(pid)
+    if stat is None or stat.state == "Z":
         return None
-    return ProcInfo(pid, name, cmdline, create_time, proc, now)
+    cmdline = procfs.read_cmdline(pid)
+    if cmdline is None:
+        return None
+    name = stat.name
+    if len(name) >= 15 and cmdline:
+        # comm is cut at 15 characters; argv[0] has the whole name (as psutil does it).
+        full = os.path.basename(cmdline[0])
+        if full.startswith(name):
+            name = full
+    return ProcInfo(pid, name, cmdline, stat.create_time, now)
 
 
 class ProcessTable:
@@ -68,6 +70,8 @@ class ProcessTable:
     def __init__(self, exclude: Iterable[int] = ()) -> None:
         self.procs: dict[int, ProcInfo] = {}
         self.exclude = set(exclude)
+        # Listed but unreadable (zombies, hidepid): retried now and then, not every tick.
+        self._unreadable: dict[int, float] = {}
 
     def refresh(self, now: float | None = None) -> tuple[set[int], set[int]]:
         """Rescan; return (new pids, gone pids). Young processes are re-read (exec)."""
@@ -77,18 +81,26 @@ class ProcessTable:
         except OSError:  # pragma: no cover - /proc is always there on Linux
             current = set(self.procs)
         current -= self.exclude
-        gone = set(self.procs) - current
+        procs = self.procs
+        gone = procs.keys() - current
         for pid in gone:
-            del self.procs[pid]
+            del procs[pid]
+        unreadable = self._unreadable
+        for pid in unreadable.keys() - current:
+            del unreadable[pid]
         new: set[int] = set()
         for pid in current:
-            known = self.procs.get(pid)
+            known = procs.get(pid)
             if known is not None and now - known.create_time > YOUNG_S:
+                continue
+            if known is None and now - unreadable.get(pid, -1e18) < RETRY_UNREADABLE_S:
                 continue
             info = _read(pid, now)
             if info is None:
-                self.procs.pop(pid, None)
+                procs.pop(pid, None)
+                unreadable[pid] = now
                 continue
+            unreadable.pop(pid, None)
             if known is None or known.create_time != info.create_time or known.cmdline != info.cmdline:
                 if known is not None:
                     info.first_seen = known.first_seen
@@ -177,10 +189,15 @@ class Watcher:
         self._last_rank = -1e18
         self._cpu_prev: dict[int, float] = {}
         self._started = False
+        self._has_top = any(g.selector.kind == "top" for g in self.groups)
 
     def refresh(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         new, gone = self.table.refresh(now)
+        if not new and not gone and self._started:
+            # Nothing came or went (the usual tick): memberships cannot have changed.
+            self._maybe_rank(now)
+            return
         for group in self.groups:
             before = set(group.members)
             group.members -= gone
@@ -195,9 +212,12 @@ class Watcher:
             if len(group.members) > self.max_per_group:
                 group.members = set(sorted(group.members)[: self.max_per_group])
             self._note_restarts(group, before, now)
-        if any(g.selector.kind == "top" for g in self.groups) and now - self._last_rank >= self.top_every:
-            self._rank_top(now)
+        self._maybe_rank(now)
         self._started = True
+
+    def _maybe_rank(self, now: float) -> None:
+        if self._has_top and now - self._last_rank >= self.top_every:
+            self._rank_top(now)
 
     def _matches(self, group: Group, info: ProcInfo) -> bool:
         selector = group.selector
@@ -236,12 +256,11 @@ class Watcher:
         usage: list[tuple[float, int]] = []
         first = not self._cpu_prev
         cpu_now: dict[int, float] = {}
-        for pid, info in self.table.procs.items():
-            try:
-                times = info.proc.cpu_times()
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        for pid in self.table.procs:
+            stat = procfs.read_stat(pid)
+            if stat is None:
                 continue
-            total = times.user + times.system
+            total = stat.cpu_seconds
             cpu_now[pid] = total
             # The first ranking has no previous period: rank by CPU time so far.
             usage.append((total - self._cpu_prev.get(pid, 0.0 if first else total), pid))
