@@ -264,8 +264,9 @@ def verdict(
             f"{more}, pinning to one CPU (--cpus 0) and closing other load would help"
         )
     elif word == "inconclusive" and not excludes_1:
-        notes.append(f"not significant at this confidence (p={p:.2g}, needs < {alpha:.3g}): {more} "
-                     f"would resolve a {max(effect, t):.1%} effect through this noise")
+        reason = (f"the rank test finds a difference (p={p:.2g}) but the {confidence:.1%} CI of the ratio still "
+                  "includes 1" if significant else f"not significant at this confidence (p={p:.2g}, needs < {alpha:.3g})")
+        notes.append(f"{reason}: {more} would resolve a {max(effect, t):.1%} effect through this noise")
     floor_p = smallest_p(xa.size, xb.size)
     if floor_p >= alpha:
         notes.append(f"with {xa.size} and {xb.size} runs the rank test cannot reach p < {alpha:.3g} "

@@ -181,14 +181,14 @@ def _save_runs(comparison: Any, folder: Path) -> None:
                    "gpu_util, any summary key (reported.loss) or series metric. The first decides when to stop. "
                    "Default: wall, plus cpu, peak_rss and energy where measured.")
 @click.option("--threshold", default=None, metavar="PCT",
-              help="Smallest change that counts, e.g. 2%. Default: a quarter of the noise, at least 2%, at most 10%.")
+              help="Smallest change that counts, e.g. 2%. Default: an eighth of the noise (robust CV), at least 2%, at most 10%.")
 @click.option("--confidence", type=float, default=None, help="Overall confidence (default 0.95).")
 @click.option("--cpus", default=None, metavar="LIST", help="Pin every run to these CPUs (taskset), e.g. 0 or 2-3.")
 @click.option("--shell", is_flag=True, help="Run each command through sh -c (pipes, &&, redirections).")
 @click.option("--json", "json_path", default=None, metavar="PATH", help="Write the verdicts as JSON (- for stdout).")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), default=None,
               help="Write an HTML page with the distributions of A and B.")
-@click.option("--save", "save_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--save", "save_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Keep every run's Profile under DIR/a and DIR/b (compare them again later).")
 @click.option("--allow-cross-host", is_flag=True, help="Saved Profiles: allow sets recorded on different machines.")
 @click.option("--fail-on-regression", is_flag=True, help="Exit 1 when the first metric got worse (for CI).")
