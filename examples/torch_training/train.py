@@ -28,7 +28,8 @@ checkpoint_every         --checkpoint-every         save model + optimizer every
 async_checkpoint         --async-checkpoint         snapshot in memory, write + fsync in a thread
 ======================== ========================== ===================================================
 
-Environment names are ``TRAIN_<KNOB>`` in upper case (``TRAIN_AMP=bf16``). ``train.toml``
+Environment names are ``TRAIN_<KNOB>`` in upper case (``TRAIN_AMP=bf16``); other settings
+(``--width``, ``--depth``, ``--steps``, ``--effective-batch``, ``--threads``...) work the same way. ``train.toml``
 keys: ``train.amp``, ``train.activation_checkpointing``, ``train.offload_optimizer``,
 ``train.batch_size``, ``train.compile``, ``data.num_workers``, ``data.pin_memory``,
 ``checkpoint.every``, ``checkpoint.async``.
@@ -36,7 +37,9 @@ keys: ``train.amp``, ``train.activation_checkpointing``, ``train.offload_optimiz
 Output: ``final_loss: <float>`` on stdout (eval loss in fp32 on a fixed held-out set, so it
 can be compared with a tolerance across knobs), and per-run figures through
 ``perfpilot.reporting.report_metric`` (``reported.<name>`` in a perfpilot Profile):
-``step_time_s``, ``steps``, ``final_loss``, ``first_loss``, ``train_cpu_s``, ``checkpoint_stall_s``, ``checkpoint_saves``,
+``step_time_s``, ``step_time_median_s``, ``steps``, ``final_loss``, ``first_loss``,
+``train_cpu_s``, ``checkpoint_stall_s`` (time the loop waited for saves; the wait for the
+last save at exit is ``checkpoint_final_wait_s``), ``checkpoint_saves``,
 ``process_peak_rss_bytes``, ``samples_per_s``, ``cuda_max_memory_allocated_bytes`` (GPU),
 ``energy_per_step_j`` (GPU: NVML energy counter) or ``energy_per_step_estimate_j`` (CPU:
 process CPU seconds x an assumed watts per busy core, ``TRAIN_CPU_WATTS_PER_CORE``,
@@ -123,14 +126,12 @@ class Config:
     memory_limit_mb: int = 0
 
 
-KNOBS = ("amp", "activation_checkpointing", "offload_optimizer", "batch_size", "num_workers", "pin_memory",
-         "compile", "checkpoint_every", "async_checkpoint")
-
 # train.toml "section.key" -> Config field
 TOML_KEYS = {
     "model.width": "width", "model.depth": "depth", "model.in_dim": "in_dim",
     "train.steps": "steps", "train.effective_batch": "effective_batch", "train.lr": "lr", "train.seed": "seed",
-    "train.device": "device", "train.threads": "threads", "train.amp": "amp", "train.activation_checkpointing": "activation_checkpointing",
+    "train.device": "device", "train.threads": "threads", "train.amp": "amp",
+    "train.activation_checkpointing": "activation_checkpointing",
     "train.offload_optimizer": "offload_optimizer", "train.batch_size": "batch_size", "train.compile": "compile",
     "train.memory_limit_mb": "memory_limit_mb",
     "data.samples": "samples", "data.eval_samples": "eval_samples", "data.num_workers": "num_workers",
@@ -179,7 +180,8 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "amp":
         text = str(value).strip().lower()
         if text in {"fp16", "float16", "half"}:
-            raise KnobError("amp=fp16 is not supported (it needs a GradScaler and overflows on this model); use bf16 or off")
+            raise KnobError("amp=fp16 is not supported (it needs a GradScaler, which this script does not use); "
+                            "use bf16 or off")
         if text not in AMP_VALUES:
             raise KnobError(f"amp={value!r} is not a precision this script knows; use off or bf16")
         return AMP_VALUES[text]
@@ -188,7 +190,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 def load_config(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description="Train a small residual MLP on synthetic data.")
-    parser.add_argument("--config", default=None, help="TOML file (default: train.toml beside the script's cwd, if any)")
+    parser.add_argument("--config", default=None, help="TOML settings (default: train.toml in the working directory, if any)")
     for f in fields(Config):
         # A boolean flag alone means on (``--compile``), as perfpilot passes flag knobs.
         extra: dict[str, Any] = {"nargs": "?", "const": "1"} if f.type == "bool" else {}
