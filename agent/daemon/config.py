@@ -15,6 +15,9 @@ such as ``plugins``/``disable_plugins`` apply too)::
     rollup_retention = "30d"          # ... kept this long
     max_db_bytes = "512MiB"           # hard bound on the database (oldest data goes first)
 
+    propose = false                   # findings' hot spots to the LLM proposer (stored, never applied)
+    propose_every = "1h"              # at most one proposal per finding kind and process per hour
+
     [daemon.snapshots]                # py-spy (needs ptrace: root or CAP_SYS_PTRACE)
     every = "60s"
     duration = "2s"
@@ -47,6 +50,10 @@ from perfpilot.errors import ConfigError
 DEFAULT_PORT = 10464
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 TOKEN_ENV = "PERFPILOT_DAEMON_TOKEN"
+PROPOSE_NEEDS_BACKEND = (
+    "--propose needs an LLM backend: set backend = \"openai\" (plus model, base_url and PERFPILOT_API_KEY) in "
+    "the config, or pass --backend openai --model NAME [--base-url URL], or --backend mock --mock-replies FILE"
+)
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_SCALE = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
@@ -135,6 +142,7 @@ class DaemonConfig:
     max_processes_per_watch: int = 256
     top_every: float = 5.0
     propose: bool = False
+    propose_every: float = 3600.0  # at most one proposal per finding kind and process this often
     snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
     findings: FindingConfig = field(default_factory=FindingConfig)
 
@@ -201,7 +209,7 @@ def _as_number(value: Any, name: str, kind: type) -> Any:
     return number
 
 
-_DURATIONS = {"interval", "flush_interval", "raw_retention", "rollup_retention", "rollup_step", "maintenance_every",
+_DURATIONS = {"interval", "flush_interval", "propose_every", "raw_retention", "rollup_retention", "rollup_step", "maintenance_every",
               "top_every", "every", "window", "memory_window", "restarts_window"}
 _SIZES = {"max_db_bytes", "memory_min_growth_bytes", "gpu_min_memory_bytes"}
 _PERCENTS = {"cpu_saturation_pct", "iowait_pct", "steal_pct", "gpu_idle_pct"}

@@ -368,6 +368,6 @@ class Exporter:
         except Exception as exc:  # noqa: BLE001 - a bad request must not kill the server thread
             code, payload = 500, {"error": f"{type(exc).__name__}: {exc}"}
         body = (json.dumps(payload, default=str, indent=1) + "\n").encode()
-        reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(code, "Error")
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}.get(code, "Error")
         start_response(f"{code} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]

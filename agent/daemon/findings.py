@@ -76,14 +76,6 @@ def _covered(points: deque[tuple[float, float, bool]] | list[tuple[float, float]
     return len(points) >= MIN_POINTS and points[-1][0] - points[0][0] >= span - 2 * interval
 
 
-def _fraction(points: list[tuple[float, float]], test: Callable[[float], bool], span: float,
-              interval: float) -> float | None:
-    """Share of the window's samples meeting ``test``; None while the window is not yet covered."""
-    if not _covered(points, span, interval):
-        return None
-    return sum(1 for _t, v in points if test(v)) / len(points)
-
-
 def linear_growth(points: list[tuple[float, float]]) -> tuple[float, float, float]:
     """(slope per second, r^2, growth over the span) of a least-squares line."""
     t = np.array([p[0] for p in points], dtype=float)

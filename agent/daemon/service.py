@@ -15,6 +15,7 @@ process exits 0. All of it takes well under a second.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import signal
@@ -22,16 +23,20 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfpilot import __version__
-from perfpilot.agent.daemon.config import DaemonConfig, is_loopback
+from perfpilot.agent.daemon.config import PROPOSE_NEEDS_BACKEND, DaemonConfig, is_loopback
 from perfpilot.agent.daemon.exporter import Exporter
 from perfpilot.agent.daemon.findings import KINDS, FindingEngine
 from perfpilot.agent.daemon.sampler import CollectorRunner, GpuProbe, HostProbe, ProcessSampler
 from perfpilot.agent.daemon.snapshots import Snapshotter
 from perfpilot.agent.daemon.store import Store
 from perfpilot.agent.daemon.watch import Watcher
+from perfpilot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from perfpilot.agent.daemon.advisor import Advisor
 
 log = logging.getLogger("perfpilot.daemon")
 
@@ -50,10 +55,15 @@ class TickCounters:
 
 class Daemon:
     def __init__(self, config: DaemonConfig, *, collectors: list[Any] | None = None, nvml: Any = None,
-                 problems: list[str] | None = None) -> None:
+                 problems: list[str] | None = None, proposer: Any = None, backend: str = "",
+                 budget_tokens: int = 12000, secrets: list[str] | None = None) -> None:
         """``collectors``: instances to run for host telemetry (the CLI builds them from
         the plugin registry); ``nvml``: a pynvml-like module (tests pass a fake);
-        ``problems``: plugins that could not be loaded, reported as degraded."""
+        ``problems``: plugins that could not be loaded, reported as degraded;
+        ``proposer``: the optimiser's proposer (``llm`` with a backend) for ``propose``;
+        ``secrets``: strings that must never reach it (API keys)."""
+        if config.propose and proposer is None:
+            raise ConfigError(PROPOSE_NEEDS_BACKEND)
         self.config = config
         self.problems = list(problems or [])
         self.store = Store(config.db, max_bytes=config.max_db_bytes, raw_retention=config.raw_retention,
@@ -70,6 +80,18 @@ class Daemon:
         self.findings = FindingEngine(config.findings, config.interval)
         self.snapshots = Snapshotter(config.snapshots, self.watcher, self.watch_lock, self._on_hotspots)
         self.counters = TickCounters()
+        self.advisor: "Advisor | None" = None
+        if config.propose:
+            from perfpilot.agent.daemon.advisor import Advisor  # the optimiser's context: only when proposing
+
+            snaps = config.snapshots
+            token = config.resolved_token()
+            self.advisor = Advisor(
+                proposer, backend=backend, store=self.store, every=config.propose_every,
+                # hot spots come with the next snapshot round: wait for it, not forever
+                wait_s=max(2 * snaps.every + snaps.duration, 10.0) if snaps.enabled and self.snapshots.available else 0.0,
+                window=config.findings.window, hotspots=self.snapshots.by_process, process=self._process_info,
+                budget_tokens=budget_tokens, secrets=[*(secrets or []), *([token] if token else [])])
         self.exporter: Exporter | None = None
         self._state: dict[str, Any] = {"watches": {}}
         self._version = 0
@@ -94,6 +116,8 @@ class Daemon:
         except BaseException:
             self.store.close()
             raise
+        if self.advisor is not None:
+            self.advisor.start()
         self.collectors.start()
         self._gpu_ok = self.gpu.start()
         self.exporter.start()
@@ -120,6 +144,9 @@ class Daemon:
         except Exception:  # noqa: BLE001 - shutdown goes on
             pass
         self.gpu.stop()
+        if self.advisor is not None:
+            self.advisor.stop()
+        self.host.close()
         self.store.close()
 
     def run(self) -> int:
@@ -179,7 +206,8 @@ class Daemon:
             self._guard("watch", self.watcher.refresh, now)
             watches = self._guard("processes", self.processes.sample, time.monotonic(), default={}) or {}
             events = [(g.watch, kind, msg) for g in self.watcher.groups for kind, msg in g.events]
-            restart_times = {g.watch: list(g.restart_times) for g in self.watcher.groups}
+            # The deques themselves: only this thread changes them (in refresh, above).
+            restart_times = {g.watch: g.restart_times for g in self.watcher.groups if g.restart_times}
             for group in self.watcher.groups:
                 group.events.clear()
         host = self._guard("host", self.host.sample, default={}) or {}
@@ -207,6 +235,9 @@ class Daemon:
             if finding["first_seen"] == finding["last_seen"] or not finding["active"]:
                 log.info("perfpilot daemon: finding %s: %s", "raised" if finding["active"] else "resolved",
                          finding["message"])
+        if self.advisor is not None:
+            self.advisor.note(changed)
+            self._guard("propose", self.advisor.tick, now, watches)
         if time.monotonic() - self._last_flush >= self.config.flush_interval:
             self._last_flush = time.monotonic()
             self._guard("store flush", self.store.flush)
@@ -243,6 +274,9 @@ class Daemon:
                 "snapshots_failed": self.snapshots.stats.failed,
                 "snapshot_cpu_seconds": self.snapshots.stats.cpu_seconds,
                 "http_rejected": self.exporter.rejected if self.exporter else 0,
+                **({"proposals": self.advisor.stats.requested,
+                    "proposal_failures": self.advisor.stats.failed + self.advisor.stats.invalid}
+                   if self.advisor is not None else {}),
             },
         }
         self._state = state
@@ -250,6 +284,10 @@ class Daemon:
 
     def _on_hotspots(self, ts: float, watch: str, pid: int, hotspots: list[dict[str, Any]]) -> None:
         self.store.add_hotspots(ts, watch, pid, hotspots)
+
+    def _process_info(self, pid: int) -> Any:
+        with self.watch_lock:
+            return self.watcher.info(pid)
 
     # ------------------------------------------------------------------ reading
 
@@ -302,6 +340,9 @@ class Daemon:
                               "cpu_seconds": round(self.snapshots.stats.cpu_seconds, 3),
                               "problems": self.snapshots.stats.problems},
                 "capabilities": self.capabilities(),
+                "proposals": ({"enabled": True, "every_s": self.config.propose_every,
+                               **dataclasses.asdict(self.advisor.stats), "waiting": len(self.advisor.waiting)}
+                              if self.advisor is not None else {"enabled": False}),
                 "listen": f"{self.config.host}:{self.exporter.port if self.exporter else self.config.port}",
                 "loopback_only": is_loopback(self.config.host),
             }
@@ -314,8 +355,29 @@ class Daemon:
             return 200, {"hotspots": self.snapshots.hotspots(watch)}
         if path == "/api/findings":
             return 200, {"findings": self.findings.listing(), "kinds": list(KINDS)}
+        if path == "/api/proposals":
+            return self._proposals(query)
         return 404, {"error": f"no such endpoint {path}",
-                     "endpoints": ["/metrics", "/healthz", "/api/latest", "/api/hotspots", "/api/findings"]}
+                     "endpoints": ["/metrics", "/healthz", "/api/latest", "/api/hotspots", "/api/findings",
+                                   "/api/proposals"]}
+
+    def _proposals(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        """Stored proposals, newest first; ``?id=N`` adds the messages that were sent."""
+        enabled = self.advisor is not None
+        wanted = (query.get("id") or [None])[0]
+        if wanted is not None:
+            if not wanted.isdigit():
+                return 400, {"error": f"id must be a number, got {wanted!r}"}
+            rows = self.store.proposals(proposal_id=int(wanted), with_request=True)
+            if not rows:
+                return 404, {"error": f"no proposal {wanted}"}
+            return 200, {"proposal": rows[0]}
+        limit = (query.get("limit") or ["50"])[0]
+        rows = self.store.proposals(limit=max(1, min(500, int(limit) if limit.isdigit() else 50)))
+        if not rows and enabled:
+            rows = self.advisor.listing()  # type: ignore[union-attr] - the store could not take them
+        return 200, {"enabled": enabled, "applied": False, "proposals": rows,
+                     "stats": dataclasses.asdict(self.advisor.stats) if self.advisor is not None else {}}
 
 
 def configure_logging(verbose: bool = False) -> None:

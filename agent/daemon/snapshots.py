@@ -259,3 +259,13 @@ class Snapshotter:
                 out.setdefault(w, []).append({"pid": pid, "name": rolling.name, "snapshots": n, "samples": samples,
                                               "last_snapshot": rolling.last_ts, "hotspots": spots})
         return out
+
+    def by_process(self) -> dict[int, tuple[list[str], list[dict[str, Any]]]]:
+        """``{pid: (watches, rolling hot spots with source)}`` for every process with snapshots."""
+        with self._lock:
+            items = list(self.rolling.items())
+        out: dict[int, tuple[list[str], list[dict[str, Any]]]] = {}
+        for pid, rolling in items:
+            with self._lock:
+                out[pid] = (list(rolling.watch), rolling.hotspots(self.config.top))
+        return out

@@ -56,7 +56,13 @@ CREATE TABLE IF NOT EXISTS findings(id INTEGER PRIMARY KEY, kind TEXT NOT NULL, 
     first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL, active INTEGER NOT NULL, severity TEXT,
     message TEXT, details TEXT, proposal TEXT);
 CREATE INDEX IF NOT EXISTS findings_last ON findings(last_ts);
+CREATE TABLE IF NOT EXISTS proposals(id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,
+    entity TEXT NOT NULL, pid INTEGER, process TEXT, status TEXT NOT NULL, backend TEXT, finding TEXT,
+    proposals TEXT, error TEXT, request TEXT);
+CREATE INDEX IF NOT EXISTS proposals_ts ON proposals(ts);
 """
+PROPOSAL_COLUMNS = ("id", "ts", "kind", "entity", "pid", "process", "status", "backend", "finding", "proposals",
+                    "error", "request")
 
 
 class StoreError(PerfpilotError):
@@ -351,6 +357,25 @@ class Store:
                 "UPDATE findings SET last_ts=?, active=?, severity=?, message=?, details=?,"
                 " proposal=COALESCE(?, proposal) WHERE id=?", (*values, proposal, row[0]))
 
+    def add_proposal(self, record: dict[str, Any]) -> int | None:
+        """Write one proposal record now (they are rare; the caller wants its id).
+        None when the store cannot take it (full, closed): the caller keeps it in memory."""
+        if self.conn is None or self.readonly:
+            return None
+        values = (_ms(record["ts"]), record["kind"], record["entity"], record.get("pid"), record.get("process"),
+                  record["status"], record.get("backend"), record.get("finding"),
+                  json.dumps(record.get("proposals") or []), record.get("error") or "",
+                  json.dumps(record.get("request") or []))
+        with self._db_lock:
+            try:
+                cursor = self.conn.execute(
+                    "INSERT INTO proposals(ts, kind, entity, pid, process, status, backend, finding, proposals, error,"
+                    " request) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            except sqlite3.Error as exc:
+                self.stats.last_error = f"proposal: {exc}"
+                return None
+            return cursor.lastrowid
+
     # ------------------------------------------------------------- maintenance
 
     def size_bytes(self) -> int:
@@ -394,6 +419,7 @@ class Store:
                     ("DELETE FROM events WHERE ts < ?", (old,)),
                     ("DELETE FROM hotspots WHERE ts < ?", (old,)),
                     ("DELETE FROM findings WHERE last_ts < ? AND active = 0", (old,)),
+                    ("DELETE FROM proposals WHERE ts < ?", (old,)),
                 )
                 self.stats.retention_runs += 1
                 if self._size_locked() > self.max_bytes:
@@ -511,6 +537,45 @@ class Store:
         return [{"kind": k, "entity": e, "first_seen": f / 1000, "last_seen": last / 1000, "active": bool(a),
                  "severity": s, "message": m, "details": json.loads(d or "{}"),
                  "proposal": json.loads(p) if p else None} for k, e, f, last, a, s, m, d, p in rows]
+
+    def proposals(self, since: float = 0.0, *, limit: int = 200, proposal_id: int | None = None,
+                  with_request: bool = False) -> list[dict[str, Any]]:
+        """Stored proposals, newest first (``request``: the messages sent, only when asked)."""
+        assert self.conn is not None
+        sql = f"SELECT {', '.join(PROPOSAL_COLUMNS)} FROM proposals WHERE "
+        params: tuple[Any, ...]
+        if proposal_id is not None:
+            sql, params = sql + "id = ?", (proposal_id,)
+        else:
+            sql, params = sql + "ts >= ? ORDER BY ts DESC, id DESC LIMIT ?", (_ms(since), limit)
+        with self._db_lock:
+            try:
+                rows = self.conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []  # a database written before proposals existed
+                raise
+        out = []
+        for row in rows:
+            item = dict(zip(PROPOSAL_COLUMNS, row))
+            item["ts"] = item["ts"] / 1000
+            item["proposals"] = json.loads(item["proposals"] or "[]")
+            request = json.loads(item.pop("request") or "[]")
+            if with_request:
+                item["request"] = request
+            item["applied"] = False  # the daemon never applies a proposal
+            out.append(item)
+        return out
+
+    def proposal_history(self, since: float) -> dict[tuple[str, str], tuple[float, str, int | None]]:
+        """(finding kind, process) -> (time, status, id) of the latest request since
+        ``since``: the rate limit survives a restart."""
+        if self.conn is None:
+            return {}
+        with self._db_lock:
+            rows = self.conn.execute("SELECT kind, process, MAX(ts), status, id FROM proposals WHERE ts >= ?"
+                                     " GROUP BY kind, process", (_ms(since),)).fetchall()
+        return {(kind, process or ""): (ts / 1000, status, pid) for kind, process, ts, status, pid in rows}
 
     def hotspots(self, entity: str | None = None, since: float = 0.0) -> list[dict[str, Any]]:
         assert self.conn is not None

@@ -23,19 +23,41 @@ from rich.table import Table
 from perfpilot.config import load_settings
 
 
-def _settings_and_config(config_file: Path | None, overrides: dict[str, Any]) -> tuple[Any, Any]:
+def _settings_and_config(config_file: Path | None, overrides: dict[str, Any],
+                         settings_overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
     from perfpilot.agent.daemon.config import daemon_config
 
-    settings = load_settings(config_file=config_file)
+    settings = load_settings(config_file=config_file, overrides=settings_overrides)
     origin = f"{settings.source} [daemon]" if settings.source else "daemon"
     return settings, daemon_config(settings.daemon, overrides, origin=origin)
 
 
-def _collectors(settings: Any) -> tuple[list[Any], list[str]]:
-    """Collector instances for host telemetry, and why any are missing (shown as degraded)."""
-    from perfpilot.registry import build_plugin_manager
+def _proposer(settings: Any, plugin_set: Any) -> tuple[Any, str]:
+    """The optimiser's ``llm`` proposer with the configured backend (its construction
+    errors -- unknown backend, no API key, no replies file -- are the user's to fix now,
+    not at the first finding)."""
+    from perfpilot.agent.daemon.config import PROPOSE_NEEDS_BACKEND
+    from perfpilot.cli.optimize import choose_proposer
+    from perfpilot.errors import ConfigError
 
-    plugin_set = build_plugin_manager()
+    if not settings.backend:
+        raise ConfigError(PROPOSE_NEEDS_BACKEND)
+    if settings.mock_replies and not Path(settings.mock_replies).is_absolute() and settings.source:
+        settings = settings.replace(mock_replies=str(Path(settings.source).parent / settings.mock_replies))
+    proposer, description = choose_proposer(settings, plugin_set, "llm")
+    return proposer, description
+
+
+def _api_keys() -> list[str]:
+    import os
+
+    from perfpilot.agent.backends.openai_backend import KEY_VARIABLES
+
+    return [os.environ[name] for name in KEY_VARIABLES if os.environ.get(name)]
+
+
+def _collectors(settings: Any, plugin_set: Any) -> tuple[list[Any], list[str]]:
+    """Collector instances for host telemetry, and why any are missing (shown as degraded)."""
     instances = []
     problems = [f"plugin {name} not loaded: {error}" for name, error in plugin_set.load_errors.items()]
     for name, entry in plugin_set.collectors(only=settings.plugins or None,
@@ -64,20 +86,35 @@ def _collectors(settings: Any) -> tuple[list[Any], list[str]]:
 @click.option("--max-db-size", "max_db_bytes", default=None, metavar="SIZE",
               help="Bound on the database's disk use, e.g. 512MiB (oldest data goes first).")
 @click.option("--snapshots/--no-snapshots", default=None, help="Periodic py-spy snapshots (default on).")
+@click.option("--propose/--no-propose", default=None,
+              help="Send each finding's hot spots to the LLM proposer; proposals are stored, never applied.")
+@click.option("--propose-every", default=None, metavar="DURATION",
+              help="At most one proposal per finding kind and process this often (default 1h).")
+@click.option("--backend", default=None, help="LLM backend for --propose: openai or mock.")
+@click.option("--model", default=None, help="Model name for the backend (default gpt-4.1).")
+@click.option("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--mock-replies", default=None, type=click.Path(path_type=Path),
+              help="JSON list of replies for --backend mock.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 @click.pass_context
 def daemon(ctx: click.Context, config_file: Path | None, watch: tuple[str, ...], interval: str | None,
            db: Path | None, listen: str | None, token_file: Path | None, flush_interval: str | None,
-           max_db_bytes: str | None, snapshots: bool | None, verbose: bool) -> None:
+           max_db_bytes: str | None, snapshots: bool | None, propose: bool | None, propose_every: str | None,
+           backend: str | None, model: str | None, base_url: str | None, mock_replies: Path | None,
+           verbose: bool) -> None:
     """Run the telemetry daemon in the foreground (SIGTERM stops it cleanly).
 
     \b
       perfpilot daemon --config /etc/perfpilot.toml
       perfpilot daemon --watch name:gunicorn --watch pid:1234 --interval 1s --db /var/lib/perfpilot/pp.db
-      perfpilot daemon status | query --since 1h --metric cpu.utilization_pct | findings
+      perfpilot daemon status | query --since 1h --metric cpu.utilization_pct | findings | proposals
 
     Serves Prometheus /metrics, /healthz and a JSON API (/api/latest, /api/hotspots,
-    /api/findings) on 127.0.0.1:10464 unless --listen says otherwise.
+    /api/findings, /api/proposals) on 127.0.0.1:10464 unless --listen says otherwise.
+
+    With --propose (and a backend: --backend openai|mock), each finding's hot spots go to
+    the optimiser's LLM proposer; what it proposes is stored and listed by
+    `perfpilot daemon proposals`, never applied.
     """
     ctx.ensure_object(dict)
     ctx.obj["config_file"] = config_file
@@ -86,13 +123,20 @@ def daemon(ctx: click.Context, config_file: Path | None, watch: tuple[str, ...],
         return
     from perfpilot.agent.daemon.service import Daemon, configure_logging
 
+    from perfpilot.registry import build_plugin_manager
+
     settings, config = _settings_and_config(config_file, {
         "watch": watch, "interval": interval, "db": db, "listen": listen, "token_file": token_file,
         "flush_interval": flush_interval, "max_db_bytes": max_db_bytes, "snapshots": snapshots,
-    })
+        "propose": propose, "propose_every": propose_every,
+    }, {"backend": backend, "model": model, "base_url": base_url,
+        "mock_replies": str(mock_replies.resolve()) if mock_replies else None})
     configure_logging(verbose)
-    instances, problems = _collectors(settings)
-    service = Daemon(config, collectors=instances, problems=problems)
+    plugin_set = build_plugin_manager()
+    proposer, description = _proposer(settings, plugin_set) if config.propose else (None, "")
+    instances, problems = _collectors(settings, plugin_set)
+    service = Daemon(config, collectors=instances, problems=problems, proposer=proposer, backend=description,
+                     budget_tokens=settings.context_tokens, secrets=_api_keys() if config.propose else [])
     sys.exit(service.run())
 
 
@@ -243,9 +287,73 @@ def findings(ctx: click.Context, config_file: Path | None, db: Path | None, sinc
         click.echo(f"no findings in the last {since}")
         return
     table = Table(box=None, padding=(0, 2))
-    for column in ("kind", "watch", "state", "first seen", "last seen", "message"):
+    for column in ("kind", "watch", "state", "first seen", "last seen", "message", "proposal"):
         table.add_column(column)
     for row in rows:
+        proposal = row.get("proposal") or {}
         table.add_row(row["kind"], row["entity"], "active" if row["active"] else "resolved",
-                      _when(row["first_seen"]), _when(row["last_seen"]), row["message"] or "")
+                      _when(row["first_seen"]), _when(row["last_seen"]), row["message"] or "",
+                      f"#{proposal.get('id')} {proposal.get('status')}" if proposal else "-")
     Console().print(table)
+
+
+@daemon.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="Config file.")
+@click.option("--db", type=click.Path(path_type=Path), default=None, help="The daemon's database.")
+@click.option("--since", default="7d", show_default=True, metavar="DURATION", help="How far back.")
+@click.option("--id", "proposal_id", type=int, default=None, help="Show one proposal in full (diffs, what was sent).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def proposals(ctx: click.Context, config_file: Path | None, db: Path | None, since: str, proposal_id: int | None,
+              as_json: bool) -> None:
+    """Proposals made for findings with --propose (stored for a person to judge; never applied)."""
+    from rich.markup import escape
+
+    from perfpilot.errors import PerfpilotError
+
+    config = _resolve(ctx, config_file, db)
+    seconds = _since(since)
+    store = _open_readonly(config)
+    try:
+        if proposal_id is not None:
+            rows = store.proposals(proposal_id=proposal_id, with_request=True)
+            if not rows:
+                raise PerfpilotError(f"no proposal #{proposal_id} in {config.db}",
+                                     hint="list them with `perfpilot daemon proposals`")
+        else:
+            rows = store.proposals(since=time.time() - seconds)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows[0] if proposal_id is not None else rows, indent=1, default=str))
+        return
+    console = Console()
+    if proposal_id is not None:
+        row = rows[0]
+        console.print(f"proposal #{row['id']} ({row['status']}, {escape(row['backend'] or '?')}) at "
+                      f"{_when(row['ts'])} for {row['kind']} on {escape(row['entity'])}: "
+                      f"{escape(row['finding'] or '')}")
+        console.print(f"process: pid {row['pid']} {escape(row['process'] or '')}")
+        if row["error"]:
+            console.print(f"[red]{escape(row['error'])}[/]")
+        for number, item in enumerate(row["proposals"], 1):
+            console.print(f"\n[bold]{number}. {escape('[' + str(item.get('kind')) + ']')} "
+                          f"{escape(item.get('title') or '')}[/]")
+            if item.get("rationale"):
+                console.print(escape(item["rationale"]))
+            detail = item.get("diff") or (f"{item.get('name') or item.get('key') or item.get('knob')} = "
+                                          f"{item.get('value')!r}" + (f" in {item['file']}" if item.get("file") else ""))
+            console.print(escape(detail), highlight=False)
+        console.print("\n(never applied: try it with `perfpilot optimize`, which measures before it keeps anything)")
+        return
+    if not rows:
+        click.echo(f"no proposals in the last {since}")
+        return
+    table = Table(box=None, padding=(0, 2))
+    for column in ("id", "time", "finding", "watch", "process", "status", "proposals / error"):
+        table.add_column(column)
+    for row in rows:
+        what = "; ".join(p.get("title") or p.get("kind", "") for p in row["proposals"]) or row["error"] or ""
+        table.add_row(str(row["id"]), _when(row["ts"]), row["kind"], escape(row["entity"]),
+                      escape((row["process"] or "")[:60]), row["status"], escape(what[:160]))
+    console.print(table)
