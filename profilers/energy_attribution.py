@@ -38,9 +38,14 @@ METHOD = (
 
 
 class WindowLike(Protocol):
+    """What :class:`perfpilot.profilers.stacks.Window` provides: a wall-clock span and
+    samples per function key (:func:`perfpilot.profilers.hotspots.function_key`)."""
+
     start: float
     end: float
-    collapsed: Mapping[str, int]
+    samples: int
+    self_counts: Mapping[str, int]
+    total_counts: Mapping[str, int]
 
 
 def power_series_name(domain: str, metrics: Iterable[str]) -> str | None:
@@ -90,8 +95,8 @@ def attribute(profile: Any, windows: Sequence[WindowLike], t0_wall: float) -> No
             }
         return
     spans = [(w.start - t0_wall, w.end - t0_wall) for w in windows]
-    counts = [hs.function_counts(w.collapsed) for w in windows]
-    totals = [sum(w.collapsed.values()) for w in windows]
+    counts = [(w.self_counts, w.total_counts) for w in windows]
+    totals = [w.samples for w in windows]
     times = profile.series.get("t", [])
     values = profile.series.get("values", {})
 

@@ -46,7 +46,6 @@ PY_SPY_ENV = "PERFPILOT_PY_SPY"  # path to a py-spy executable (read here, not a
 SHORT_WINDOW_S = 1.0
 LONG_WINDOW_S = 5.0
 SHORT_WINDOWS_FOR_S = 20.0
-STOP_GRACE_S = 0.5  # py-spy notices a dead target within one sample period
 RETRY_FIRST_S = 0.02
 RETRY_MAX_S = 0.5
 CAP_SYS_PTRACE = 19
@@ -206,16 +205,21 @@ def classify(returncode: int, stderr: str, output_written: bool) -> Attempt:
 
 @dataclass
 class Window:
-    """One py-spy recording: its wall-clock span and what it sampled."""
+    """One py-spy recording: its wall-clock span and samples per function (self and
+    total). Its stacks are merged into the run's total at once, so a long run keeps
+    only these small per-window counts (what energy attribution needs)."""
 
     start: float  # time.time()
     end: float
-    collapsed: Counter[str]
+    samples: int
+    self_counts: Counter[str]
+    total_counts: Counter[str]
     errors: int = 0
 
-    @property
-    def samples(self) -> int:
-        return sum(self.collapsed.values())
+    @classmethod
+    def from_collapsed(cls, start: float, end: float, collapsed: Counter[str], errors: int = 0) -> "Window":
+        self_counts, total_counts = hs.function_counts(collapsed)
+        return cls(start, end, sum(collapsed.values()), self_counts, total_counts, errors)
 
 
 @dataclass
@@ -227,6 +231,7 @@ class StackRecorder:
     executable: str | None
     reason: str | None = None  # set when sampling is impossible (then nothing runs)
     windows: list[Window] = field(default_factory=list)
+    collapsed: Counter[str] = field(default_factory=Counter)
     attempts: int = 0
     failures: list[str] = field(default_factory=list)
     started_wall: float = field(default_factory=time.time)
@@ -279,23 +284,20 @@ class StackRecorder:
         reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
         deadline = start + self._window_length()
+        stopped = False
         while proc.poll() is None:
             remaining = deadline - time.time()
             stopping = self._stop.wait(min(max(remaining, 0.0), 0.25))
             if proc.poll() is not None:
                 break
             if stopping:
-                # A dead target py-spy notices itself within a sample period (and then
-                # writes everything); a live one (detach time) is asked to stop now.
-                if not self._alive():
-                    try:
-                        proc.wait(STOP_GRACE_S)
-                    except subprocess.TimeoutExpired:
-                        pass
-                if proc.poll() is None:
-                    self._interrupt(proc)
+                # SIGINT makes py-spy write everything it sampled, exactly as when it
+                # sees the target exit by itself, so there is nothing to wait for.
+                stopped = True
+                self._interrupt(proc)
                 break
             if time.time() >= deadline:
+                stopped = True
                 self._interrupt(proc)
                 break
         proc.wait()
@@ -304,11 +306,17 @@ class StackRecorder:
         stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
         written = os.path.exists(out)
         attempt = classify(proc.returncode, stderr, written)
+        if stopped and attempt.kind == "failed":
+            # Our own SIGINT before py-spy had attached (it was still looking for a
+            # Python interpreter): not a py-spy problem, try again.
+            attempt = Attempt("no_python", "interrupted while attaching")
         if written:
             text = Path(out).read_text(encoding="utf-8", errors="replace")
             os.unlink(out)
             match = _SAMPLES.search(stderr)
-            self.windows.append(Window(start, end, hs.parse_collapsed(text), int(match.group(2)) if match else 0))
+            collapsed = hs.parse_collapsed(text)
+            self.collapsed.update(collapsed)
+            self.windows.append(Window.from_collapsed(start, end, collapsed, int(match.group(2)) if match else 0))
         return attempt
 
     @staticmethod
@@ -380,7 +388,7 @@ class StackRecorder:
         self.stop()
         from perfpilot.profilers import energy_attribution
 
-        collapsed = hs.merge(w.collapsed for w in self.windows)
+        collapsed = self.collapsed
         samples = sum(collapsed.values())
         cwd = profile.target.get("cwd") or None
         status: dict[str, Any] = {

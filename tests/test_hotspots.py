@@ -114,14 +114,15 @@ def _windows() -> list[Window]:
     t0 = T0.timestamp()
     from collections import Counter
     return [
-        Window(t0 + 0.0, t0 + 1.0, Counter({"main (/a.py:1);f (/a.py:5)": 30, "main (/a.py:1);g (/a.py:9)": 10})),
-        Window(t0 + 1.0, t0 + 2.0, Counter({"main (/a.py:1);g (/a.py:9)": 50})),
+        Window.from_collapsed(t0 + 0.0, t0 + 1.0, Counter({"main (/a.py:1);f (/a.py:5)": 30,
+                                                          "main (/a.py:1);g (/a.py:9)": 10})),
+        Window.from_collapsed(t0 + 1.0, t0 + 2.0, Counter({"main (/a.py:1);g (/a.py:9)": 50})),
     ]
 
 
 def _attribute(profile: Profile) -> dict[str, dict]:
     windows = _windows()
-    profile.hotspots = hs.aggregate(hs.merge(w.collapsed for w in windows))
+    profile.hotspots = hs.aggregate({"main (/a.py:1);f (/a.py:5)": 30, "main (/a.py:1);g (/a.py:9)": 60})
     energy_attribution.attribute(profile, windows, T0.timestamp())
     return {s["function"]: s for s in profile.hotspots}
 
