@@ -11,9 +11,11 @@ no other perfpilot module is imported. Enabled, it registers
     pytest --perfpilot --perfpilot-compare               # judge against it; fail on regressions
     pytest --perfpilot --perfpilot-compare-fail="wall:10%,peak_rss:20%"
     pytest --perfpilot --perfpilot-json out.json --perfpilot-html report.html
+    pytest --perfpilot-suggest --perfpilot-backend openai   # LLM proposals for the worst regressions
 
 Defaults can also live in ``[tool.perfpilot.pytest]`` (keys ``rounds``, ``max_time``,
-``keep``, ``compare_fail``, ``dir``, ``slowest``); command-line options win.
+``keep``, ``compare_fail``, ``dir``, ``slowest``, ``suggest_max``, ``suggest_profile``); command-line
+options win. ``--perfpilot-suggest`` is described in :mod:`perfpilot.pytest_suggest`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 
 MARKER_HELP = ("perf_budget(wall=..., cpu=..., peak_rss=..., io=..., energy=..., gpu_memory=...): "
                "performance limits checked with --perfpilot, e.g. perf_budget(wall='200 ms', peak_rss='50 MB')")
-CONFIG_KEYS = {"rounds", "max_time", "keep", "compare_fail", "dir", "slowest"}
+CONFIG_KEYS = {"rounds", "max_time", "keep", "compare_fail", "dir", "slowest", "suggest_max", "suggest_profile"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,13 +55,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--perfpilot-html", metavar="PATH", default=None, help="write an HTML report with plots")
     group.addoption("--perfpilot-slowest", metavar="N", type=int, default=None,
                     help="slowest tests listed in the terminal summary (default 10; 0 for none)")
+    group.addoption("--perfpilot-suggest", action="store_true", default=False,
+                    help="ask the optimiser's LLM proposer about the worst significant regressions and print its "
+                         "proposals (never applied; implies --perfpilot-compare)")
+    group.addoption("--perfpilot-suggest-max", metavar="N", type=int, default=None,
+                    help="regressed tests sent to the proposer, worst first (default 3)")
+    group.addoption("--perfpilot-backend", metavar="NAME", default=None,
+                    help="LLM backend for --perfpilot-suggest: openai or mock (default: backend in [tool.perfpilot])")
+    group.addoption("--perfpilot-model", metavar="NAME", default=None,
+                    help="model for --perfpilot-suggest's backend (default: model in [tool.perfpilot], else gpt-4.1)")
+    group.addoption("--perfpilot-base-url", metavar="URL", default=None,
+                    help="OpenAI-compatible endpoint for --perfpilot-suggest, e.g. http://127.0.0.1:8000/v1")
+    group.addoption("--perfpilot-mock-replies", metavar="PATH", default=None,
+                    help="JSON list of scripted replies for --perfpilot-backend mock")
 
 
 def _enabled(config: pytest.Config) -> bool:
     get = config.getoption
     return bool(get("perfpilot") or get("perfpilot_save") or get("perfpilot_compare")
                 or get("perfpilot_compare_fail") or get("perfpilot_baseline") or get("perfpilot_json")
-                or get("perfpilot_html"))
+                or get("perfpilot_html") or get("perfpilot_suggest"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,6 +90,18 @@ def pytest_configure(config: pytest.Config) -> None:
     from perfpilot.pytest_session import PLUGIN_NAME, PerfpilotSession, XdistMerge
 
     session = PerfpilotSession(config, options)
+    if options.suggest and not hasattr(config, "workerinput"):
+        # Built before any test runs, so a missing backend or key costs nothing but a line.
+        from perfpilot.pytest_suggest import Suggester
+
+        get = config.getoption
+        try:
+            session.suggester = Suggester.from_options(
+                config.rootpath, invocation_dir=config.invocation_params.dir, backend=get("perfpilot_backend"),
+                model=get("perfpilot_model"), base_url=get("perfpilot_base_url"),
+                mock_replies=get("perfpilot_mock_replies"))
+        except PerfpilotError as exc:
+            raise pytest.UsageError(f"perfpilot: {exc}") from None
     config.pluginmanager.register(session, PLUGIN_NAME)
     if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
         config.pluginmanager.register(XdistMerge(session), f"{PLUGIN_NAME}-xdist")
@@ -102,7 +129,9 @@ def _options(config: pytest.Config) -> Any:
 
     spec = pick("perfpilot_compare_fail", "compare_fail", None)
     baseline = config.getoption("perfpilot_baseline")
-    compare = bool(config.getoption("perfpilot_compare") or config.getoption("perfpilot_compare_fail") or baseline)
+    suggest = bool(config.getoption("perfpilot_suggest"))
+    compare = bool(config.getoption("perfpilot_compare") or config.getoption("perfpilot_compare_fail") or baseline
+                   or suggest)
     save = bool(config.getoption("perfpilot_save"))
     rounds = int(pick("perfpilot_rounds", "rounds", 5 if (save or compare) else 1))
     if rounds < 1:
@@ -111,6 +140,13 @@ def _options(config: pytest.Config) -> Any:
     if keep < 1:
         raise BudgetError(f"--perfpilot-keep must be at least 1, got {keep}")
     folder = pick("perfpilot_dir", "dir", None)
+    suggest_max = int(pick("perfpilot_suggest_max", "suggest_max", 3))
+    if suggest_max < 1:
+        raise BudgetError(f"--perfpilot-suggest-max must be at least 1, got {suggest_max}")
+    suggest_profile = table.get("suggest_profile", 1.0)
+    # 0 turns py-spy profiling of regressed tests off (their source is sent instead)
+    suggest_profile = 0.0 if suggest_profile in (0, "0", False) else parse_duration(
+        suggest_profile, name="[tool.perfpilot.pytest] suggest_profile")
     return Options(
         save=save,
         compare=compare,
@@ -124,6 +160,9 @@ def _options(config: pytest.Config) -> Any:
         html_path=Path(config.getoption("perfpilot_html")).resolve() if config.getoption("perfpilot_html") else None,
         slowest=int(pick("perfpilot_slowest", "slowest", 10)),
         cpu_tdp_w=settings.cpu_tdp_w,
+        suggest=suggest,
+        suggest_max=suggest_max,
+        suggest_profile=suggest_profile,
     )
 
 

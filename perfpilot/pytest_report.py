@@ -8,7 +8,16 @@ The JSON document (``--perfpilot-json``; also what the HTML report is drawn from
      "saved_baseline": path | null,
      "tests": [TestRecord.to_dict(), ...],          # in run order
      "findings": [Finding.to_dict(), ...],           # comparisons with the baseline
-     "summary": {"tests", "measured", "budget_failures", "regressions", "noise", "improved"}}
+     "summary": {"tests", "measured", "budget_failures", "regressions", "noise", "improved"},
+     "suggestions": {...}}                           # only with --perfpilot-suggest
+
+``suggestions`` (see :mod:`perfpilot.pytest_suggest`)::
+
+    {"backend": "llm via openai (gpt-4.1)", "applied": false, "regressed_tests": int, "note"?: str,
+     "requests": [{"nodeid", "subject", "metric", "ratio", "ci_low", "ci_high", "p_value", "finding",
+                   "hotspots_from", "hotspots_note", "hotspots": [...], "request": [messages sent],
+                   "request_tokens", "status": "ok" | "invalid" | "failed" | "skipped", "error",
+                   "proposals": [{"kind", "title", "rationale", "diff"...}], "problems", "seconds"}]}
 
 Units: seconds, bytes, joules. ``rounds[metric]`` is the list of every round's figure.
 """
@@ -41,6 +50,10 @@ class TestRecord:
     notes: list[str] = field(default_factory=list)
     outcome: str = ""
     worker: str = ""
+    # --perfpilot-suggest only, for regressed tests: what the proposer is shown
+    hotspots: list[dict[str, Any]] = field(default_factory=list)
+    hotspots_from: str = ""  # "py-spy" | "source" | ""
+    hotspots_note: str = ""
 
     __test__ = False  # not a pytest test class, despite the name
 

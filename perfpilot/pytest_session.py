@@ -13,6 +13,11 @@ pytest-xdist: each worker measures the tests it runs (decided: measure, not disa
 and sends its records to the controller, which writes the baseline and the reports.
 Timings then include the contention of workers sharing cores; a baseline records its
 worker count and a comparison across different counts is flagged.
+
+``--perfpilot-suggest`` (:mod:`perfpilot.pytest_suggest`): a regressed test's hot spots are
+taken in the call hook, right after its comparison (its fixtures are still set up), and
+travel with its record (also from xdist workers); the controller asks the proposer at
+session finish, before the JSON report is written.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class Options:
     html_path: Path | None
     slowest: int
     cpu_tdp_w: float | None
+    suggest: bool = False
+    suggest_max: int = 3
+    suggest_profile: float = 1.0  # seconds of py-spy per regressed test; 0: send its source only
 
 
 def budget_for(item: pytest.Item) -> Budget | None:
@@ -124,6 +132,8 @@ class PerfpilotSession:
         self.saved: str | None = None
         self._host: dict[str, Any] | None = None
         self._current: TestRecord | None = None
+        self.suggester: Any = None  # perfpilot.pytest_suggest.Suggester, set by the plugin (controller only)
+        self._profiled: list[float] = []  # worst ratios of the regressed tests profiled so far
 
     # ---------------------------------------------------------------- session
 
@@ -220,6 +230,8 @@ class PerfpilotSession:
             self._compare(record)
         finally:
             self._current = None
+        if self.options.suggest:
+            self._hotspots(item, record)
         if record.failures:
             record.outcome = "failed"
             # Raised here, the test fails like any other: -x, --lf, junitxml and xdist see it.
@@ -274,6 +286,65 @@ class PerfpilotSession:
                     f"perfpilot: significant regression vs baseline ({self.baseline.describe()}): "
                     f"{finding.describe()}" + (f" [{finding.subject}]" if finding.subject else ""))
 
+    def _hotspots(self, item: pytest.Item, record: TestRecord) -> None:
+        """For --perfpilot-suggest: what the proposer will be shown about a regressed test.
+        Done here, while its fixtures are still set up, so the test can be called again."""
+        from perfpilot import pytest_suggest as suggest
+
+        finding = suggest.worst_finding(record)
+        if finding is None:
+            return
+        function = getattr(item, "function", None)
+        try:
+            if self._should_profile(item, finding, function):
+                ratio = float((finding.get("verdict") or {}).get("ratio") or 0.0)
+                self._profiled.append(ratio)
+                profiled = self._profile(item, record, function)
+                if profiled.hotspots:
+                    record.hotspots = suggest.with_test_first(function, profiled.hotspots)
+                    record.hotspots_from, record.hotspots_note = "py-spy", profiled.note
+                    return
+                record.hotspots_note = f"not profiled ({profiled.note}): the test's source"
+            elif not record.hotspots_note:
+                record.hotspots_note = self._why_not_profiled(item, function)
+            if function is not None:
+                record.hotspots = suggest.static_hotspots(function, self.config.rootpath)
+                record.hotspots_from = "source"
+        except Exception as exc:  # noqa: BLE001 - suggestions are optional; never change a test's outcome
+            record.hotspots_note = f"no hot spots: {type(exc).__name__}: {exc}"
+
+    def _should_profile(self, item: pytest.Item, finding: dict[str, Any], function: Any) -> bool:
+        if self.options.suggest_profile <= 0 or function is None or not _repeatable(item):
+            return False
+        limit = self.options.suggest_max
+        if len(self._profiled) >= limit * 3:
+            return False
+        ratio = float((finding.get("verdict") or {}).get("ratio") or 0.0)
+        # Only a regression among the worst seen so far can be among those sent.
+        return len(self._profiled) < limit or ratio > sorted(self._profiled, reverse=True)[limit - 1]
+
+    def _why_not_profiled(self, item: pytest.Item, function: Any) -> str:
+        if self.options.suggest_profile <= 0:
+            return "not profiled (suggest_profile = 0): the test's source"
+        if function is None or not _repeatable(item):
+            return "not profiled (not a plain test function): the test's source"
+        return "not profiled (not among the worst regressions when it ran): the test's source"
+
+    def _profile(self, item: pytest.Item, record: TestRecord, function: Any) -> Any:
+        from perfpilot.pytest_suggest import Profiled, profile_rounds
+
+        seconds = self.options.suggest_profile
+        timeout = _timeout_of(item)
+        if timeout is not None:
+            # pytest-timeout's limit covers the whole test, measured rounds included
+            left = timeout / 2 - sum(record.rounds.get("wall", []))
+            last = (record.rounds.get("wall") or [0.0])[-1]
+            if left < last:
+                return Profiled(note=f"another round would pass half the {timeout:g} s pytest-timeout limit")
+            seconds = min(seconds, left - last)
+        return profile_rounds(item.runtest, function=function.__code__.co_name, file=function.__code__.co_filename,
+                              seconds=seconds, project=self.config.rootpath)
+
     def add_measure(self, nodeid: str, data: dict[str, Any]) -> None:
         """Called by the ``perfpilot_measure`` fixture with a distribution's ``to_dict()``."""
         record = self._current if self._current is not None and self._current.nodeid == nodeid else None
@@ -304,6 +375,8 @@ class PerfpilotSession:
         if self.options.save:
             self._save()
         self.document = self._document(rounds_of)
+        if self.options.suggest:
+            self.document["suggestions"] = self._suggest()
         if self.options.json_path is not None:
             self.options.json_path.parent.mkdir(parents=True, exist_ok=True)
             self.options.json_path.write_text(json.dumps(self.document, indent=1, allow_nan=False) + "\n",
@@ -313,6 +386,28 @@ class PerfpilotSession:
 
             self.options.html_path.parent.mkdir(parents=True, exist_ok=True)
             self.options.html_path.write_text(render(self.document), encoding="utf-8")
+
+    def _suggest(self) -> dict[str, Any]:
+        """Ask the proposer about the worst regressions; never raises (the tests decide the outcome)."""
+        if self.suggester is None:
+            return {"backend": "?", "applied": False, "requests": [], "error": "no backend was configured"}
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+
+        def announce(count: int) -> None:
+            if reporter is not None:
+                if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
+                    reporter.write("\n")  # after the progress dots of -q
+                reporter.write_line(f"perfpilot: asking {self.suggester.description} about the worst {count} "
+                                    "regression(s)...")
+
+        try:
+            section = self.suggester.ask(self.records.values(), limit=self.options.suggest_max, on_request=announce)
+        except Exception as exc:  # noqa: BLE001 - a suggestion must never change the session's outcome
+            return {"backend": self.suggester.description, "applied": False, "requests": [],
+                    "error": f"suggestions failed: {type(exc).__name__}: {exc}"}
+        if not section["requests"] and self.baseline_missing:
+            section["note"] = "no baseline to compare with: nothing was asked"
+        return section
 
     def _meta(self) -> dict[str, Any]:
         return make_meta(machine_id=self.host()["machine_id"], rootdir=self.config.rootpath,
@@ -351,7 +446,12 @@ class PerfpilotSession:
         if document is None:
             return
         terminalreporter.write_sep("=", "perfpilot")
-        for text, markup in terminal_lines(document, slowest=self.options.slowest):
+        lines = terminal_lines(document, slowest=self.options.slowest)
+        if "suggestions" in document:
+            from perfpilot.pytest_suggest import terminal_lines as suggestion_lines
+
+            lines += suggestion_lines(document["suggestions"])
+        for text, markup in lines:
             terminalreporter.write_line(text, **markup)
         for path in (self.options.json_path, self.options.html_path):
             if path is not None:
