@@ -121,3 +121,27 @@ def test_out_of_memory_is_reported_not_a_traceback(tmp_path):
     assert reported == {"reported.oom": 1.0}
     fits, _ = train(tmp_path, *args, "--batch-size", "256")
     assert fits.returncode == 0, fits.stderr
+
+
+def test_the_example_declares_valid_settings_and_every_knob():
+    from perfpilot.agent.knobs import parse_knobs
+    from perfpilot.agent.loop import parse_guards
+    from perfpilot.agent.output_check import parse_output_check
+    from perfpilot.config import load_settings
+
+    settings = load_settings(cwd=TRAIN.parent, environ={})
+    knobs = parse_knobs(settings.knobs)
+    assert set(knobs) == {"amp", "activation_checkpointing", "offload_optimizer", "batch_size", "num_workers",
+                          "pin_memory", "compile", "checkpoint_every", "async_checkpoint"}
+    assert {k.kind for k in knobs.values()} == {"env", "arg", "config"}
+    assert parse_guards(settings.guards)["reported.final_loss"] == pytest.approx(0.02)
+    check = parse_output_check(settings.output_check)
+    assert check.metric == "reported.final_loss" and check.tolerance == pytest.approx(0.02)
+    # Every config knob points at a key train.toml really has.
+    from perfpilot.config import read_toml
+
+    toml = read_toml(TRAIN.parent / "train.toml")
+    for knob in knobs.values():
+        if knob.kind == "config":
+            section, key = knob.config_key.split(".")
+            assert key in toml[section], knob

@@ -10,18 +10,28 @@
 #
 # Needs: an NVIDIA GPU, a python3 whose torch has CUDA, and perfpilot's dependencies
 # (nothing is downloaded). Run from the repository root:  bash examples/torch_training/gpu_check.sh
-# Never run here yet: the session that wrote it had no GPU.
+# Not yet run on a GPU (the session that wrote it had none). GPU_CHECK_CPU_DRY_RUN=1 checks
+# the plumbing on a CPU with a tiny model and perfpilot's fake NVML (its figures mean nothing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/gpu-check-out}
 PY=${PYTHON:-python3}
+DRY=${GPU_CHECK_CPU_DRY_RUN:-0}
+WIDTH=1024 DEPTH=12 BATCH=1024 STEPS_ENERGY=200 STEPS_MEMORY=20
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+if [ "$DRY" = 1 ]; then
+    WIDTH=64 DEPTH=2 BATCH=64 STEPS_ENERGY=2 STEPS_MEMORY=2
+    echo '{"gpus": [{"name": "fake", "readings": [{"t": 0, "power_w": 100.0, "utilization_pct": 50,
+      "memory_used_bytes": 1073741824, "processes": [{"pid": "child", "memory_bytes": 1073741824}]}]}]}' \
+        > "$OUT/fake_nvml.json"
+    export PERFPILOT_FAKE_NVML="$OUT/fake_nvml.json" TRAIN_THREADS=1
+fi
 
-"$PY" - <<'EOF'
-import importlib, sys, torch
-assert torch.cuda.is_available(), "torch sees no CUDA GPU"
-print("torch", torch.__version__, torch.cuda.get_device_name(0))
+DRY=$DRY "$PY" - <<'EOF'
+import importlib, os, sys, torch
+assert torch.cuda.is_available() or os.environ["DRY"] == "1", "torch sees no CUDA GPU"
+print("torch", torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU: dry run")
 missing = [m for m in ("pynvml", "psutil", "pluggy", "click", "rich", "numpy", "scipy", "tomlkit", "yaml")
            if importlib.util.find_spec(m) is None]
 sys.exit(f"missing Python packages (carry them as wheels): {missing}" if missing else 0)
@@ -33,16 +43,8 @@ WORK=$(mktemp -d)
 cp "$ROOT/examples/torch_training/train.py" "$WORK/"
 # 12 blocks of width 1024 (100M parameters: 0.4 GB weights, 0.8 GB AdamW moments) and a
 # 1024-sample batch (~0.5 GB of saved activations): both kinds of memory matter.
-cat > "$WORK/train.toml" <<'EOF'
-[model]
-width = 1024
-depth = 12
-[train]
-effective_batch = 1024
-[data]
-samples = 8192
-eval_samples = 1024
-EOF
+printf '[model]\nwidth = %s\ndepth = %s\n[train]\neffective_batch = %s\n[data]\nsamples = 8192\neval_samples = 1024\n' \
+    "$WIDTH" "$DEPTH" "$BATCH" > "$WORK/train.toml"
 
 search() {  # name, objective, steps, knobs (TOML lines), extra optimize args...
     local name=$1 objective=$2 steps=$3 knobs=$4; shift 4
@@ -54,12 +56,12 @@ search() {  # name, objective, steps, knobs (TOML lines), extra optimize args...
         || echo "$name: perfpilot optimize exited $?"
 }
 
-search energy energy.gpu0 200 \
+search energy energy.gpu0 "$STEPS_ENERGY" \
     'amp = { env = "TRAIN_AMP", values = ["off", "bf16"], default = "off" }
 activation_checkpointing = { env = "TRAIN_ACTIVATION_CHECKPOINTING", values = ["0", "1"], default = "0" }' \
     --guard reported.final_loss=+2%
 
-search memory gpu_memory 20 \
+search memory gpu_memory "$STEPS_MEMORY" \
     'offload_optimizer = { env = "TRAIN_OFFLOAD_OPTIMIZER", values = ["0", "1"], default = "0" }
 activation_checkpointing = { env = "TRAIN_ACTIVATION_CHECKPOINTING", values = ["0", "1"], default = "0" }' \
     --guard reported.step_time_s=+15%
