@@ -145,8 +145,12 @@ class Advisor:
 
     # --------------------------------------------------------------- lifecycle
 
-    def start(self) -> None:
+    def load_history(self) -> None:
+        """The rate limit's memory from the store (requests made before a restart)."""
         self.last.update(self.store.proposal_history(since=time.time() - self.every))
+
+    def start(self) -> None:
+        self.load_history()
         self._thread = threading.Thread(target=self._loop, name="perfpilot-propose", daemon=True)
         self._thread.start()
 
@@ -248,6 +252,18 @@ class Advisor:
         self.stats.requested += 1
 
     # ----------------------------------------------------------------- worker
+
+    def run_pending(self) -> list[dict[str, Any]]:
+        """Handle what is queued on the calling thread (embedding and tests; the daemon's
+        worker thread does this)."""
+        records = []
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return records
+            if request is not None:
+                records.append(self.handle(request))
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -7,6 +7,8 @@ Endpoints::
     /api/latest         latest host, collector and per-watch values (with per-process rows)
     /api/hotspots       rolling hot spots per watch and process (?watch=name:gunicorn)
     /api/findings       active findings, then recently resolved ones
+    /api/proposals      proposals made for findings with --propose (?id=N: one, with the
+                        messages that were sent); stored for a person to judge, never applied
 
 Security: bound to 127.0.0.1 by default. Any other address needs a token, and then every
 request must carry ``Authorization: Bearer <token>`` or gets 401 (compared in constant

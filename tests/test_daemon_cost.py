@@ -1,0 +1,112 @@
+"""The cheap paths that keep the daemon under 1% of a core are also correct paths:
+the cached /metrics renderer writes exactly what prometheus-client writes, the kept-open
+/proc reads parse awkward process names and never read a reaped process's successor,
+and the O(1) finding windows count what a full pass over the window counts.
+(The cost itself is measured in benchmarks/daemon_footprint.py, not asserted here.)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+
+from perfpilot.agent.daemon import procfs
+from perfpilot.agent.daemon.exporter import DaemonMetrics, TextRenderer, families
+from perfpilot.agent.daemon.findings import Series
+from perfpilot.agent.daemon.sampler import WatchState
+from perfpilot.agent.daemon.watch import Watcher
+
+
+def _state(cpu: float) -> dict:
+    odd = 'cmdline:^python "x\\y"\nz é'  # quotes, backslash, newline, non-ASCII in a label value
+    watches = {}
+    for name, rss in (("name:web", 123456789), (odd, 42)):
+        state = WatchState(name, processes=2, cpu_seconds_total=cpu, cpu_pct=cpu / 3, rss_bytes=rss, threads=7)
+        state.read_bytes_total = 1e12 + cpu  # Go-style exponent formatting
+        watches[name] = state
+    return {
+        "version": "1.0", "db": "/tmp/x.db", "watches": watches,
+        "host": {"memory.total_bytes": 8e9, "cpu.load1": 0.25},
+        "host_cpu_totals": {"user": 12.5, "idle": 1e7},
+        "collectors": {"gpu0.power_w": 71.5, "gpu1.power_w": 70.0, "cpu.utilization_pct": 3.0,
+                       "power.cpu_w": float("nan"), "memory.rss_bytes": 5e7},
+        "collector_status": {"cpu": {"available": True, "errors": []}, "gpu": {"available": False, "errors": ["x"]}},
+        "findings_active": {"cpu_saturation": 1}, "findings_raised": {"cpu_saturation": 2, "io_wait": 0},
+        "self": {"ticks": 10, "store_bytes": 4096, "flushed_until": 1.7e9, "proposals": 1},
+    }
+
+
+def test_renderer_writes_what_prometheus_client_writes() -> None:
+    holder = {"state": _state(1.5)}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonMetrics(lambda: holder["state"]))
+    renderer = TextRenderer()
+    for cpu in (1.5, 2.75, 1e-7):  # the second and third renders come from the prefix cache
+        holder["state"] = _state(cpu)
+        ours = renderer.render(families(holder["state"]))
+        assert ours == generate_latest(registry)
+        parsed = {s.name: s for f in text_string_to_metric_families(ours.decode()) for s in f.samples}
+        assert parsed["perfpilot_watch_cpu_seconds_total"].value in (cpu,)
+        assert parsed["perfpilot_gpu_power_watts"].labels in ({"gpu": "0"}, {"gpu": "1"})
+    odd_labels = [s.labels["watch"] for f in text_string_to_metric_families(ours.decode()) for s in f.samples
+                  if s.name == "perfpilot_watch_threads"]
+    assert 'cmdline:^python "x\\y"\nz é' in odd_labels
+
+
+def test_families_without_samples_are_left_out() -> None:
+    text = TextRenderer().render(families({"watches": {"name:idle": WatchState("name:idle")}})).decode()
+    assert "perfpilot_watch_read_bytes_total" not in text  # I/O unreadable: no empty family
+    assert 'perfpilot_watch_processes{watch="name:idle"} 0.0' in text
+
+
+def test_stat_parses_names_with_spaces_and_parentheses(tmp_path: Path) -> None:
+    weird = tmp_path / "we (i) rd"
+    weird.symlink_to("/bin/sleep")
+    proc = subprocess.Popen([str(weird), "30"])
+    try:
+        time.sleep(0.2)
+        stat = procfs.read_stat(proc.pid)
+        assert stat is not None and stat.name == "we (i) rd" and stat.threads == 1 and stat.rss_bytes > 0
+        assert abs(stat.create_time - time.time()) < 60
+        assert procfs.read_cmdline(proc.pid) == (str(weird), "30")
+        watcher = Watcher(["name:we (i) rd"])
+        watcher.refresh()
+        assert watcher.groups[0].members == {proc.pid}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_kept_open_stat_never_reads_a_reaped_process() -> None:
+    reader = procfs.StatReader()
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        first = reader.read(proc.pid)
+        assert first is not None and first.state in "SR"
+        assert reader.read(proc.pid) == first  # the same descriptor, re-read
+    finally:
+        proc.kill()
+        proc.wait()
+    assert reader.read(proc.pid) is None  # reaped: ESRCH on the old descriptor, whatever owns the pid now
+    reader.close()
+    assert procfs.read_stat(os.getpid()) is not None
+
+
+def test_running_window_counts_match_a_full_pass() -> None:
+    rng = random.Random(7)
+    series = Series(keep=30.0, test=lambda v: v >= 50.0)
+    t = 0.0
+    for _ in range(5000):
+        t += rng.choice((0.5, 1.0, 1.0, 3.0))
+        series.add(t, rng.uniform(0, 100))
+        points = series.points
+        assert series.hits == sum(1 for _t, v, _h in points if v >= 50.0)
+        assert abs(series.total - sum(v for _t, v, _h in points)) < 1e-6
+        assert all(t - ts <= 30.0 for ts, _v, _h in points)
