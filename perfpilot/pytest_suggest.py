@@ -103,6 +103,9 @@ class Suggester:
             raise ConfigError(NO_REPLIES)
         if settings.mock_replies and not Path(settings.mock_replies).is_absolute() and settings.source:
             settings = settings.replace(mock_replies=str(Path(settings.source).parent / settings.mock_replies))
+        if settings.backend == "mock" and not Path(settings.mock_replies or "").is_file():
+            raise ConfigError(f"cannot read mock replies {settings.mock_replies}: no such file",
+                              hint="check --perfpilot-mock-replies or mock_replies under [tool.perfpilot]")
         proposer, description = choose_proposer(settings, build_plugin_manager(), "llm")
         secrets = tuple(v for name in KEY_VARIABLES if len(v := environ.get(name, "").strip()) >= 6)
         return cls(settings, proposer, description, project, secrets)
