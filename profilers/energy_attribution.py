@@ -23,10 +23,9 @@ the time, which is approximate for asynchronous GPU work; a domain whose ``sourc
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from typing import Any, Iterable, Mapping, Protocol, Sequence
-
-import numpy as np
 
 from perfpilot.profilers import hotspots as hs
 
@@ -58,27 +57,42 @@ def power_series_name(domain: str, metrics: Iterable[str]) -> str | None:
     return loose[0] if len(loose) == 1 else None
 
 
-def cumulative_energy(times: Sequence[float], watts: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
+def cumulative_energy(times: Sequence[float], watts: Sequence[float | None]) -> tuple[list[float], list[float]]:
     """(t, joules so far) by the trapezoid rule over the samples that exist."""
-    pairs = [(float(t), float(w)) for t, w in zip(times, watts) if w is not None]
+    pairs = [(float(t), max(0.0, float(w))) for t, w in zip(times, watts) if w is not None]
     if len(pairs) < 2:
-        return np.array([]), np.array([])
-    t = np.array([p[0] for p in pairs])
-    w = np.clip(np.array([p[1] for p in pairs]), 0.0, None)
-    steps = np.diff(t) * (w[1:] + w[:-1]) / 2.0
-    return t, np.concatenate([[0.0], np.cumsum(steps)])
+        return [], []
+    ts = [pairs[0][0]]
+    cum = [0.0]
+    for (t0, w0), (t1, w1) in zip(pairs, pairs[1:]):
+        ts.append(t1)
+        cum.append(cum[-1] + (t1 - t0) * (w0 + w1) / 2.0)
+    return ts, cum
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """Linear interpolation, flat beyond the ends (numpy.interp's rule; numpy costs
+    a tenth of a second to import, paid by every profile)."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x)
+    x0, x1 = xs[i - 1], xs[i]
+    if x1 == x0:
+        return ys[i]
+    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
 
 
 def window_energy(domain_joules: float, windows: Sequence[tuple[float, float]], duration: float,
-                  curve: tuple[np.ndarray, np.ndarray] | None) -> tuple[list[float], str]:
+                  curve: tuple[list[float], list[float]] | None) -> tuple[list[float], str]:
     """Joules of one domain inside each (start, end) window (seconds since t=0)."""
-    if curve is not None and curve[0].size >= 2 and curve[1][-1] > 0:
+    if curve is not None and len(curve[0]) >= 2 and curve[1][-1] > 0:
         t, cum = curve
-        # Extend flat to the run's ends: outside the series the curve is unknown, and
-        # scaling to the total puts that energy where the power was actually seen.
+        # Outside the series the curve is flat: scaling to the total puts that energy
+        # where the power was actually seen.
         scale = domain_joules / cum[-1]
-        out = [scale * float(np.interp(b, t, cum) - np.interp(a, t, cum)) for a, b in windows]
-        return out, "series"
+        return [scale * (_interp(b, t, cum) - _interp(a, t, cum)) for a, b in windows], "series"
     span = max(duration, 1e-9)
     return [domain_joules * max(0.0, min(b, span) - max(a, 0.0)) / span for a, b in windows], "uniform"
 

@@ -2,7 +2,8 @@
 
 The target starts unmodified; py-spy attaches to it with ``--pid`` (``--subprocesses``
 follows its children, ``--nonblocking`` never pauses it, which is what keeps the
-overhead at the level of py-spy alone).
+overhead at the level of py-spy alone; ``--native`` needs the pauses, so it drops
+``--nonblocking``).
 
 Why windows: py-spy writes its samples only when it stops, and its one format with
 timestamps (chrometrace) cannot tell an idle thread from a busy one. To attribute energy
@@ -249,14 +250,19 @@ class StackRecorder:
 
     # ------------------------------------------------------------ thread
 
-    def _command(self, out: str) -> list[str]:
+    def _command(self, out: str, window_s: float) -> list[str]:
         assert self.executable is not None
+        # --duration only as a safety net: if perfpilot is killed, py-spy still ends.
         argv = [self.executable, "record", "--pid", str(self.target_pid), "--rate", str(self.settings.rate),
-                "--format", "raw", "--output", out, "--nonblocking", "--full-filenames"]
+                "--format", "raw", "--output", out, "--full-filenames", "--duration", str(int(window_s) + 60)]
+        if self.settings.native:
+            # py-spy must pause the target to unwind native frames (it refuses
+            # --nonblocking with --native): more accurate, and more overhead.
+            argv.append("--native")
+        else:
+            argv.append("--nonblocking")
         if self.settings.subprocesses:
             argv.append("--subprocesses")
-        if self.settings.native:
-            argv.append("--native")
         return argv
 
     def _alive(self) -> bool:
@@ -276,14 +282,15 @@ class StackRecorder:
             if self._stop.is_set():
                 return Attempt("gone")
             start = time.time()
-            proc = subprocess.Popen(self._command(out), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            window = self._window_length()
+            proc = subprocess.Popen(self._command(out, window), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, env=env, start_new_session=True)
             self._proc = proc
         self.attempts += 1
         stderr_chunks: list[bytes] = []
         reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
-        deadline = start + self._window_length()
+        deadline = start + window
         stopped = False
         while proc.poll() is None:
             remaining = deadline - time.time()

@@ -213,3 +213,14 @@ def test_start_returns_a_handle_that_records_the_reason(monkeypatch, tmp_path) -
     assert "py-spy not found" in profile.annotations["stacks_note"]
     assert profile.annotations["stacks"]["status"] == "unavailable"
     json.dumps(profile.to_dict())
+
+
+def test_py_spy_command_line() -> None:
+    recorder = stacks.StackRecorder(1234, Settings(rate=250), "/bin/py-spy")
+    argv = recorder._command("/tmp/out.txt", 1.0)
+    assert argv[:4] == ["/bin/py-spy", "record", "--pid", "1234"]
+    assert "--nonblocking" in argv and "--subprocesses" in argv and "--native" not in argv
+    assert argv[argv.index("--rate") + 1] == "250" and argv[argv.index("--format") + 1] == "raw"
+    # py-spy refuses --native with --nonblocking
+    native = stacks.StackRecorder(1234, Settings(native=True, subprocesses=False), "/bin/py-spy")._command("/o", 5.0)
+    assert "--native" in native and "--nonblocking" not in native and "--subprocesses" not in native
