@@ -31,6 +31,7 @@ LLM API key should either appear anywhere.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import re
@@ -54,6 +55,7 @@ OBJECTIVE = {"cpu_saturation": "cpu", "memory_growth": "peak_rss", "gpu_idle": "
 BOTTLENECK = {"memory_growth": "memory growth (leak suspected)", "gpu_idle": "GPU under-used",
               "io_wait": "I/O", "restarts": "crashes (the process restarts often)"}
 FAILED_RETRY_S = 600.0
+CHECK_EVERY_S = 5.0  # how often findings waiting for hot spots look again
 MAX_QUEUE = 16
 _SECRET_FLAG = re.compile(r"(?i)^-{1,2}[\w.-]*(?:key|secret|token|passw(?:or)?d|credential|auth)[\w.-]*$")
 
@@ -142,6 +144,7 @@ class Advisor:
         self._queue: queue.Queue[Request | None] = queue.Queue(MAX_QUEUE)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._next_check = -math.inf
 
     # --------------------------------------------------------------- lifecycle
 
@@ -173,11 +176,14 @@ class Advisor:
                 self.waiting.pop(key, None)
             elif finding["first_seen"] == finding["last_seen"] and finding["kind"] not in NO_PROPOSALS_FOR:
                 self.waiting[key] = finding
+                self._next_check = -math.inf  # a new finding is looked at on this tick
 
     def tick(self, now: float, watches: dict[str, WatchState]) -> None:
         """Ask about waiting findings whose process has hot spots (or waited long enough)."""
-        if not self.waiting:
+        if not self.waiting or now < self._next_check:
             return
+        # Rolling hot spots are merged (and their source read) for this: not every tick.
+        self._next_check = now + CHECK_EVERY_S
         spots = None
         for key, finding in list(self.waiting.items()):
             if not finding.get("active"):
@@ -309,8 +315,7 @@ class Advisor:
         setattr(self.stats, status, getattr(self.stats, status) + 1)
         finding["proposal"] = {"id": record["id"], "status": status,
                                "titles": [p.get("title") or p.get("kind") for p in proposals]}
-        if finding.get("active"):
-            self.store.put_finding(finding)
+        self.store.put_finding(finding)  # active or resolved meanwhile: the link is kept either way
         if status == "ok":
             log.info("perfpilot daemon: %d proposal(s) stored for %s on %s (not applied): %s", len(proposals),
                      finding["kind"], request.command[:80], "; ".join(finding["proposal"]["titles"])[:200])

@@ -4,7 +4,9 @@ thread, and the main thread waiting for SIGTERM/SIGINT.
 Each tick: rescan watched processes, read them, read the host, run the collectors (each
 isolated; one that raises is recorded and, after repeated failures, disabled), read
 GPUs, hand everything to the store's buffer and the findings engine, and publish a new
-state for ``/metrics``. Every step of a tick is guarded: an error is logged, counted
+state for ``/metrics``. With ``propose``, newly raised findings go to the
+:class:`~perfpilot.agent.daemon.advisor.Advisor`, which asks the LLM proposer on its
+own thread (a slow backend never delays a tick). Every step of a tick is guarded: an error is logged, counted
 (``perfpilot_tick_errors_total``) and the next tick runs.
 
 Shutdown (SIGTERM, SIGINT, or :meth:`Daemon.stop`): the sampler finishes its tick, the
