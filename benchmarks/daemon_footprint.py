@@ -17,6 +17,14 @@ process-exporter only work when scraped). After a warm-up, over the measured win
   then folded into 1-minute means, so this is also roughly the steady-state size.
 
 Prints a table and one JSON line. The issue's targets: CPU <= 1% of a core, RSS <= 60 MB.
+
+Measured on the 2-vCPU shared development VM (x86_64, load average 3-5 from other work),
+``--seconds 60``, 50 ``pid:`` watches:
+
+    before the per-tick work was cut (c0be954)   1.20% of a core, 58.5 MB RSS
+    after (kept-open /proc reads, O(1) finding
+    windows, cached-prefix /metrics renderer)    0.68-0.70% of a core, 57.5-57.7 MB RSS
+    node_exporter + process-exporter, same run   3.08-3.18% of a core, 40-41 MB RSS
 """
 
 from __future__ import annotations
