@@ -71,7 +71,10 @@ class TestRecord:
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: dataclasses.asdict deep-copies every list, which cost more
         # than all the per-test measuring put together on a suite of thousands of tests.
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if not (self.hotspots or self.hotspots_note):  # only regressed tests under --perfpilot-suggest have them
+            del data["hotspots"], data["hotspots_from"], data["hotspots_note"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TestRecord":

@@ -405,3 +405,20 @@ def test_a_failing_backend_is_recorded_and_the_rest_skipped(tmp_path: Path) -> N
     assert len(backend.history) == 1  # the dead backend was asked once, not once per regression
     lines = [text for text, _ in terminal_lines(section)]
     assert any("backend failed: cannot reach http://127.0.0.1:9/v1" in line for line in lines)
+
+
+def test_html_report_shows_proposals_escaped() -> None:
+    from perfpilot.profilers.renderers.pytest_html import render
+
+    hostile = {"kind": "patch", "title": "<script>alert(1)</script>", "rationale": "x < y & z",
+               "diff": "--- a/w.py\n+++ b/w.py\n@@ -1 +1 @@\n-<img src=x onerror=alert(1)>\n+ok\n"}
+    doc = {"meta": {}, "tests": [], "summary": {}, "findings": [],
+           "suggestions": {"backend": "llm via mock", "requests": [
+               {"nodeid": "t.py::test_a", "finding": "cpu 3.00x", "status": "ok", "proposals": [hostile]},
+               {"nodeid": "t.py::test_b", "finding": "cpu 2.00x", "status": "invalid", "error": "not JSON",
+                "proposals": []}]}}
+    page = render(doc)
+    assert "Proposals for the worst regressions" in page and "not applied" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "invalid: not JSON" in page
+    assert "Proposals for the worst" not in render({**doc, "suggestions": None})

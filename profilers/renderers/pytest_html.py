@@ -3,7 +3,8 @@
 Drawn from the JSON document of :mod:`perfpilot.pytest_report`; one self-contained page
 (Chart.js inlined by :func:`perfpilot.profilers.renderers.htmlpage.page`): the slowest
 tests, budget use, the comparison with the baseline (ratio and its CI per finding), the
-rounds of each measured distribution, and a table of every test.
+rounds of each measured distribution, the proposals of ``--perfpilot-suggest`` (escaped:
+they come from an LLM), and a table of every test.
 """
 
 from __future__ import annotations
@@ -155,6 +156,30 @@ def _table(tests: list[dict[str, Any]]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _suggestions(doc: dict[str, Any]) -> str:
+    """``--perfpilot-suggest``'s proposals. Everything in them came from an LLM: escaped, never trusted."""
+    section = doc.get("suggestions")
+    if not section:
+        return ""
+    e = html.escape
+    parts = [f"<h2>Proposals for the worst regressions</h2><p class=muted>from {e(str(section.get('backend')))} · "
+             "not applied: review before use</p>"]
+    if section.get("error") or section.get("note"):
+        parts.append(f"<p>{e(str(section.get('error') or section.get('note')))}</p>")
+    for entry in section.get("requests", []):
+        parts.append(f"<h3><code>{e(str(entry.get('nodeid')))}</code> {e(str(entry.get('subject') or ''))}</h3>"
+                     f"<p>{e(str(entry.get('finding')))}<br><span class=muted>hot spots: "
+                     f"{e(str(entry.get('hotspots_note') or 'none'))}</span></p>")
+        if entry.get("status") != "ok":
+            parts.append(f"<p class=bad>{e(str(entry.get('status')))}: {e(str(entry.get('error')))}</p>")
+        for proposal in entry.get("proposals", []):
+            body = proposal.get("diff") or "; ".join(f"{k} = {proposal[k]!r}" for k in ("file", "key", "name", "knob",
+                                                                                       "value") if k in proposal)
+            parts.append(f"<p><b>[{e(str(proposal.get('kind')))}] {e(str(proposal.get('title') or ''))}</b><br>"
+                         f"{e(str(proposal.get('rationale') or ''))}</p><pre>{e(str(body))}</pre>")
+    return "".join(parts)
+
+
 def render(doc: dict[str, Any]) -> str:
     meta = doc.get("meta", {})
     tests = doc.get("tests", [])
@@ -176,6 +201,7 @@ def render(doc: dict[str, Any]) -> str:
         + "<h2>Slowest tests</h2>" + _slowest(tests)
         + "<h2>Budgets</h2>" + _budgets(tests)
         + "<h2>Compared with the baseline</h2>" + _comparison(doc)
+        + _suggestions(doc)
         + "<h2>perfpilot_measure distributions</h2>" + _distributions(tests)
         + "<h2>All tests</h2>" + _table(tests)
     )
