@@ -37,7 +37,7 @@ def _proposer(settings: Any, plugin_set: Any) -> tuple[Any, str]:
     errors -- unknown backend, no API key, no replies file -- are the user's to fix now,
     not at the first finding)."""
     from perfpilot.agent.daemon.config import PROPOSE_NEEDS_BACKEND
-    from perfpilot.cli.optimize import choose_proposer
+    from perfpilot.agent.proposers import choose_proposer
     from perfpilot.errors import ConfigError
 
     if not settings.backend:

@@ -11,14 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from perfpilot.config import Settings, load_settings
+from perfpilot.agent.proposers import choose_proposer
 from perfpilot.errors import ConfigError, PerfpilotError
-
-NOTHING_TO_PROPOSE = (
-    "nothing can propose changes: add knobs under [tool.perfpilot.knobs] "
-    '(e.g. threads = { env = "OMP_NUM_THREADS", values = ["1", "2"] }) '
-    "or an LLM backend (--backend openai --model gpt-4.1 with PERFPILOT_API_KEY set)"
-)
-
 
 def _project_dir(settings: Settings, config_file: Path | None) -> Path:
     if config_file is not None:
@@ -26,29 +20,6 @@ def _project_dir(settings: Settings, config_file: Path | None) -> Path:
     if settings.source:
         return Path(settings.source).resolve().parent
     return Path.cwd().resolve()
-
-
-def choose_proposer(settings: Settings, plugin_set: Any, requested: str | None) -> tuple[Any, str]:
-    """(proposer, description): the LLM with the configured backend, else the knob search."""
-    proposers = plugin_set.proposers()
-    name = requested or ("llm" if settings.backend else ("knobs" if settings.knobs else None))
-    if name is None:
-        raise ConfigError(NOTHING_TO_PROPOSE)
-    if name not in proposers:
-        raise ConfigError(f"unknown proposer {name!r}", hint=f"known: {', '.join(sorted(proposers))}")
-    backend = None
-    description = name
-    if name == "llm":
-        if not settings.backend:
-            raise ConfigError("the llm proposer needs a backend", hint="pass --backend openai or --backend mock")
-        backends = plugin_set.backends()
-        if settings.backend not in backends:
-            raise ConfigError(f"unknown backend {settings.backend!r}", hint=f"known: {', '.join(sorted(backends))}")
-        backend = backends[settings.backend].factory(settings)
-        description = f"llm via {settings.backend}" + (f" ({settings.model})" if settings.model else "")
-    elif name == "knobs" and not settings.knobs:
-        raise ConfigError(NOTHING_TO_PROPOSE)
-    return proposers[name].factory(settings, backend), description
 
 
 @click.command()
