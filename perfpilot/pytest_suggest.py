@@ -6,7 +6,7 @@ session go to the optimiser's LLM proposer; its proposals are printed, never app
     pytest --perfpilot-suggest --perfpilot-backend mock --perfpilot-mock-replies replies.json
 
 ``--perfpilot-suggest`` implies ``--perfpilot-compare``. The backend is chosen exactly as
-``perfpilot optimize`` chooses it (:func:`perfpilot.cli.optimize.choose_proposer`): the
+``perfpilot optimize`` chooses it (:func:`perfpilot.agent.proposers.choose_proposer`): the
 ``--perfpilot-backend/-model/-base-url/-mock-replies`` flags, else ``backend``, ``model``,
 ``base_url``, ``mock_replies`` under ``[tool.perfpilot]`` or ``PERFPILOT_BACKEND``...; the
 key from ``PERFPILOT_API_KEY``/``OPENAI_API_KEY``. No backend is a usage error before any
@@ -89,7 +89,7 @@ class Suggester:
                      environ: Mapping[str, str] | None = None) -> "Suggester":
         """Settings and backend as ``perfpilot optimize`` has them; ConfigError/BackendError when unusable."""
         from perfpilot.agent.backends.openai_backend import KEY_VARIABLES
-        from perfpilot.cli.optimize import choose_proposer
+        from perfpilot.agent.proposers import choose_proposer
         from perfpilot.config import load_settings
         from perfpilot.registry import build_plugin_manager
 
