@@ -10,12 +10,14 @@ dropping, in order: old history, source lines around hot spots, then whole hot s
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
 from perfpilot import prompts
+from perfpilot.agent.backends.openai_backend import KEY_VARIABLES
 from perfpilot.agent.knobs import Knob
 from perfpilot.agent.outcomes import Outcome
 from perfpilot.profilers.profile import Profile
@@ -136,6 +138,9 @@ class Context:
     bottleneck: tuple[str, str] = ("unknown", "")
     budget_tokens: int = 12000
     extra_paths: list[str] = field(default_factory=list)  # other roots the profile's files may live in
+    # Values that must never leave (a daemon's bearer token, a key given on a flag);
+    # API keys from the environment are always added.
+    known_secrets: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, *, project: Path, profile: Profile, objective: str, guards: Mapping[str, Any], run: str,
@@ -268,7 +273,17 @@ class Context:
                 text = text[: budget_chars - 40] + "\n…(truncated to fit the token budget)"
                 break
             text = self.render(top=top, window=window, last=last)
-        return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+        return [{"role": "system", "content": system}, {"role": "user", "content": self._mask(text)}]
+
+    def _mask(self, text: str) -> str:
+        """The whole message masked once more before it leaves: a test id, a command
+        line or a figure's label can carry a secret that no quoted section did."""
+        text = mask_secrets(text)
+        secrets = [*self.known_secrets, *(os.environ.get(name, "") for name in KEY_VARIABLES)]
+        for secret in secrets:
+            if secret and len(secret) >= 6:
+                text = text.replace(secret, MASK)
+        return text
 
 
 def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from perfpilot.agent.backends.errors import BackendError
-from perfpilot.agent.context import MASK, Context, estimate_tokens, is_secret_file, mask_secrets
+from perfpilot.agent.context import Context, estimate_tokens, is_secret_file
 from perfpilot.config import Settings
 from perfpilot.errors import ConfigError
 from perfpilot.pytest_report import TestRecord
@@ -155,7 +155,7 @@ class Suggester:
             entry["seconds"] = round(time.perf_counter() - started, 3)
         return section
 
-    def context(self, record: TestRecord, finding: Mapping[str, Any]) -> "RegressionContext":
+    def context(self, record: TestRecord, finding: Mapping[str, Any]) -> Context:
         from perfpilot.profilers.profile import Profile
 
         metric = str(finding["metric"])
@@ -166,32 +166,15 @@ class Suggester:
                           duration_s=float(record.figure("wall") or 0.0), summary=summary, hotspots=hotspots)
         files = sorted({rel for spot in hotspots
                         if (rel := _relative(str(spot.get("file") or ""), self.project)) and not is_secret_file(rel)})
-        context = RegressionContext.build(
+        context = Context.build(
             project=self.project, profile=profile, objective=metric, guards={}, run=run, test="python -m pytest",
             knobs={}, knob_values={}, env={}, history=[], files=files, budget_tokens=self.settings.context_tokens)
         where = f"`{record.nodeid}`" + (f" (measured callable `{finding['subject']}`)" if finding.get("subject") else "")
         why = (f"{where} is significantly worse than this machine's saved baseline: {describe(finding)}. "
                f"Hot spots: {record.hotspots_note or 'none'}. The test itself must not change: find what in the code "
                "it exercises makes it slower, and propose changes to that code that win the time back.")
-        context = dataclasses.replace(context, bottleneck=("significant regression in a test", why))
-        context.known_secrets = self.secrets
-        return context
-
-
-class RegressionContext(Context):
-    """The optimiser's context, masked once more as a whole before anything leaves
-    (a test id or a figure's text may carry a parametrised secret)."""
-
-    known_secrets: tuple[str, ...] = ()
-
-    def messages(self) -> list[dict[str, str]]:
-        out = []
-        for message in super().messages():
-            text = mask_secrets(message["content"])
-            for secret in self.known_secrets:
-                text = text.replace(secret, MASK)
-            out.append({**message, "content": text})
-        return out
+        return dataclasses.replace(context, bottleneck=("significant regression in a test", why),
+                                   known_secrets=tuple(self.secrets))
 
 
 # --------------------------------------------------------------- regressions

@@ -118,3 +118,20 @@ def test_knobs_listed_with_current_values(tmp_path):
     root = make_project(tmp_path)
     ctx = context(root, profile(root), knobs={"threads": {"env": "N", "values": ["1", "2"], "default": "1"}})
     assert "threads (env N; values ['1', '2']; default '1'); current: '1'" in ctx.messages()[1]["content"]
+
+
+def test_whole_messages_are_masked_including_known_secrets_and_env_keys(tmp_path, monkeypatch):
+    import dataclasses
+
+    from perfpilot.agent.context import Context
+    from perfpilot.profilers.profile import Profile
+
+    monkeypatch.setenv("PERFPILOT_API_KEY", "sk-live-abcdef123456")
+    profile = Profile(target={"command": "python app.py --token tok-999999"}, summary={"wall_s": 1.0})
+    context = Context.build(project=tmp_path, profile=profile, objective="wall", guards={},
+                            run="python app.py --token tok-999999 sk-live-abcdef123456", test="", knobs={},
+                            knob_values={}, env={}, history=[], files=[], budget_tokens=2000)
+    context = dataclasses.replace(context, known_secrets=("tok-999999",))
+    sent = "\n".join(m["content"] for m in context.messages())
+    assert "tok-999999" not in sent and "sk-live-abcdef123456" not in sent
+    assert "python app.py --token" in sent

@@ -24,7 +24,6 @@ import pytest
 from perfpilot.config import Settings
 from perfpilot.pytest_report import TestRecord
 from perfpilot.pytest_suggest import (
-    RegressionContext,
     Suggester,
     focus_stacks,
     profile_rounds,
@@ -391,7 +390,7 @@ def test_context_masks_secrets_and_fits_the_token_budget(tmp_path: Path) -> None
     assert "pp-known-secret-99" not in sent and "ghp_abcdefghijklmnopqrstuvwx1234" not in sent
     assert "return '***'" in sent and "test_a.py::test_a[***]" in sent
     assert len(sent) <= 1500 * 4 + 200  # the budget (4 characters a token), whatever the source's length
-    assert isinstance(suggester.context(record, record.findings[0]), RegressionContext)
+    assert suggester.context(record, record.findings[0]).known_secrets == ("pp-known-secret-99",)
 
 
 def test_a_failing_backend_is_recorded_and_the_rest_skipped(tmp_path: Path) -> None:

@@ -81,22 +81,6 @@ def mask_argv(argv: Iterable[str]) -> list[str]:
     return out
 
 
-class FindingContext(Context):
-    """The optimiser's context, masked once more as a whole before anything leaves."""
-
-    known_secrets: tuple[str, ...] = ()
-
-    def messages(self) -> list[dict[str, str]]:
-        out = []
-        for message in super().messages():
-            text = mask_secrets(message["content"])
-            for secret in self.known_secrets:
-                if secret and len(secret) >= 6:
-                    text = text.replace(secret, MASK)
-            out.append({**message, "content": text})
-        return out
-
-
 @dataclass
 class Request:
     finding: dict[str, Any]
@@ -324,7 +308,7 @@ class Advisor:
                         status, error[:300])
         return record
 
-    def context(self, request: Request) -> FindingContext:
+    def context(self, request: Request) -> Context:
         """The optimiser's context for one finding's process."""
         finding = request.finding
         project = _project_root(request.argv, request.cwd)
@@ -348,14 +332,14 @@ class Advisor:
                           duration_s=window, summary=summary, hotspots=list(request.hotspots))
         files = sorted({rel for spot in request.hotspots
                         if (rel := _relative(str(spot.get("file") or ""), project)) and not is_secret_file(rel)})
-        context = FindingContext.build(
+        context = Context.build(
             project=project, profile=profile, objective=OBJECTIVE.get(finding["kind"], "cpu"), guards={},
             run=request.command, test="", knobs={}, knob_values={}, env={}, history=[], files=files,
             budget_tokens=self.budget_tokens)
         label = BOTTLENECK.get(finding["kind"], context.bottleneck[0])
         context = replace(context, bottleneck=(label, f"perfpilot daemon finding {finding['kind']}: "
-                                                      f"{finding.get('message', '')}"))
-        context.known_secrets = self.secrets
+                                                      f"{finding.get('message', '')}"),
+                          known_secrets=tuple(self.secrets))
         return context
 
     def listing(self) -> list[dict[str, Any]]:
