@@ -22,9 +22,11 @@ Series: ``cpu.utilization_pct`` (tree; 100 = one core), ``cpu.processes``,
 ``cpu.steal_pct``, ``cpu.iowait_pct``, ``cpu.load_1m`` (runnable tasks, 1-minute
 average), ``cpu.ctx_switches_voluntary_per_s`` / ``..._involuntary_per_s`` (tree).
 
-Cost: one read of ``/proc/<pid>/stat`` per process per tick (raw ``os.read``, not
-psutil, which costs ~3x more per call), shared with the memory, io and power collectors
-(:func:`tick_stats`); ``/proc/<pid>/status`` for context switches only once a second. See ``benchmarks/sampler_cost.py``.
+Cost: one read of ``/proc/<pid>/stat`` per process per tick (a kept-open descriptor
+re-read with ``pread``, not psutil, which costs ~3x more per call; see
+:mod:`perfpilot.profilers.procfs`), shared with the memory, io and power collectors
+(:func:`tick_stats`); ``/proc/<pid>/status`` for context switches only once a second.
+See ``benchmarks/sampler_cost.py``.
 """
 
 from __future__ import annotations
@@ -37,85 +39,12 @@ from typing import Any, Mapping
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
+from perfpilot.profilers.procfs import (CLK_TCK, STAT_CSTIME, STAT_CUTIME, STAT_STARTTIME, STAT_STIME, STAT_UTIME, ProcFiles,
+                                       proc_stat, read_file, stat_fields)
 from perfpilot.profilers.target import Target
 
-CLK_TCK = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 CTX_INTERVAL_S = 1.0
 CPU_COUNT = os.cpu_count() or 1
-
-# Field positions in /proc/<pid>/stat after the ")" that ends the command name.
-STAT_PPID, STAT_MINFLT, STAT_MAJFLT = 1, 7, 9
-STAT_UTIME, STAT_STIME, STAT_CUTIME, STAT_CSTIME = 11, 12, 13, 14
-STAT_STARTTIME, STAT_RSS = 19, 21
-
-
-def read_file(path: str, size: int = 65536) -> bytes | None:
-    """A small /proc file in one ``read`` (cheaper than ``open().read()``)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, size)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-class ProcFiles:
-    """/proc files kept open and re-read with one ``pread`` each.
-
-    open+read+close costs ~1.8x a ``pread`` on a cold cache (measured on a 2-vCPU VM),
-    and a 10 Hz sampler always runs on a cold cache. A descriptor of ``/proc/<pid>/...``
-    keeps pointing at that process: once it is reaped the read fails (ESRCH) instead
-    of silently reading a new process that reused the pid. At most ``max_open``
-    descriptors are kept (the rest are opened per read), so a huge tree cannot exhaust
-    the process's file limit.
-    """
-
-    def __init__(self, max_open: int = 256) -> None:
-        self.max_open = max_open
-        self._fds: dict[tuple[int, str], int] = {}
-
-    def read(self, pid: int, name: str, size: int = 4096) -> bytes | None:
-        """``/proc/<pid>/<name>``; pid 0 means ``/proc/<name>``. None if gone/unreadable."""
-        key = (pid, name)
-        fd = self._fds.get(key)
-        if fd is not None:
-            try:
-                return os.pread(fd, size, 0)
-            except OSError:
-                self._close(key)
-                return None
-        try:
-            fd = os.open(f"/proc/{pid}/{name}" if pid else f"/proc/{name}", os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            data = os.pread(fd, size, 0)
-        except OSError:
-            os.close(fd)
-            return None
-        if len(self._fds) < self.max_open:
-            self._fds[key] = fd
-        else:
-            os.close(fd)
-        return data
-
-    def retain(self, pids: set[int]) -> None:
-        """Close the files of processes no longer in ``pids`` (system files stay)."""
-        for key in [k for k in self._fds if k[0] and k[0] not in pids]:
-            self._close(key)
-
-    def _close(self, key: tuple[int, str]) -> None:
-        fd = self._fds.pop(key, None)
-        if fd is not None:
-            os.close(fd)
-
-    def close(self) -> None:
-        for key in list(self._fds):
-            self._close(key)
 
 
 def proc_files(target: Target) -> ProcFiles:
@@ -127,17 +56,6 @@ def proc_files(target: Target) -> ProcFiles:
     return files
 
 
-def parse_stat(data: bytes | None) -> list[bytes] | None:
-    """``/proc/<pid>/stat`` fields after the command name (index 0 is the state)."""
-    if not data:
-        return None
-    return data[data.rindex(b")") + 2:].split()
-
-
-def proc_stat(pid: int, files: ProcFiles | None = None) -> list[bytes] | None:
-    return parse_stat(files.read(pid, "stat") if files else read_file(f"/proc/{pid}/stat"))
-
-
 def tick_stats(target: Target, now: float) -> dict[int, list[bytes] | None]:
     """``/proc/<pid>/stat`` of every tree process, read once per tick and shared by the
     collectors of that tick (they all get the same ``now``) through ``target.scratch``."""
@@ -145,7 +63,7 @@ def tick_stats(target: Target, now: float) -> dict[int, list[bytes] | None]:
     if cached is not None and cached[0] == now:
         return cached[1]
     files = proc_files(target)
-    stats = {p.pid: parse_stat(files.read(p.pid, "stat")) for p in target.processes()}
+    stats = {p.pid: stat_fields(files.read(p.pid, "stat")) for p in target.processes()}
     files.retain(set(stats))
     target.scratch["proc_stat"] = (now, stats)
     return stats

@@ -35,7 +35,8 @@ from typing import Any
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.plugins.cpu import STAT_PPID, STAT_STARTTIME, ProcFiles, proc_files, proc_stat, read_file, tick_stats
+from perfpilot.plugins.cpu import proc_files, tick_stats
+from perfpilot.profilers.procfs import STAT_PPID, STAT_STARTTIME, ProcFiles, proc_stat, read_file
 from perfpilot.profilers.target import IO_FIELDS, Target, add_io, read_proc_io
 
 SAMPLE_INTERVAL_S = 0.5

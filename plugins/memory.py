@@ -37,11 +37,11 @@ from typing import Any
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.plugins.cpu import (STAT_MAJFLT, STAT_MINFLT, STAT_RSS, STAT_STARTTIME, ProcFiles, proc_files, proc_stat,
-                                   read_file, tick_stats)
+from perfpilot.plugins.cpu import proc_files, tick_stats
+from perfpilot.profilers.procfs import (PAGE_SIZE, STAT_MAJFLT, STAT_MINFLT, STAT_RSS, STAT_STARTTIME, ProcFiles, proc_stat,
+                                       read_file)
 from perfpilot.profilers.target import Target
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 SMAPS_MIN_INTERVAL_S = 1.0
 SMAPS_BUDGET = 0.002  # fraction of one core the USS/PSS pass may use
 FAULTS_INTERVAL_S = 1.0

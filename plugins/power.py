@@ -34,9 +34,10 @@ import psutil
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.plugins.cpu import TreeCpu, proc_stat, tick_stats, tree_cpu_totals
+from perfpilot.plugins.cpu import TreeCpu, tick_stats, tree_cpu_totals
 from perfpilot.plugins.gpu import NvmlDevices, load_nvml, nvml_devices
 from perfpilot.profilers.host import cpu_model
+from perfpilot.profilers.procfs import proc_stat
 from perfpilot.profilers.target import Target
 
 POWERCAP = Path("/sys/class/powercap")

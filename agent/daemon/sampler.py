@@ -25,8 +25,8 @@ from typing import Any
 
 import psutil
 
-from perfpilot.agent.daemon import procfs
 from perfpilot.agent.daemon.watch import Watcher
+from perfpilot.profilers import procfs
 from perfpilot.profilers.collector import CollectorSet
 from perfpilot.profilers.target import Target
 
@@ -255,12 +255,18 @@ class HostProbe:
         self._prev: list[float] | None = None
         self.totals = {mode: 0.0 for mode in HOST_MODES}
         self.cores = psutil.cpu_count() or 1
-        self._files = procfs.SystemFiles()
+        self._files = procfs.ProcFiles()
+
+    def _read(self, name: str, size: int) -> bytes:
+        data = self._files.read(0, name, size)
+        if data is None:  # never on Linux; zeros here would read as a fully busy host
+            raise OSError(f"/proc/{name} is not readable")
+        return data
 
     def sample(self) -> dict[str, float]:
         out: dict[str, float] = {}
         # First line of /proc/stat: user nice system idle iowait irq softirq steal (USER_HZ).
-        stat = self._files.read("stat", 256)
+        stat = self._read("stat", 256)
         times = [int(v) / procfs.CLK_TCK for v in stat.split(b"\n", 1)[0].split()[1:9]]
         times += [0.0] * (len(HOST_MODES) - len(times))
         self.totals = dict(zip(HOST_MODES, times))
@@ -273,7 +279,7 @@ class HostProbe:
             out["cpu.steal_pct"] = 100.0 * deltas["steal"] / total
         self._prev = times
         meminfo: dict[bytes, int] = {}
-        for line in self._files.read("meminfo", 8192).splitlines():
+        for line in self._read("meminfo", 8192).splitlines():
             key, _, rest = line.partition(b":")
             if key in MEMINFO_KEYS:
                 meminfo[key] = int(rest.split()[0]) * 1024

@@ -25,8 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from perfpilot.agent.daemon import procfs
 from perfpilot.errors import ConfigError
+from perfpilot.profilers import procfs
 
 INTERPRETERS = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|node|ruby|perl|java|sh|bash)$")
 YOUNG_S = 2.0  # a process this young may still exec(): match it again next tick
