@@ -87,8 +87,11 @@ def timeseries_block(chart_id: str, title: str, times: Sequence[float],
     data = []
     for i, (label, values) in enumerate(datasets):
         scaled = [None if v is None else v * scale for v in values]
-        data.append({"label": label, "data": downsample(times, scaled), "borderColor": COLORS[i % len(COLORS)],
-                     "backgroundColor": COLORS[i % len(COLORS)] + "33", "borderWidth": 1.5, "pointRadius": 0,
+        points = downsample(times, scaled)
+        # A sparse series (e.g. updated once a second) would vanish without markers.
+        data.append({"label": label, "data": points, "borderColor": COLORS[i % len(COLORS)],
+                     "backgroundColor": COLORS[i % len(COLORS)] + "33", "borderWidth": 1.5,
+                     "pointRadius": 2 if len(points) < 30 else 0,
                      "fill": len(datasets) == 1, "tension": 0})
     y_scale: dict[str, Any] = {"title": {"display": bool(unit), "text": unit}}
     if y_min is not None:
