@@ -13,13 +13,15 @@ Trials and the final candidates all count against the proposal budget.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from perfpilot.agent.context import Context
 from perfpilot.agent.knobs import Knob, parse_knobs
 from perfpilot.agent.proposals import Proposal
 from perfpilot.config import Settings
 from perfpilot.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # the context module is heavy; proposers are registered at every start-up
+    from perfpilot.agent.context import Context
 
 
 class KnobProposer:

@@ -8,12 +8,14 @@ model that rambles costs one proposal, never the run.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from perfpilot.agent.context import Context
 from perfpilot.agent.proposals import Proposal, invalid, parse_reply
 from perfpilot.config import Settings
 from perfpilot.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # the context module is heavy; proposers are registered at every start-up
+    from perfpilot.agent.context import Context
 
 
 class LLMProposer:
