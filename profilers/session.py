@@ -396,11 +396,18 @@ def profile_pid(
     try:
         root = psutil.Process(pid)
         command = root.cmdline()
-        cwd = root.cwd()
     except psutil.NoSuchProcess:
         raise TargetError(f"no process with pid {pid}", hint="check the pid with `ps`") from None
     except psutil.AccessDenied:
-        raise TargetError(f"not allowed to observe pid {pid}", hint="run as the same user or as root") from None
+        command = []
+    try:
+        cwd = root.cwd()
+    except psutil.AccessDenied:
+        # Another user's process: what /proc still shows (CPU, RSS) is measured; the
+        # collectors and the stacks note say what was refused and how to get it.
+        cwd = ""
+    except psutil.NoSuchProcess:
+        raise TargetError(f"process {pid} exited before it could be observed") from None
     collectors = _collectors_for(settings, _plugin_set(options))
     collectors.check_available()
     target = Target(pid=pid, launched=False, command=command, cwd=cwd)
