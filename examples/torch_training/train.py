@@ -532,7 +532,8 @@ def train(config: Config) -> tuple[dict[str, float], str]:
     x_train, y_train, x_eval, y_eval = make_data(config)
     model = build_model(config).to(device)
     params = list(model.parameters())
-    optimizer: Any = OffloadedAdamW(params, config.lr) if config.offload_optimizer else torch.optim.AdamW(params, lr=config.lr)
+    optimizer: Any = (OffloadedAdamW(params, config.lr) if config.offload_optimizer
+                      else torch.optim.AdamW(params, lr=config.lr))
     step_model = torch.compile(model) if config.compile else model
     if config.memory_limit_mb:
         _memory_limit(config.memory_limit_mb)
@@ -571,7 +572,8 @@ def train(config: Config) -> tuple[dict[str, float], str]:
             xb, yb = next(stream)
             xb = xb.to(device, non_blocking=True)
             yb = yb.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            # Disabled autocast still validates its dtype (float32 draws a warning on CUDA).
+            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 pred = step_model(xb)
             loss = torch.nn.functional.mse_loss(pred.float(), yb) / accumulation
             loss.backward()
