@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from perfpilot.agent.daemon import procfs
+from perfpilot.profilers import procfs
 from perfpilot.agent.daemon.exporter import DaemonMetrics, TextRenderer, families
 from perfpilot.agent.daemon.findings import Series
 from perfpilot.agent.daemon.sampler import WatchState
@@ -88,7 +88,13 @@ def test_kept_open_stat_never_reads_a_reaped_process() -> None:
     reader = procfs.StatReader()
     proc = subprocess.Popen(["sleep", "30"])
     try:
-        first = reader.read(proc.pid)
+        # Until the child has exec'd and gone to sleep its figures are still moving.
+        deadline = time.monotonic() + 10
+        while True:
+            first = reader.read(proc.pid)
+            if (first is not None and first.name == "sleep" and first.state == "S") or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         assert first is not None and first.state in "SR"
         assert reader.read(proc.pid) == first  # the same descriptor, re-read
     finally:
