@@ -57,6 +57,9 @@ class RunOptions:
     on_tick: TickCallback | None = None
     plugin_set: Any = None  # a registry.PluginSet; built from the environment when None
     subreaper: bool = True
+    # Count zombie children never seen in the tree as the target's orphans: only safe
+    # when nothing else in this process starts children during the run (the CLI).
+    claim_unseen_orphans: bool = False
 
 
 @dataclass
@@ -145,8 +148,20 @@ def _kill_tree(target: Target, sig: int) -> None:
             pass
 
 
-def _reap_orphans(target: Target, exclude: set[int]) -> dict[str, float] | None:
-    """Reap zombies reparented to us (we are subreaper) that belonged to the tree."""
+def _child_pids() -> set[int]:
+    try:
+        return {child.pid for child in psutil.Process().children()}
+    except psutil.Error:
+        return set()
+
+
+def _reap_orphans(target: Target, exclude: set[int], claim_unseen: bool, before: set[int]) -> dict[str, float] | None:
+    """Reap zombies reparented to us (we are subreaper) that belonged to the tree.
+
+    An orphan that lived less than a sampling tick was never seen in the tree. With
+    ``claim_unseen`` (the CLI, where perfpilot starts no other children) every zombie
+    child born during the run, other than ``exclude`` (py-spy), is the target's.
+    """
     total = None
     try:
         children = psutil.Process().children()
@@ -155,7 +170,7 @@ def _reap_orphans(target: Target, exclude: set[int]) -> dict[str, float] | None:
     for child in children:
         if child.pid in exclude or child.pid == target.pid:
             continue
-        if child.pid not in target.seen_pids:
+        if child.pid not in target.seen_pids and (not claim_unseen or child.pid in before):
             # Never seen in the tree: it may be a child the host program owns (a Popen
             # it will wait for itself); reaping it would steal that exit status.
             continue
@@ -277,6 +292,7 @@ def profile_command(
     pipe = subprocess.PIPE if options.capture_output else None
     started_at = _now_iso()
     launcher_hwm = own_hwm_bytes()
+    children_before = _child_pids()
     t0 = time.monotonic()
     try:
         popen = subprocess.Popen(
@@ -342,7 +358,7 @@ def profile_command(
 
     sampler.stop()
     exclude = {stacks.pid} if stacks is not None and getattr(stacks, "pid", None) else set()
-    target.orphan_rusage = _reap_orphans(target, exclude)
+    target.orphan_rusage = _reap_orphans(target, exclude, options.claim_unseen_orphans, children_before)
     for thread in readers:
         thread.join(timeout=5)
 

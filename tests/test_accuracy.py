@@ -16,6 +16,7 @@ import pytest
 
 from perfpilot.config import Settings
 from perfpilot.profilers.profile import Profile
+from perfpilot.profilers.target import own_hwm_bytes
 from perfpilot.profilers.session import RunOptions, profile_command, profile_pid
 
 MiB = 1 << 20
@@ -63,10 +64,11 @@ def test_child_burning_one_cpu_second_is_measured_within_10_percent(burn: Path, 
 
 def test_very_short_command_still_gets_exact_totals(tmp_path: Path) -> None:
     report = tmp_path / "self.txt"
+    ballast = (own_hwm_bytes() or 0) + (64 << 20)
     code = (
         "import resource, time\n"
         # above the launcher's own peak, so rusage maxrss is the child's (see plugins/memory.py)
-        "ballast = b\"\\x01\" * (160 << 20)\n"
+        f"ballast = b'\\x01' * {ballast}\n"
         "while time.process_time() < 0.05: pass\n"
         "ru = resource.getrusage(resource.RUSAGE_SELF)\n"
         f"open({str(report)!r}, 'w').write(repr((ru.ru_utime, ru.ru_stime, ru.ru_maxrss * 1024, ru.ru_minflt)))\n"

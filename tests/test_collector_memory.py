@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -30,16 +31,26 @@ def test_system_memory_fields() -> None:
 
 
 def test_collector_series_and_throttled_uss_pss() -> None:
-    target = Target(pid=os.getpid(), launched=False)
-    target.refresh()
-    collector = MemoryCollector(Settings())
-    assert collector.available()[0]
-    collector.start(target)
-    first = collector.sample(10.0)
-    second = collector.sample(10.1)
-    third = collector.sample(10.0 + SMAPS_MIN_INTERVAL_S + 0.05)
-    summary = collector.stop()
-    rss = psutil.Process().memory_info().rss
+    # A small child, not this test process: the smaps pass stretches its own period
+    # by its cost, which grows with the size of whatever process it reads.
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).name() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        target = Target(pid=child.pid, launched=False)
+        target.refresh()
+        collector = MemoryCollector(Settings())
+        assert collector.available()[0]
+        collector.start(target)
+        first = collector.sample(10.0)
+        second = collector.sample(10.1)
+        third = collector.sample(10.0 + SMAPS_MIN_INTERVAL_S + 0.05)
+        summary = collector.stop()
+        rss = psutil.Process(child.pid).memory_info().rss
+    finally:
+        child.kill()
+        child.wait()
     assert first["memory.rss_bytes"] == pytest.approx(rss, rel=0.2)
     assert "memory.uss_bytes" in first and "memory.uss_bytes" not in second and "memory.pss_bytes" in third
     assert "memory.system_available_bytes" in first and "memory.swap_used_bytes" in first

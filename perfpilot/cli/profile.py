@@ -148,7 +148,7 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     if settings.rate <= 0:
         raise click.BadParameter(f"must be a positive number of Hz, got {settings.rate}", param_hint="--rate")
     live = LiveLine(console) if (console.is_terminal and not quiet) else None
-    options = RunOptions(on_tick=live.update if live else None)
+    options = RunOptions(on_tick=live.update if live else None, claim_unseen_orphans=True)
     argv = list(command)
     if imports and pid is not None:
         raise click.UsageError("--imports needs a command to launch (import times are printed at start-up)")
