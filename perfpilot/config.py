@@ -61,7 +61,8 @@ def parse_percent(value: Any, *, name: str = "threshold") -> float:
     return number / 100.0 if number > 1 else number
 
 
-def _as_bool(value: Any, name: str) -> bool:
+def parse_bool(value: Any, *, name: str = "value") -> bool:
+    """``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off`` -> bool."""
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -152,7 +153,7 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     if kind == "percent":
         return parse_percent(value, name=name)
     if kind == "bool":
-        return _as_bool(value, name)
+        return parse_bool(value, name=name)
     if kind == "list":
         return _as_list(value, name)
     if kind == "table":

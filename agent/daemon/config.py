@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from perfpilot.config import parse_duration, parse_percent
+from perfpilot.config import parse_bool, parse_duration, parse_percent
 from perfpilot.errors import ConfigError
 
 DEFAULT_PORT = 10464
@@ -186,17 +186,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}: expected true or false, got {value!r}")
-
-
 def _as_number(value: Any, name: str, kind: type) -> Any:
     try:
         if isinstance(value, bool):
@@ -238,7 +227,7 @@ def _coerce(obj: Any, table: Mapping[str, Any], origin: str) -> None:
         elif norm in {"db", "token_file"}:
             value = Path(str(value)).expanduser()
         elif isinstance(current, bool):
-            value = _as_bool(value, name)
+            value = parse_bool(value, name=name)
         elif isinstance(current, int):
             value = _as_number(value, name, int)
         elif isinstance(current, float):
