@@ -50,6 +50,7 @@ SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".mypy_cache
 _GIT_IDENTITY = ["-c", "user.name=perfpilot", "-c", "user.email=perfpilot@localhost", "-c", "commit.gpgsign=false",
                  "-c", "core.hooksPath=/dev/null", "-c", "core.autocrlf=false", "-c", "advice.detachedHead=false"]
 _DIFF_GIT = re.compile(r"^diff --git (\S+) (\S+)\s*$")
+_HUNK = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@(.*)$")
 
 
 class WorkspaceError(PerfpilotError):
@@ -181,6 +182,46 @@ def diff_paths(diff: str) -> tuple[list[str], int]:
         if stripped not in paths:
             paths.append(stripped)
     return paths, level
+
+
+def _hunk_body_line(line: str) -> bool:
+    return line[:1] in (" ", "+", "-", "\\") or line in ("", "\r")
+
+
+def recount_hunks(diff: str) -> str:
+    """``diff`` with each hunk header's line counts recomputed from the hunk's lines.
+
+    A hunk ends at the next hunk or file header (``@@``, ``diff --git``, or a ``--- ``
+    line followed by ``+++ ``) or at a line that cannot belong to a hunk; blank lines
+    inside a hunk are blank context (what stripping trailing whitespace makes of them),
+    blank lines at its end are not.
+    """
+    lines = diff.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = _HUNK.match(lines[i])
+        if not match:
+            out.append(lines[i])
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and _hunk_body_line(lines[j]):
+            line = lines[j]
+            if line.startswith("--- ") and j + 1 < len(lines) and lines[j + 1].startswith("+++ "):
+                break
+            j += 1
+        end = j
+        while end > i + 1 and lines[end - 1] in ("", "\r"):
+            end -= 1
+        body = lines[i + 1:end]
+        old = sum(1 for line in body if line[:1] in (" ", "-") or line in ("", "\r"))
+        new = sum(1 for line in body if line[:1] in (" ", "+") or line in ("", "\r"))
+        out.append(f"@@ -{match.group(1)},{old} +{match.group(2)},{new} @@{match.group(3)}")
+        out.extend(body)
+        out.extend(lines[end:j])
+        i = j
+    return "\n".join(out)
 
 
 class Workspace:
@@ -345,11 +386,18 @@ class Workspace:
             raise DidNotApply("the diff names no files")
         for rel in paths:
             self.check_path(rel, creating=True)
-        args = ["apply", f"-p{level}", "--recount", "--whitespace=nowarn"]
+        args = ["apply", f"-p{level}", "--whitespace=nowarn"]
         check = _git([*args, "--check", "-"], self.candidate_dir, check=False, input=diff)
         if check.returncode != 0:
-            reason = " ".join(check.stderr.strip().splitlines()[:3]) or "git apply --check failed"
-            raise DidNotApply(f"patch does not apply: {reason}")
+            # LLMs often get hunk line counts wrong. git's own --recount cannot be used: in a
+            # diff without "diff --git" lines it swallows the next file's "--- a/x" header
+            # into the hunk as a removed line, so every multi-file diff fails.
+            recounted = recount_hunks(diff)
+            second = _git([*args, "--check", "-"], self.candidate_dir, check=False, input=recounted)
+            if recounted == diff or second.returncode != 0:
+                reason = " ".join(check.stderr.strip().splitlines()[:3]) or "git apply --check failed"
+                raise DidNotApply(f"patch does not apply: {reason}")
+            diff = recounted
         done = _git([*args, "-"], self.candidate_dir, check=False, input=diff)
         if done.returncode != 0:
             raise DidNotApply(f"patch does not apply: {done.stderr.strip()[:300]}")

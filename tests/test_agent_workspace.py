@@ -218,3 +218,25 @@ def test_git_dirty_and_apply_to_project(project):
 
 def test_git_dirty_is_none_outside_git(tmp_path):
     assert git_dirty(tmp_path) is None
+
+
+def test_multi_file_plain_diff_creating_a_file_applies(project):
+    # The shape LLMs write most: no "diff --git" lines, a new file then a changed one.
+    # git apply --recount used to read the second file's "--- a/app.py" as a removed line.
+    diff = ("--- /dev/null\n+++ b/fast.py\n@@ -0,0 +1,2 @@\n+def work(n):\n+    return n * (n - 1) // 2\n"
+            "--- a/app.py\n+++ b/app.py\n@@ -1,5 +1 @@\n-def work(n):\n-    total = 0\n-    for i in range(n):\n"
+            "-        total += i\n-    return total\n+from fast import work\n")
+    with make(project) as ws:
+        cand = ws.prepare(patch(diff))
+        assert sorted(cand.changed_files) == ["app.py", "fast.py"]
+        assert (ws.candidate_dir / "app.py").read_text() == "from fast import work\n"
+
+
+def test_wrong_hunk_counts_are_recounted_per_file(project):
+    (project / "other.py").write_text("A = 1\nB = 2\n")
+    wrong = PATCH.replace("@@ -1,5 +1,2 @@", "@@ -1,7 +1,4 @@") + \
+        "--- a/other.py\n+++ b/other.py\n@@ -1,2 +1,2 @@\n A = 1\n-B = 2\n+B = 3\n"
+    with make(project) as ws:
+        cand = ws.prepare(patch(wrong))
+        assert sorted(cand.changed_files) == ["app.py", "other.py"]
+        assert (ws.candidate_dir / "other.py").read_text() == "A = 1\nB = 3\n"
