@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -88,7 +89,42 @@ def load(path: Path) -> Baseline:
     if data.get("version") != VERSION:
         raise BaselineError(f"baseline {path} has version {data.get('version')}, this perfpilot reads {VERSION}",
                             hint="save a new one with --perfpilot-save")
+    for nodeid, entry in data["tests"].items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise BaselineError(f"baseline {path} is damaged: test {nodeid!r}: {problem}",
+                                hint="delete it and save a new one with --perfpilot-save")
     return Baseline(meta=dict(data.get("meta") or {}), tests=data["tests"], path=path)
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+
+
+def _entry_problem(entry: Any) -> str:
+    """What is wrong with one test's entry ('' when nothing): checked at load, so a hand-edited or
+    merge-mangled file is one clear error instead of a traceback inside every test it names."""
+    if not isinstance(entry, dict):
+        return f"expected an object, got {type(entry).__name__}"
+    rounds = entry.get("rounds", {})
+    if not isinstance(rounds, dict):
+        return "'rounds' is not an object"
+    for metric, values in rounds.items():
+        if not _numbers(values):
+            return f"rounds[{metric!r}] is not a list of numbers"
+    measures = entry.get("measure", {})
+    if not isinstance(measures, dict):
+        return "'measure' is not an object"
+    for name, dist in measures.items():
+        if not isinstance(dist, dict):
+            return f"measure[{name!r}] is not an object"
+        for metric in ("wall", "cpu"):
+            if metric in dist and not _numbers(dist[metric]):
+                return f"measure[{name!r}][{metric!r}] is not a list of numbers"
+        if not isinstance(dist.get("iterations", 1), int):
+            return f"measure[{name!r}]['iterations'] is not an integer"
+    return ""
 
 
 class BaselineStore:

@@ -111,6 +111,26 @@ def test_load_rejects_foreign_files(tmp_path: Path) -> None:
         load(bad)
 
 
+@pytest.mark.parametrize("entry, fragment", [
+    (5, "expected an object"),
+    ({"rounds": None}, "'rounds' is not an object"),
+    ({"rounds": {"wall": ["x", "y", "z"]}}, "rounds['wall'] is not a list of numbers"),
+    ({"rounds": {"wall": [0.1, float("nan"), 0.1]}}, "rounds['wall']"),
+    ({"rounds": {}, "measure": {"m": {"wall": "fast"}}}, "measure['m']['wall']"),
+])
+def test_load_names_a_damaged_test_entry_instead_of_failing_tests_later(tmp_path: Path, entry: object,
+                                                                         fragment: str) -> None:
+    # A hand-edited or merge-mangled baseline used to reach the comparison and raise
+    # ValueError/AttributeError inside each test it named.
+    bad = tmp_path / "x.json"
+    good = {"rounds": {"wall": [0.1, 0.2, 0.3]}}
+    bad.write_text(json.dumps({"schema": "perfpilot.pytest-baseline", "version": 1, "meta": {},
+                               "tests": {"t::ok": good, "t::bad": entry}}))
+    with pytest.raises(BaselineError, match="damaged: test 't::bad'") as info:
+        load(bad)
+    assert fragment in str(info.value) and "--perfpilot-save" in str(info.value)
+
+
 # -------------------------------------------------------------- block meter
 
 
