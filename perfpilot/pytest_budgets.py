@@ -139,6 +139,10 @@ def parse_thresholds(text: str) -> dict[str, float]:
         except ValueError:
             raise BudgetError(f"--perfpilot-compare-fail: {amount!r} is not a percentage for {metric}",
                               hint="write it like wall:10%") from None
+        if not amount.endswith("%") and fraction >= 1:
+            # "wall:10" almost always means 10%, not the 1000% a fraction of 10 would be
+            raise BudgetError(f"--perfpilot-compare-fail: {metric}:{amount} is ambiguous",
+                              hint=f"write {metric}:{amount}% for {amount} percent (a bare number is a fraction: 0.1 = 10%)")
         if not 0 < fraction < 100:
             raise BudgetError(f"--perfpilot-compare-fail: {metric} threshold must be above 0%, got {amount!r}")
         out[metric] = fraction

@@ -66,6 +66,10 @@ def test_thresholds() -> None:
     for bad in ("wall", "wall:", "wall:x%", "speed:5%", "", "wall:0%"):
         with pytest.raises(BudgetError):
             parse_thresholds(bad)
+    # a bare 10 used to become a 1000% threshold: nothing would ever fail
+    with pytest.raises(BudgetError, match="wall:10%"):
+        parse_thresholds("wall:10")
+    assert parse_thresholds("wall:150%") == {"wall": pytest.approx(1.5)}
 
 
 # ----------------------------------------------------------------- budgets
