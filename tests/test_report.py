@@ -154,3 +154,30 @@ def test_profile_export_without_stacks_warns_and_keeps_exit_code(perfpilot_cli, 
     assert result.returncode == 4
     assert out.exists() and not (tmp_path / "s.json").exists()
     assert "not written" in result.stderr and "no Python stacks" in result.stderr
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_hotspot_percentages_survive_a_narrow_terminal(width) -> None:
+    """Long paths and code lines once made rich shrink every column evenly at 80
+    columns, which squeezed the self %/total % columns out of the table entirely."""
+    import io
+
+    from rich.console import Console
+
+    from perfpilot.profilers.renderers import terminal
+
+    profile = rich_profile()
+    for spot in profile.hotspots:
+        spot["file"] = "/usr/lib/python3.11/multiprocessing/" + "deeply/nested/" * 3 + "connection.py"
+        spot["short_file"] = None
+        spot["function"] = "Connection._recv_bytes_" + spot["function"]
+        spot["code"] = "result = (True, func(*args, **kwds))  # " + "x" * 60
+    out = io.StringIO()
+    terminal.render(profile, Console(file=out, width=width, color_system=None))
+    table = out.getvalue().split("hot spots", 1)[1].split("energy: estimate")[0]
+    header = table.splitlines()[1]
+    assert "self %" in header and "total %" in header and "energy" in header, table
+    first = table.splitlines()[2]
+    top = profile.hotspots[0]
+    assert f"{top['self_pct']:.1f}" in first and "est." in first, table
+    assert all(len(line) <= width for line in out.getvalue().splitlines())

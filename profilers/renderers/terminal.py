@@ -113,25 +113,50 @@ def _where(spot: dict[str, Any], limit: int = 26) -> str:
     return where if len(where) <= limit else "…" + where[-(limit - 1):]
 
 
-def hotspots_table(profile: Profile, top: int = 10) -> Table:
-    """Top hot spots: function, hottest line with its code, self/total %, energy."""
+def hotspots_table(profile: Profile, top: int = 10, width: int | None = None) -> Table:
+    """Top hot spots: function, hottest line with its code, self/total %, energy.
+
+    ``width`` is the console's: the code column takes what the others leave, and is
+    dropped before anything else. Left to rich, an over-wide table of unwrappable
+    columns is shrunk evenly, which can squeeze out the percentage columns entirely.
+    """
     has_energy = any("energy_j" in h for h in profile.hotspots)
     stacks = profile.stacks or {}
+    spots = profile.hotspots[:top]
+    rows: list[list[Any]] = []
+    for spot in spots:
+        row: list[Any] = [f"{spot.get('self_pct', 0):.1f}", f"{spot.get('total_pct', 0):.1f}",
+                          str(spot.get("function")), _where(spot), spot.get("code", "")]
+        if has_energy:
+            row.append(_energy_text(spot, "energy_j"))
+        rows.append(row)
+
+    def fit(index: int, header: str, cap: int) -> int:
+        return min(cap, max([len(header)] + [len(str(r[index])) for r in rows]))
+
+    function_w = fit(2, "function", 28)
+    line_w = fit(3, "line", 26)
+    energy_w = fit(5, "energy", 24) if has_energy else 0
+    # Each column is padded by one space either side.
+    fixed = 6 + 7 + function_w + line_w + (energy_w + 2 if has_energy else 0) + 2 * 4
+    code_w = min(60, fit(4, "code", 60), (width or 10_000) - fixed - 2)
+    if width is not None and code_w < 12:
+        # Still too narrow: the function name gives way before the numbers do.
+        function_w = max(12, function_w - (12 - code_w))
+        code_w = (width or 10_000) - (fixed - fit(2, "function", 28) + function_w) - 2
+    show_code = code_w >= 8
     table = Table(title=f"hot spots ({stacks.get('samples', 0)} samples at {stacks.get('rate_hz', '?')} Hz)",
                   title_justify="left", box=None, padding=(0, 1))
     table.add_column("self %", justify="right", style="bold", no_wrap=True, min_width=6)
     table.add_column("total %", justify="right", no_wrap=True, min_width=7)
-    table.add_column("function", style="cyan", no_wrap=True, min_width=10, max_width=28, overflow="ellipsis")
-    table.add_column("line", no_wrap=True, min_width=26)
-    table.add_column("code", style="dim", overflow="ellipsis", no_wrap=True, max_width=60)
+    table.add_column("function", style="cyan", no_wrap=True, max_width=function_w, overflow="ellipsis")
+    table.add_column("line", no_wrap=True, overflow="ellipsis", max_width=line_w)
+    if show_code:
+        table.add_column("code", style="dim", overflow="ellipsis", no_wrap=True, max_width=code_w)
     if has_energy:
-        table.add_column("energy", justify="right", no_wrap=True, min_width=8)
-    for spot in profile.hotspots[:top]:
-        row: list[Any] = [f"{spot.get('self_pct', 0):.1f}", f"{spot.get('total_pct', 0):.1f}", str(spot.get("function")),
-                          _where(spot), spot.get("code", "")]
-        if has_energy:
-            row.append(_energy_text(spot, "energy_j"))
-        table.add_row(*row)
+        table.add_column("energy", justify="right", no_wrap=True, min_width=energy_w)
+    for row in rows:
+        table.add_row(*(row if show_code else row[:4] + row[5:]))
     info = profile.annotations.get("energy_attribution") or {}
     if has_energy and info.get("estimate"):
         table.caption = "energy: estimate, not a measurement (see the HTML report for how it is attributed)"
@@ -160,7 +185,7 @@ def render(profile: Profile, console: Console | None = None, *, show_collectors:
     parts: list[Any] = [summary_table(profile)]
     if profile.hotspots:
         parts.append(Text(""))
-        parts.append(hotspots_table(profile, top))
+        parts.append(hotspots_table(profile, top, width=console.width))
     imports = imports_table(profile, top)
     if imports is not None:
         parts.append(Text(""))
