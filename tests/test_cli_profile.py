@@ -138,3 +138,17 @@ def test_ctrl_c_stops_target_and_writes_profile(tmp_path):
     assert data["target"]["interrupted"] is True
     assert data["duration_s"] < 20
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["-o", "--html"])
+def test_unwritable_output_is_refused_before_the_target_runs(tmp_path, perfpilot_cli, flag):
+    """A long run must not be spent and then lost because its output cannot be written."""
+    ran = tmp_path / "ran"
+    args = ["profile", "-q", "--no-stacks", flag, str(tmp_path / "missing-dir" / "out")]
+    if flag != "-o":
+        args += ["-o", str(tmp_path / "run.json")]
+    r = perfpilot_cli(*args, "--", "touch", str(ran))
+    assert r.returncode == 125
+    assert r.stderr.strip() == (f"perfpilot: error: cannot write {tmp_path / 'missing-dir' / 'out'}: directory "
+                                f"{tmp_path / 'missing-dir'} does not exist (create it first or choose another path)")
+    assert not ran.exists()

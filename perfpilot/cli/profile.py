@@ -83,6 +83,20 @@ def _write_file(writer: Any, profile: Profile, path: Path) -> None:
         raise PerfpilotError(f"cannot write {path}: {exc.strerror or exc}", hint="check the directory exists") from None
 
 
+def check_output_dirs(*paths: Path | None) -> None:
+    """Refuse before the target runs, not after: a long run whose Profile cannot be
+    written is lost."""
+    for path in paths:
+        if path is None:
+            continue
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise PerfpilotError(f"cannot write {path}: directory {parent} does not exist",
+                                 hint="create it first or choose another path")
+        if path.is_dir():
+            raise PerfpilotError(f"cannot write {path}: it is a directory", hint="give a file name")
+
+
 def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope: Path | None,
                   collapsed: Path | None, console: Console) -> None:
     from perfpilot.profilers.renderers.collapsed import NoStacksError
@@ -153,6 +167,7 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     if imports and pid is not None:
         raise click.UsageError("--imports needs a command to launch (import times are printed at start-up)")
     seconds = parse_duration(duration, name="--duration") if duration is not None else None
+    check_output_dirs(output, html, speedscope, collapsed)
     if imports:
         from perfpilot.profilers import imports as import_times
 
