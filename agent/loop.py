@@ -523,7 +523,12 @@ class Optimizer:
                 self.proposer.feedback(proposal, outcome)
             except Exception as exc:  # noqa: BLE001 - a proposer's bookkeeping must not end the run
                 result.notes.append(f"proposer feedback failed: {exc}")
-            failures = 0 if outcome.improved else failures + 1
+            # A screening trial that loses is the knob search doing its job, not a failing
+            # proposer: counting it would end the search before later knobs were ever tried.
+            if outcome.improved:
+                failures = 0
+            elif not (proposal.trial and outcome.status == "rejected"):
+                failures += 1
 
     def _cumulative(self) -> None:
         """The accepted changes together against the original: one ratio with its CI."""

@@ -226,3 +226,14 @@ def test_bad_settings_are_config_errors(project):
     with pytest.raises(ConfigError, match="allowed increase"):
         parse_guards({"peak_rss": "-5%"})
     assert parse_guards({"peak_rss": "+10%", "wall": 0.05}) == {"peak_rss": 0.10, "wall": 0.05}
+
+
+def test_losing_screening_trials_do_not_end_the_knob_search(project):
+    # Five values that make no difference, then the one that helps: with max_failures=2 the
+    # search used to stop after two trials and report "no change was proven better".
+    knobs = {"noise": {"env": "NOISE", "values": ["a", "b", "c", "d", "e"]},
+             "mode": {"env": "MODE", "values": ["fast"]}}
+    s = settings(knobs=knobs, max_failures=2, budget=10)
+    result = Optimizer(s, project, KnobProposer(s), verify=StandIn()).run()
+    assert [o.status for o in result.outcomes] == ["rejected"] * 5 + ["winner", "accepted"]
+    assert result.final_state.knobs == {"mode": "fast"}
