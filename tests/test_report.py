@@ -181,3 +181,28 @@ def test_hotspot_percentages_survive_a_narrow_terminal(width) -> None:
     top = profile.hotspots[0]
     assert f"{top['self_pct']:.1f}" in first and "est." in first, table
     assert all(len(line) <= width for line in out.getvalue().splitlines())
+
+
+def test_html_draws_storage_io_from_the_cumulative_counters() -> None:
+    """The io collector records cumulative io.read_bytes/io.write_bytes; the chart once
+    looked for *_per_s series no collector writes, so I/O was never drawn."""
+    profile = rich_profile()
+    times = profile.series["t"]
+    profile.series["values"]["io.write_bytes"] = [None if i % 5 else float(i * (1 << 20)) for i in range(len(times))]
+    profile.series["values"]["io.read_bytes"] = [None if i % 5 else 0.0 for i in range(len(times))]
+    text = html_renderer.render(profile)
+    assert 'id="ts-io"' in text and "Storage I/O" in text
+    # 5 MiB every 0.5 s -> 10 MiB/s
+    rates = html_renderer.rates(times, profile.series["values"]["io.write_bytes"])
+    assert [round(r / (1 << 20), 6) for r in rates if r is not None] == [10.0, 10.0, 10.0, 10.0]
+    assert html_renderer.rates([0, 1, 2], [5.0, 2.0, 4.0]) == [None, 0.0, 2.0]
+
+
+def test_html_time_axes_span_the_whole_run() -> None:
+    """A series sampled once a second (the power estimate) got an axis of its own few
+    points: one point drew as a chart from 1.04 s to 1.16 s."""
+    profile = rich_profile()
+    profile.series["values"]["power.cpu_estimate_w"] = [None] * 20 + [6.0]
+    text = html_renderer.render(profile)
+    power = text[text.index('"ts-power"'):]
+    assert '"min":0,"max":2.0' in power.replace(" ", "")[:3000]

@@ -82,8 +82,13 @@ def downsample(times: Sequence[float], values: Sequence[float | None], limit: in
 
 def timeseries_block(chart_id: str, title: str, times: Sequence[float],
                      datasets: Sequence[tuple[str, Sequence[float | None]]], *, unit: str = "",
-                     scale: float = 1.0, note: str = "", y_min: float | None = 0, y_max: float | None = None) -> str:
-    """A titled Chart.js line chart of one or more series over a shared time base (s)."""
+                     scale: float = 1.0, note: str = "", y_min: float | None = 0, y_max: float | None = None,
+                     x_max: float | None = None) -> str:
+    """A titled Chart.js line chart of one or more series over a shared time base (s).
+
+    ``x_max`` pins the time axis to ``[0, x_max]`` so charts of one run line up (a
+    series sampled once a second would otherwise get an axis of its own few points).
+    """
     data = []
     for i, (label, values) in enumerate(datasets):
         scaled = [None if v is None else v * scale for v in values]
@@ -98,13 +103,16 @@ def timeseries_block(chart_id: str, title: str, times: Sequence[float],
         y_scale["min"] = y_min
     if y_max is not None:
         y_scale["max"] = y_max
+    x_scale: dict[str, Any] = {"type": "linear", "title": {"display": True, "text": "seconds"}}
+    if x_max is not None and x_max > 0:
+        x_scale.update({"min": 0, "max": round(x_max, 3)})
     config = {
         "type": "line",
         "data": {"datasets": data},
         "options": {
             "animation": False, "responsive": True, "maintainAspectRatio": False, "parsing": True,
             "interaction": {"mode": "nearest", "intersect": False, "axis": "x"},
-            "scales": {"x": {"type": "linear", "title": {"display": True, "text": "seconds"}}, "y": y_scale},
+            "scales": {"x": x_scale, "y": y_scale},
             "plugins": {"legend": {"display": len(datasets) > 1}},
         },
     }
@@ -206,6 +214,23 @@ def _power_series(metrics: Iterable[str]) -> list[str]:
     return sorted(names)
 
 
+def rates(times: Sequence[float], cumulative: Sequence[float | None]) -> list[float | None]:
+    """Per-second rates from a cumulative counter series (``None`` where there is no
+    earlier reading; a counter that went down, e.g. a process left the tree, gives 0)."""
+    out: list[float | None] = []
+    last: tuple[float, float] | None = None
+    for t, v in zip(times, cumulative):
+        if v is None:
+            out.append(None)
+            continue
+        if last is None or t <= last[0]:
+            out.append(None)
+        else:
+            out.append(max(0.0, (float(v) - last[1]) / (t - last[0])))
+        last = (float(t), float(v))
+    return out
+
+
 def _unavailable(profile: Profile, name: str) -> str:
     info = profile.collectors.get(name)
     if info is None:
@@ -219,27 +244,28 @@ def timeseries_section(profile: Profile) -> str:
     values: dict[str, list[Any]] = profile.series.get("values", {})
     blocks: list[str] = []
     missing: list[str] = []
+    span = max([float(profile.duration_s or 0.0)] + [float(t) for t in times[-1:]])
 
     def present(name: str) -> bool:
         return any(v is not None for v in values.get(name, []))
 
     if present("cpu.utilization_pct"):
         blocks.append(timeseries_block("ts-cpu", "CPU utilisation (process tree)", times,
-                                       [("cpu %", values["cpu.utilization_pct"])], unit="% of one core"))
+                                       [("cpu %", values["cpu.utilization_pct"])], unit="% of one core", x_max=span))
     else:
         missing.append(f"CPU: {_unavailable(profile, 'cpu')}")
     if present("memory.rss_bytes"):
         blocks.append(timeseries_block("ts-mem", "Memory (RSS of the process tree)", times,
-                                       [("RSS MiB", values["memory.rss_bytes"])], unit="MiB", scale=1 / 2**20))
+                                       [("RSS MiB", values["memory.rss_bytes"])], unit="MiB", scale=1 / 2**20, x_max=span))
     else:
         missing.append(f"memory: {_unavailable(profile, 'memory')}")
     gpus = _gpu_indices(values)
     util = [(g, values[f"{g}.utilization_pct"]) for g in gpus if present(f"{g}.utilization_pct")]
     mem = [(g, values[f"{g}.memory_used_bytes"]) for g in gpus if present(f"{g}.memory_used_bytes")]
     if util:
-        blocks.append(timeseries_block("ts-gpu-util", "GPU utilisation", times, util, unit="%", y_max=100))
+        blocks.append(timeseries_block("ts-gpu-util", "GPU utilisation", times, util, unit="%", y_max=100, x_max=span))
     if mem:
-        blocks.append(timeseries_block("ts-gpu-mem", "GPU memory used", times, mem, unit="MiB", scale=1 / 2**20))
+        blocks.append(timeseries_block("ts-gpu-mem", "GPU memory used", times, mem, unit="MiB", scale=1 / 2**20, x_max=span))
     if not util and not mem:
         missing.append(f"GPU: {_unavailable(profile, 'gpu')}")
     power = [name for name in _power_series(values) if present(name)]
@@ -248,13 +274,16 @@ def timeseries_section(profile: Profile) -> str:
         estimate = any(s == "estimate" for s in sources.values())
         note = "includes estimates (labelled source: estimate), not measurements" if estimate else ""
         blocks.append(timeseries_block("ts-power", "Power", times, [(n, values[n]) for n in power], unit="W",
-                                       note=note))
+                                       note=note, x_max=span))
     else:
         missing.append(f"power: {_unavailable(profile, 'power')}")
-    io = [n for n in ("io.read_bytes_per_s", "io.write_bytes_per_s") if present(n)]
-    if io:
-        blocks.append(timeseries_block("ts-io", "I/O throughput", times, [(n, values[n]) for n in io], unit="MiB/s",
-                                       scale=1 / 2**20))
+    # The io collector records cumulative counters; the chart shows their rate.
+    io = [(label, rates(times, values[n])) for label, n in (("read", "io.read_bytes"), ("written", "io.write_bytes"))
+          if present(n)]
+    if io and any(v for _, series in io for v in series):
+        blocks.append(timeseries_block("ts-io", "Storage I/O (process tree)", times, io, unit="MiB/s",
+                                       scale=1 / 2**20, x_max=span,
+                                       note="bytes the tree read from / wrote to storage (page-cache hits excluded)"))
     note = ""
     if missing:
         note = '<div class="note">Not shown: ' + esc("; ".join(missing)) + "</div>"
