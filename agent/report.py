@@ -60,8 +60,7 @@ def build(result: Result) -> dict[str, Any]:
         "counts": _counts(result.outcomes),
         "verification_runs": result.verification_runs,
         "cumulative": result.cumulative,
-        "final": {"env": result.final_state.env, "knobs": result.final_state.knobs,
-                  "run": shlex.join([*shlex.split(s.run or ""), *_knob_args(result)])},
+        "final": _final(result),
         "patch": PATCH_NAME if result.patch.strip() else None,
         "notes": result.notes,
     }
@@ -86,13 +85,20 @@ def _project_path(file: str, workspace_dirs: list[str]) -> str:
     return file
 
 
-def _knob_args(result: Result) -> list[str]:
-    from perfpilot.agent.knobs import knob_args, parse_knobs
+def _final(result: Result) -> dict[str, Any]:
+    """How to run the optimised version: ``env`` holds env proposals only, ``run_env`` every
+    variable to set (env knobs included), ``command`` the whole shell line."""
+    from perfpilot.agent.knobs import knob_args, knob_env, parse_knobs
 
+    state = result.final_state
     try:
-        return knob_args(parse_knobs(result.settings.knobs), result.final_state.knobs)
+        knobs = parse_knobs(result.settings.knobs)
+        args, env = knob_args(knobs, state.knobs), {**knob_env(knobs, state.knobs), **state.env}
     except Exception:  # noqa: BLE001 - a report never fails over a display detail
-        return []
+        args, env = [], dict(state.env)
+    run = shlex.join([*shlex.split(result.settings.run or ""), *args])
+    command = " ".join([*(f"{k}={shlex.quote(str(v))}" for k, v in env.items()), run])
+    return {"env": state.env, "knobs": state.knobs, "run": run, "run_env": env, "command": command}
 
 
 def _counts(outcomes: list[Outcome]) -> dict[str, int]:
@@ -192,6 +198,10 @@ def render_html(data: dict[str, Any]) -> str:
                      f"{'' if cumulative.get('measured') else ', from the single accepted step'}</span></p>")
         parts.append(_chart("cumulative", ["original", "optimised"], [v["median_a"], v["median_b"]],
                             [cumulative.get("values_a", []), cumulative.get("values_b", [])], objective))
+        final = data.get("final") or {}
+        if final.get("run_env") or final.get("knobs"):
+            parts.append(f"<p><b>To keep the gain, run:</b> <code>{esc(final.get('command', ''))}</code>"
+                         + (" (with perfpilot.patch applied)" if data.get("patch") else "") + "</p>")
     else:
         parts.append("<p>No change was proven better; the project is unchanged.</p>")
     counts = ", ".join(f"{n} {esc(k)}" for k, n in data["counts"].items()) or "none"

@@ -237,3 +237,17 @@ def test_losing_screening_trials_do_not_end_the_knob_search(project):
     result = Optimizer(s, project, KnobProposer(s), verify=StandIn()).run()
     assert [o.status for o in result.outcomes] == ["rejected"] * 5 + ["winner", "accepted"]
     assert result.final_state.knobs == {"mode": "fast"}
+
+
+def test_report_says_how_to_run_with_an_adopted_env_knob(project):
+    # The gain of an env knob lives in the environment, not in the patch: the command the
+    # user is told to run must set it (it used to print the bare run command).
+    from perfpilot.agent import report
+
+    knobs = {"mode": {"env": "MODE", "values": ["normal", "fast"], "default": "normal"}}
+    s = settings(knobs=knobs)
+    result = Optimizer(s, project, KnobProposer(s), verify=StandIn()).run()
+    final = report.build(result)["final"]
+    assert final["run_env"] == {"MODE": "fast"} and final["env"] == {}
+    assert final["command"] == f"MODE=fast {PY} -c pass"
+    assert f"MODE=fast {PY} -c pass" in report.render_html(report.build(result))

@@ -120,9 +120,7 @@ def optimize(run_command: str | None, test_command: str | None, objective: str |
         apply_to_project(project, result.patch)
         console.print(f"[green]applied[/] {len(result.accepted)} accepted change(s) to {escape(str(project))}")
     if result.final_state.env or result.final_state.knobs:
-        console.print(f"[bold]to keep the gain, also run with:[/] {escape(report.build(result)['final']['run'])}"
-                      + (" " + escape(" ".join(f"{k}={v}" for k, v in result.final_state.env.items()))
-                         if result.final_state.env else ""))
+        console.print(f"[bold]to keep the gain, run:[/] {escape(report.build(result)['final']['command'])}")
     if result.error:
         raise PerfpilotError(result.error)
 
