@@ -60,6 +60,27 @@ def test_renderer_writes_what_prometheus_client_writes() -> None:
     assert 'cmdline:^python "x\\y"\nz é' in odd_labels
 
 
+def test_collector_metrics_say_whose_figures_they_are() -> None:
+    # The collectors observe the daemon's own tree: its cpu.utilization_pct used to be exported
+    # as perfpilot_cpu_utilization_percent (0% on a saturated host), every HELP the same line,
+    # per-core figures as one name per core, and rates as "_per_seconds".
+    state = {"collectors": {"cpu.utilization_pct": 0.5, "memory.rss_bytes": 5e7, "cpu.system_busy_pct": 97.0,
+                            "cpu.core0_busy_pct": 96.0, "cpu.core1_busy_pct": 98.0,
+                            "memory.system_used_bytes": 1e9, "io.disk_read_bytes_per_s": 10.0,
+                            "cpu.ctx_switches_voluntary_per_s": 2.0, "gpu0.target_memory_used_bytes": 0.0}}
+    text = TextRenderer().render(families(state)).decode()
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert parsed["perfpilot_daemon_cpu_utilization_percent"].samples[0].value == 0.5
+    assert parsed["perfpilot_daemon_memory_rss_bytes"].documentation.startswith("The daemon's own process")
+    assert "perfpilot_cpu_utilization_percent" not in parsed and "perfpilot_memory_rss_bytes" not in parsed
+    assert parsed["perfpilot_cpu_system_busy_percent"].documentation == \
+        "Host-wide cpu.system_busy_pct from the cpu collector."
+    cores = {s.labels["core"]: s.value for s in parsed["perfpilot_cpu_core_busy_percent"].samples}
+    assert cores == {"0": 96.0, "1": 98.0}
+    assert "perfpilot_daemon_gpu_target_memory_used_bytes" in parsed
+    assert "per_second" not in text  # rates stay in /api/latest
+
+
 def test_families_without_samples_are_left_out() -> None:
     text = TextRenderer().render(families({"watches": {"name:idle": WatchState("name:idle")}})).decode()
     assert "perfpilot_watch_read_bytes_total" not in text  # I/O unreadable: no empty family

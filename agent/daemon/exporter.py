@@ -54,8 +54,20 @@ MAX_COLLECTOR_METRICS = 200
 MAX_PREFIXES = 20000
 REQUEST_TIMEOUT_S = 5.0
 
-_UNITS = {"pct": "percent", "bytes": "bytes", "s": "seconds", "w": "watts", "j": "joules", "hz": "hertz",
-          "c": "celsius", "ratio": "ratio", "count": "", "per_s": "per_second"}
+# "per_s" before "s": a rate must read "_per_second", not "_per_seconds"
+_UNITS = {"per_s": "per_second", "pct": "percent", "bytes": "bytes", "s": "seconds", "w": "watts", "j": "joules", "hz": "hertz",
+          "c": "celsius", "ratio": "ratio", "count": ""}
+# Built-in collector figures of their *target tree*: in the daemon that tree is the daemon
+# itself, so they are exported as perfpilot_daemon_* -- under their plain names
+# (perfpilot_cpu_utilization_percent 0 while the host is saturated) they read as host figures.
+DAEMON_SELF_METRICS = frozenset({
+    "cpu.processes", "cpu.utilization_pct", "cpu.ctx_switches_voluntary_per_s", "cpu.ctx_switches_involuntary_per_s",
+    "memory.rss_bytes", "memory.uss_bytes", "memory.pss_bytes", "memory.minor_faults_per_s",
+    "memory.major_faults_per_s", "io.read_bytes", "io.write_bytes", "io.read_chars_bytes", "io.write_chars_bytes",
+    "io.read_syscalls", "io.write_syscalls", "power.cpu_estimate_w",
+})
+BUILTIN_DOMAINS = frozenset({"cpu", "memory", "io", "power", "gpu"})
+_SELF_PATTERN = re.compile(r"^gpu\d+\.target_")
 
 
 def prometheus_name(metric: str) -> tuple[str, dict[str, str]] | None:
@@ -68,12 +80,26 @@ def prometheus_name(metric: str) -> tuple[str, dict[str, str]] | None:
     match = re.match(r"^([a-z_]+?)(\d+)$", domain)
     if match:
         domain, labels = match.group(1), {match.group(1): match.group(2)}
+    core = re.match(r"^core(\d+)_(.+)$", quantity)
+    if core:  # cpu.core3_busy_pct: one family with a bounded core label, not one name per core
+        quantity, labels = f"core_{core.group(2)}", {**labels, "core": core.group(1)}
     for suffix, unit in _UNITS.items():
         if quantity.endswith("_" + suffix):
             quantity = quantity[: -len(suffix) - 1] + (("_" + unit) if unit else "")
             break
     name = re.sub(r"[^a-zA-Z0-9_]", "_", f"perfpilot_{domain}_{quantity}")
     return (name, labels) if re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", name) else None
+
+
+def collector_doc(metric: str, own: bool) -> str:
+    """HELP text of a collector metric: which collector figure it is, and whose."""
+    generic = re.sub(r"^(gpu)\d+\.", r"\1N.", re.sub(r"\.core\d+_", ".coreN_", metric))
+    collector = metric.split(".")[0].rstrip("0123456789")
+    if own:
+        return f"The daemon's own process: {generic} from the {collector} collector."
+    if collector in BUILTIN_DOMAINS:
+        return f"Host-wide {generic} from the {collector} collector."
+    return f"{generic} from the {collector} collector (a process-tree figure describes the daemon itself)."
 
 
 class Family(NamedTuple):
@@ -122,14 +148,20 @@ def _families(s: dict[str, Any]) -> Iterator[Family]:
         if mapped is None or mapped[0] in reserved or mapped[0].startswith("perfpilot_watch_"):
             continue
         name, labels = mapped
+        if metric.endswith("_per_s"):
+            # A rate over the collector's own window is not a Prometheus metric (rate() over a
+            # counter is); it stays in /api/latest. Host disk/net counters: node_exporter.
+            continue
+        own = metric in DAEMON_SELF_METRICS or bool(_SELF_PATTERN.match(metric))
+        if own:
+            name = "perfpilot_daemon_" + name.removeprefix("perfpilot_")
         if name not in collected:
-            collected[name] = (tuple(sorted(labels)), metric.split(".")[0], [])
-        names, _domain, samples = collected[name]
+            collected[name] = (tuple(sorted(labels)), collector_doc(metric, own), [])
+        names, _doc, samples = collected[name]
         if tuple(sorted(labels)) == names:  # a name seen with other labels is skipped, not a broken exposition
             samples.append((tuple(labels[k] for k in names), float(value)))
-    for name, (names, domain, samples) in collected.items():
-        yield Family(name, "gauge", f"Collector metric {domain}.* (figures of a process tree describe the daemon "
-                                    "itself).", names, samples)
+    for name, (names, doc, samples) in collected.items():
+        yield Family(name, "gauge", doc, names, samples)
 
     status = s.get("collector_status", {})
     yield Family("perfpilot_collector_up", "gauge", "1 when a collector is available and not disabled.",
