@@ -206,3 +206,24 @@ def test_html_time_axes_span_the_whole_run() -> None:
     text = html_renderer.render(profile)
     power = text[text.index('"ts-power"'):]
     assert '"min":0,"max":2.0' in power.replace(" ", "")[:3000]
+
+
+def test_a_kill_by_timeout_is_not_reported_as_a_plain_signal() -> None:
+    """--timeout kills with SIGKILL: the summary must say perfpilot did it, or it reads
+    like the OOM killer."""
+    import io
+
+    from rich.console import Console
+
+    from perfpilot.profilers.renderers import terminal
+
+    profile = Profile(target={"command": ["python", "long.py"], "exit_code": 137, "signal": 9, "timed_out": True},
+                      summary={"wall_s": 1.0})
+    out = io.StringIO()
+    terminal.render(profile, Console(file=out, width=120, color_system=None))
+    assert "killed by signal 9 (perfpilot stopped it: --timeout reached)" in out.getvalue()
+    assert "--timeout reached" in html_renderer.render(profile)
+    profile.target["timed_out"] = False
+    out = io.StringIO()
+    terminal.render(profile, Console(file=out, width=120, color_system=None))
+    assert "killed by signal 9" in out.getvalue() and "perfpilot stopped it" not in out.getvalue()

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from perfpilot.profilers import hotspots as hs
 from perfpilot.profilers.profile import Profile
 from perfpilot.profilers.renderers.htmlpage import json_for_script, page
-from perfpilot.profilers.renderers.terminal import human_bytes, human_seconds
+from perfpilot.profilers.renderers.terminal import why_killed, human_bytes, human_seconds
 
 output_file_extension = "html"
 MAX_POINTS = 1500  # per series: enough for the eye, keeps a long run's file small
@@ -301,7 +301,7 @@ def summary_section(profile: Profile) -> str:
     if target.get("attached"):
         rows.append(("mode", f"attached to pid {target.get('pid')}"))
     elif target.get("signal"):
-        rows.append(("exit", f"killed by signal {target['signal']}"))
+        rows.append(("exit", f"killed by signal {target['signal']}{why_killed(target)}"))
     elif target.get("exit_code") is not None:
         rows.append(("exit code", str(target["exit_code"])))
     rows.append(("started", profile.started_at))

@@ -34,6 +34,15 @@ def human_seconds(s: float | None) -> str:
     return f"{s / 60:.1f} min"
 
 
+def why_killed(target: dict[str, Any]) -> str:
+    """A kill perfpilot made itself must not read like an OOM kill or a crash."""
+    if target.get("timed_out"):
+        return " (perfpilot stopped it: --timeout reached)"
+    if target.get("interrupted"):
+        return " (perfpilot stopped it: interrupted)"
+    return ""
+
+
 def summary_table(profile: Profile) -> Table:
     s = profile.summary
     table = Table(title="perfpilot summary", show_header=False, title_justify="left", box=None, padding=(0, 2))
@@ -50,7 +59,7 @@ def summary_table(profile: Profile) -> Table:
     if target.get("attached"):
         row("mode", "attached to running process")
     elif target.get("signal"):
-        row("exit", Text(f"killed by signal {target['signal']}", style="red"))
+        row("exit", Text(f"killed by signal {target['signal']}{why_killed(target)}", style="red"))
     elif code is not None:
         row("exit", Text(str(code), style="green" if code == 0 else "red"))
     row("wall", human_seconds(s.get("wall_s")))
