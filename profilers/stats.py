@@ -257,10 +257,12 @@ def verdict(
 
     effect = abs(ratio - 1) if math.isfinite(ratio) else math.inf
     needed = runs_needed(max(noise_a, noise_b), max(effect, t) if math.isfinite(effect) else t, confidence)
-    more = f"about {needed} runs per side" if needed else "more runs"
+    # Suggesting no more runs than were already made would be no advice at all.
+    more = f"about {needed} runs per side" if needed and needed > max(xa.size, xb.size) else "more runs"
     if word != "no change" and noise_a > effect:
+        what = "effect being claimed" if word in (better_word, worse_word) else "difference measured"
         notes.append(
-            f"A's own runs spread ±{noise_a:.1%} (robust CV), more than the {effect:.1%} effect being claimed: "
+            f"A's own runs spread ±{noise_a:.1%} (robust CV), more than the {effect:.1%} {what}: "
             f"{more}, pinning to one CPU (--cpus 0) and closing other load would help"
         )
     elif word == "inconclusive" and not excludes_1:

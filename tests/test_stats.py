@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -223,3 +224,16 @@ def test_every_inconclusive_verdict_says_what_would_help() -> None:
             seen += 1
             assert any("runs" in note for note in v.notes), v.notes
     assert seen > 10
+
+
+def test_noise_note_on_an_inconclusive_verdict_claims_nothing_and_asks_for_more_runs_than_made() -> None:
+    """An inconclusive peak_rss (one sampled run far off) once read "more than the 0.4%
+    effect being claimed: about 5 runs per side" after 5 runs per side."""
+    a = [11137024.0, 10833920.0, 11079680.0, 11100160.0, 11034624.0]
+    b = [11100160.0, 11034624.0, 7819264.0, 11083776.0, 10952704.0]
+    v = verdict(a, b, metric="peak_rss")
+    assert v.verdict == "inconclusive"
+    text = " ".join(v.notes)
+    assert "claimed" not in text
+    for n in re.findall(r"about (\d+) runs per side", text):
+        assert int(n) > 5, text
