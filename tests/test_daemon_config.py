@@ -74,6 +74,27 @@ def test_cli_bad_selector_is_one_line(perfpilot_cli, tmp_path: Path) -> None:
     assert "bad watch selector 'process:foo'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("flags, message", [
+    ({"interval": "0s"}, "--interval: must be greater than zero"),
+    ({"max_db_bytes": "12parsecs"}, "--max-db-size: expected a size"),
+])
+def test_bad_flags_name_the_flag(flags: dict, message: str) -> None:
+    # used to read "command line.interval" / "command line.max_db_bytes": no such option
+    with pytest.raises(ConfigError) as err:
+        daemon_config({}, flags)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_cli_db_under_a_file_says_the_folder_is_the_problem(perfpilot_cli, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    result = perfpilot_cli("daemon", "--db", str(tmp_path / "afile" / "pp.db"), "--listen", "127.0.0.1:0",
+                           cwd=tmp_path)
+    assert result.returncode == 125 and "Traceback" not in result.stderr
+    # was "cannot create .../afile: File exists (create it, ...)"
+    assert f"cannot create the database's folder {tmp_path / 'afile'}" in result.stderr
+    assert "create it" not in result.stderr
+
+
 def test_cli_config_file_daemon_table(perfpilot_cli, tmp_path: Path) -> None:
     config = tmp_path / "perfpilot.toml"
     config.write_text('[daemon]\nwatch = ["top:1"]\nlisten = "0.0.0.0:1"\n')

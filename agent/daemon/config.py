@@ -204,11 +204,16 @@ _SIZES = {"max_db_bytes", "memory_min_growth_bytes", "gpu_min_memory_bytes"}
 _PERCENTS = {"cpu_saturation_pct", "iowait_pct", "steal_pct", "gpu_idle_pct"}
 
 
+FLAGS_ORIGIN = "command line"
+FLAG_NAMES = {"max_db_bytes": "--max-db-size"}  # where a flag's name differs from its key
+
+
 def _coerce(obj: Any, table: Mapping[str, Any], origin: str) -> None:
     known = {f.name: f for f in fields(obj)}
     for key, value in table.items():
         norm = str(key).replace("-", "_")
-        name = f"{origin}.{key}"
+        # a flag's error names the flag the user typed, not "command line.max_db_bytes"
+        name = FLAG_NAMES.get(norm, f"--{norm.replace('_', '-')}") if origin == FLAGS_ORIGIN else f"{origin}.{key}"
         if norm not in known or norm in {"snapshots", "findings"}:
             raise ConfigError(f"{origin}: unknown key {key!r}", hint=f"known keys: {', '.join(known)}")
         current = getattr(obj, norm)
@@ -256,7 +261,7 @@ def daemon_config(table: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
         flags["watch"] = list(flags["watch"])
     if "snapshots" in flags:
         config.snapshots.enabled = bool(flags.pop("snapshots"))
-    _coerce(config, flags, "command line")
+    _coerce(config, flags, FLAGS_ORIGIN)
     validate(config)
     return config
 

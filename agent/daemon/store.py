@@ -162,8 +162,8 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}",
-                             hint="create it, or pass --db with a writable path") from None
+            raise StoreError(f"cannot create the database's folder {self.path.parent}: {exc.strerror}",
+                             hint="pass --db with a path in a writable folder") from None
         self._take_lockfile()
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         self.conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, check_same_thread=False,
