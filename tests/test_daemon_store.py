@@ -165,3 +165,23 @@ def test_unchanged_values_are_stored_once_a_minute(tmp_path: Path) -> None:
     assert [round(r["ts"] - start) for r in flat] == [0, 60, 120]  # heartbeat only
     assert len(moving) == 150  # every change is kept
     store.close()
+
+
+def test_findings_left_active_by_the_last_run_are_closed_on_restart(tmp_path: Path) -> None:
+    # A restarted daemon's findings engine starts empty: a row the last run left active was
+    # never updated again and `perfpilot daemon status|findings` showed it active for ever.
+    path = tmp_path / "pp.db"
+    store = _store(path)
+    now = time.time()
+    store.put_finding({"kind": "restarts", "entity": "name:x", "first_seen": now - 60, "last_seen": now,
+                       "active": True, "severity": "warning", "message": "name:x: restarted 5 times in 10 min"})
+    store.flush()
+    store.close()
+    reader = Store(path, readonly=True).open()
+    assert [f["active"] for f in reader.findings()] == [True]  # a reader changes nothing
+    reader.close()
+    store = _store(path)
+    (finding,) = store.findings()
+    assert not finding["active"] and finding["message"].endswith("(closed when the daemon restarted)")
+    assert store.findings(active_only=True) == [] and store.summary()["active_findings"] == 0
+    store.close()

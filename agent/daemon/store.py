@@ -65,6 +65,9 @@ PROPOSAL_COLUMNS = ("id", "ts", "kind", "entity", "pid", "process", "status", "b
                     "error", "request")
 
 
+CLOSED_AT_RESTART = " (closed when the daemon restarted)"
+
+
 class StoreError(PerfpilotError):
     """The database cannot be opened or used (corrupt, locked, wrong file, no space)."""
 
@@ -198,6 +201,11 @@ class Store:
             clean = conn.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
             self.stats.opened_after_crash = clean is not None and clean[0] == "0"
             conn.execute("INSERT OR REPLACE INTO meta VALUES('clean_shutdown', '0')")
+            # The findings engine starts empty: a finding the last run left active would stay
+            # "active" for ever (no one updates or resolves it). Close it; this run raises a
+            # new one if the condition still holds.
+            conn.execute(f"UPDATE findings SET active = 0, message = COALESCE(message, '') || '{CLOSED_AT_RESTART}'"
+                         " WHERE active = 1")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
