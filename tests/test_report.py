@@ -227,3 +227,23 @@ def test_a_kill_by_timeout_is_not_reported_as_a_plain_signal() -> None:
     out = io.StringIO()
     terminal.render(profile, Console(file=out, width=120, color_system=None))
     assert "killed by signal 9" in out.getvalue() and "perfpilot stopped it" not in out.getvalue()
+
+
+def test_summary_shows_bytes_moved_by_calls_next_to_storage_bytes() -> None:
+    """`sort big.txt` on a cached file read "io 0 B read": true for storage, but it
+    reads as if perfpilot missed the 20 MB the program read."""
+    import io
+
+    from rich.console import Console
+
+    from perfpilot.profilers.renderers import terminal
+
+    profile = Profile(summary={"wall_s": 1.0, "io_read_bytes": 0, "io_write_bytes": 0,
+                               "io_read_chars": 20 << 20, "io_write_chars": 1 << 20})
+    out = io.StringIO()
+    terminal.render(profile, Console(file=out, width=100, color_system=None))
+    text = out.getvalue()
+    assert "io storage    0 B read, 0 B written" in text
+    assert "io calls      20.0 MiB read, 1.0 MiB written" in text
+    page = html_renderer.render(profile)
+    assert "I/O (storage)" in page and "20.0 MiB read" in page

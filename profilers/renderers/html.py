@@ -313,7 +313,11 @@ def summary_section(profile: Profile) -> str:
     if "peak_rss_bytes" in s:
         rows.append(("peak RSS", human_bytes(s["peak_rss_bytes"])))
     if "io_read_bytes" in s or "io_write_bytes" in s:
-        rows.append(("I/O", f"{human_bytes(s.get('io_read_bytes'))} read, {human_bytes(s.get('io_write_bytes'))} written"))
+        rows.append(("I/O (storage)", f"{human_bytes(s.get('io_read_bytes'))} read, "
+                                      f"{human_bytes(s.get('io_write_bytes'))} written"))
+    if "io_read_chars" in s or "io_write_chars" in s:
+        rows.append(("I/O (read/write calls)", f"{human_bytes(s.get('io_read_chars'))} read, "
+                     f"{human_bytes(s.get('io_write_chars'))} written (incl. page cache, pipes, sockets)"))
     if "gpu_utilization_mean_pct" in s:
         rows.append(("GPU utilisation (mean)", f"{s['gpu_utilization_mean_pct']:.0f}%"))
     if "gpu_memory_peak_bytes" in s:

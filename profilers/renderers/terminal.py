@@ -69,7 +69,12 @@ def summary_table(profile: Profile) -> Table:
     if "peak_rss_bytes" in s:
         row("peak rss", human_bytes(s["peak_rss_bytes"]))
     if "io_read_bytes" in s or "io_write_bytes" in s:
-        row("io", f"{human_bytes(s.get('io_read_bytes'))} read, {human_bytes(s.get('io_write_bytes'))} written")
+        # Storage bytes alone read "0 B read" for a file served from the page cache;
+        # the bytes through read/write calls say what the program actually moved.
+        row("io storage", f"{human_bytes(s.get('io_read_bytes'))} read, {human_bytes(s.get('io_write_bytes'))} written")
+    if "io_read_chars" in s or "io_write_chars" in s:
+        row("io calls", f"{human_bytes(s.get('io_read_chars'))} read, {human_bytes(s.get('io_write_chars'))} written"
+            "  (incl. page cache, pipes)")
     if "gpu_utilization_mean_pct" in s:
         row("gpu", f"{s['gpu_utilization_mean_pct']:.0f}% mean utilisation, peak memory {human_bytes(s.get('gpu_memory_peak_bytes'))}")
     for domain, entry in sorted(s.get("energy", {}).items()):
