@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import os
 import shlex
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -236,15 +237,25 @@ class Optimizer:
         timeout = self._test_timeout
         t0 = time.monotonic()
         try:
-            done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            out = (exc.stdout or b"").decode("utf-8", "replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            return False, f"{out}\n(the tests did not finish within {timeout:.0f}s and were stopped)", time.monotonic() - t0
+            # Its own process group: on a timeout (or Ctrl-C) the whole tree goes, not just the
+            # test runner; a hung child left running would skew every later measurement.
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, errors="replace", stdin=subprocess.DEVNULL, start_new_session=True)
         except FileNotFoundError:
             raise ConfigError(f"test command not found: {argv[0]}", hint="check `test` (is it on PATH?)") from None
-        output = (done.stdout or "") + (done.stderr or "")
-        return done.returncode == 0, output, time.monotonic() - t0
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            stdout, stderr = _drain(proc)
+            return False, (f"{stdout}{stderr}\n(the tests did not finish within {timeout:.0f}s; "
+                           "they and every process they started were stopped)"), time.monotonic() - t0
+        except BaseException:
+            _kill_group(proc.pid)
+            _drain(proc)
+            raise
+        _kill_group(proc.pid)  # whatever the tests left running in the background
+        return proc.returncode == 0, (stdout or "") + (stderr or ""), time.monotonic() - t0
 
     def _profile(self, state: State, cwd: Path, *, stacks: bool) -> Profile:
         from perfpilot.profilers.session import RunOptions, profile_command
@@ -553,6 +564,26 @@ class Optimizer:
             return
         result.cumulative = {"verdict": v.verdicts[self.objective], "verdicts": v.verdicts, "runs": v.runs,
                              "measured": True, "values_a": v.values_a, "values_b": v.values_b}
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _drain(proc: subprocess.Popen) -> tuple[str, str]:
+    """What a killed process wrote; gives up on pipes that a process which left the group holds."""
+    try:
+        stdout, stderr = proc.communicate(timeout=5)
+        return stdout or "", stderr or ""
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+        return "", ""
 
 
 def _list_files(root: Path, limit: int = 500) -> list[str]:

@@ -251,3 +251,29 @@ def test_report_says_how_to_run_with_an_adopted_env_knob(project):
     assert final["run_env"] == {"MODE": "fast"} and final["env"] == {}
     assert final["command"] == f"MODE=fast {PY} -c pass"
     assert f"MODE=fast {PY} -c pass" in report.render_html(report.build(result))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_hung_tests_are_stopped_with_every_process_they_started(project, tmp_path):
+    # The candidate's tests hang in a child process: the timeout must end the child too,
+    # or it keeps running (and burning CPU) through every later measurement.
+    pid_file = tmp_path / "child.pid"
+    (project / "tests" / "hang.py").write_text(
+        "import subprocess, sys, time\n"
+        "if '\"fast\"' in open('app.py').read():\n"
+        f"    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "    child.wait()\n")
+    backend = ScriptedBackend().enqueue(patch_reply("fast"))
+    result = optimizer(project, LLMProposer(Settings(), backend), test=f"{PY} tests/hang.py", test_timeout=3).run()
+    [outcome] = result.outcomes
+    assert (outcome.status, outcome.reason) == ("rejected", "tests failed")
+    assert "did not finish within 3s" in outcome.detail
+    assert not _alive(int(pid_file.read_text()))
