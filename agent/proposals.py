@@ -113,12 +113,37 @@ def _candidates(text: str) -> list[str]:
     return found
 
 
+def _without_trailing_commas(text: str) -> str:
+    """``text`` minus commas that only precede a closing ``}`` or ``]`` (outside strings):
+    the JSON slip models make most, which json.loads refuses."""
+    out: list[str] = []
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            escaped = ch == "\\" and not escaped
+            if ch == '"' and not escaped:
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == ",":
+            rest = text[i + 1:].lstrip()
+            if rest[:1] in ("}", "]"):
+                continue
+        out.append(ch)
+    return "".join(out)
+
+
 def _load_json(text: str) -> tuple[Any, str | None]:
     error = None
     for candidate in _candidates(text):
         try:
             return json.loads(candidate), None
         except json.JSONDecodeError as exc:
+            if candidate[:1] in "{[":
+                try:
+                    return json.loads(_without_trailing_commas(candidate)), None
+                except json.JSONDecodeError:
+                    pass
             # Report the first piece that looked like JSON, not the prose around it.
             if error is None and candidate[:1] in "{[":
                 error = f"reply is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
@@ -151,7 +176,9 @@ def validate(item: Any, index: int = 0) -> tuple[Proposal | None, str | None]:
             return None, f"{where} (patch): diff must be a non-empty string"
         if len(diff) > MAX_DIFF:
             return None, f"{where} (patch): diff is {len(diff)} characters, more than {MAX_DIFF}"
-        if "@@" not in diff and "GIT binary patch" not in diff:
+        # Hunks, or a git diff that needs none (rename, deletion of an empty file, binary).
+        if "@@" not in diff and not re.search(r"^(GIT binary patch|rename from |deleted file mode |new file mode )",
+                                               diff, re.MULTILINE):
             return None, f"{where} (patch): diff is not a unified diff (no @@ hunk header)"
         proposal.diff = diff if diff.endswith("\n") else diff + "\n"
     elif kind == "config":

@@ -85,3 +85,17 @@ def test_describe_and_to_dict_round_trip_shape():
     p = parse_reply(reply({"kind": "knob", "knob": "amp", "value": "1"})).proposals[0]
     assert p.describe() == "knob amp=1"
     assert p.to_dict()["kind"] == "knob" and p.to_dict()["knob"] == "amp"
+
+
+def test_trailing_commas_are_tolerated_outside_strings():
+    text = ('Sure:\n```json\n{"proposals": [{"kind": "env", "name": "OMP_NUM_THREADS", "value": "a,]",},\n'
+            '  {"kind": "knob", "knob": "amp", "value": "1",},\n]}\n```')
+    parsed = parse_reply(text)
+    assert parsed.problems == []
+    assert [(p.kind, p.value) for p in parsed.proposals] == [("env", "a,]"), ("knob", "1")]
+
+
+def test_git_rename_without_hunks_is_a_patch():
+    rename = "diff --git a/old.py b/new.py\nsimilarity index 100%\nrename from old.py\nrename to new.py\n"
+    parsed = parse_reply(reply({"kind": "patch", "title": "rename", "diff": rename}))
+    assert parsed.problems == [] and parsed.proposals[0].diff == rename
