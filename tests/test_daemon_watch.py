@@ -126,3 +126,27 @@ def test_group_cpu_counter_matches_proc(procs) -> None:
     state = sampler.sample(time.monotonic())[f"cmdline:{tag}"]
     truth = sum(psutil.Process(spinner.pid).cpu_times()[:2])
     assert state.cpu_seconds_total == pytest.approx(truth, rel=0.05, abs=0.05)
+
+
+def test_a_sleeping_python_process_is_idle_for_py_spy_not_a_failure() -> None:
+    # py-spy exits 0 with no samples for a process that runs no Python code: that was counted
+    # as "py-spy failed: exit status 0" and shown in /healthz as a missing capability.
+    import threading
+
+    from perfpilot.agent.daemon.config import SnapshotConfig
+    from perfpilot.agent.daemon.snapshots import Snapshotter
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        snap = Snapshotter(SnapshotConfig(duration=1, rate=20), Watcher([f"pid:{proc.pid}"]), threading.Lock(),
+                           lambda *args: None)
+        if not snap.available:
+            pytest.skip(f"no py-spy: {snap.reason}")
+        snap.snapshot(proc.pid, [f"pid:{proc.pid}"])
+        if snap.stats.failed and ("denied" in str(snap.stats.problems) or "ptrace" in str(snap.stats.problems)):
+            pytest.skip(f"py-spy may not attach here: {snap.stats.problems}")
+        assert (snap.stats.idle, snap.stats.failed, snap.stats.problems) == (1, 0, {})
+    finally:
+        proc.kill()
+        proc.wait()

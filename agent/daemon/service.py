@@ -339,6 +339,7 @@ class Daemon:
                 "collectors": state.get("collector_status", {}),
                 "snapshots": {"enabled": self.config.snapshots.enabled, "available": self.snapshots.available,
                               "ok": self.snapshots.stats.ok, "failed": self.snapshots.stats.failed,
+                              "idle": self.snapshots.stats.idle,
                               "cpu_seconds": round(self.snapshots.stats.cpu_seconds, 3),
                               "problems": self.snapshots.stats.problems},
                 "capabilities": self.capabilities(),

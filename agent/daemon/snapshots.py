@@ -73,6 +73,7 @@ class Rolling:
 class SnapshotStats:
     ok: int = 0
     failed: int = 0
+    idle: int = 0  # rounds where the process ran no Python code: no samples, no failure
     cpu_seconds: float = 0.0
     problems: dict[str, str] = field(default_factory=dict)  # pid -> last reason
 
@@ -184,6 +185,13 @@ class Snapshotter:
             except OSError:
                 pass
         if self._stop.is_set():
+            return 0
+        if code == 0 and not text.strip():
+            # py-spy exits 0 with no samples when the process ran no Python code on a CPU
+            # during the window (blocked on a socket, asleep): nothing to show, nothing broken.
+            # Counted as a failure it was reported as "missing: hot spots: py-spy failed".
+            self.stats.idle += 1
+            self.stats.problems.pop(str(pid), None)
             return 0
         attempt = stack_tools.classify(code, stderr, bool(text.strip()))
         now = time.time()
