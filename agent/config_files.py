@@ -1,8 +1,10 @@
 """Edit one key of a TOML, JSON, YAML or INI file, by dotted path.
 
 TOML keeps its comments and layout (tomlkit). JSON is rewritten with the file's own
-indent. YAML and INI are rewritten by their parsers, which drop comments; the change
-is still one key, and the report shows the resulting diff.
+indent. In YAML and INI an existing key with a one-line value is edited on its line,
+keeping comments and layout; only when that is not possible (a new key, a multi-line
+value) is the file rewritten by its parser, which drops comments. Either way the
+result is checked by parsing it back.
 
 For INI files the first component of the key is the section: ``server.workers``.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import configparser
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +119,10 @@ def set_value(path: str | Path, key: str, value: Any) -> None:
             raise ConfigEditError(f"key {key!r}: there is no section [{parts[0]}]")
         rendered = str(value).lower() if isinstance(value, bool) else str(value)
         parser.set(parts[0], ".".join(parts[1:]), rendered)
+        edited = _ini_line_edit(text, parts[0], ".".join(parts[1:]), rendered)
+        if edited is not None and _ini_dict(edited) == {k: dict(v) for k, v in parser.items()}:
+            path.write_text(edited, encoding="utf-8")
+            return
         out = io.StringIO()
         parser.write(out)
         path.write_text(out.getvalue(), encoding="utf-8")
@@ -139,4 +146,78 @@ def set_value(path: str | Path, key: str, value: Any) -> None:
     else:
         import yaml
 
+        edited = _yaml_line_edit(text, parts, value)
+        if edited is not None:
+            try:
+                if yaml.safe_load(edited) == doc:
+                    path.write_text(edited, encoding="utf-8")
+                    return
+            except yaml.YAMLError:
+                pass
         path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+
+
+def _ini_dict(text: str) -> dict[str, dict[str, str]] | None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text)
+    except configparser.Error:
+        return None
+    return {k: dict(v) for k, v in parser.items()}
+
+
+def _ini_line_edit(text: str, section: str, option: str, rendered: str) -> str | None:
+    """``text`` with the option's line rewritten, or None (absent, repeated, multi-line)."""
+    lines = text.split("\n")
+    current, hits = None, []
+    for i, line in enumerate(lines):
+        header = re.match(r"^\s*\[([^\]]+)\]\s*$", line)
+        if header:
+            current = header.group(1).strip()
+        elif current == section:
+            match = re.match(rf"^(\s*{re.escape(option)}\s*[=:]\s*)(.*)$", line)
+            if match:
+                hits.append((i, match.group(1)))
+    if len(hits) != 1:
+        return None
+    i, prefix = hits[0]
+    if i + 1 < len(lines) and lines[i + 1][:1] in (" ", "\t") and lines[i + 1].strip():
+        return None  # a continuation line: a multi-line value
+    lines[i] = prefix + rendered
+    return "\n".join(lines)
+
+
+def _yaml_line_edit(text: str, parts: list[str], value: Any) -> str | None:
+    """``text`` with the block-mapping key's one-line scalar replaced (comment kept), or None."""
+    import yaml
+
+    if not isinstance(value, (str, int, float, bool)):
+        return None
+    lines = text.split("\n")
+    start, parent_indent, found = 0, -1, -1
+    for part in parts:
+        found, child_indent = -1, None
+        for i in range(start, len(lines)):
+            stripped = lines[i].lstrip(" ")
+            if not stripped or stripped.startswith("#"):
+                continue
+            indent = len(lines[i]) - len(stripped)
+            if indent <= parent_indent:
+                break
+            child_indent = indent if child_indent is None else child_indent
+            if indent == child_indent and re.match(rf"{re.escape(part)}\s*:(\s|$)", stripped):
+                found = i
+                break
+        if found < 0 or child_indent is None:
+            return None
+        start, parent_indent = found + 1, child_indent
+    match = re.match(r"^(\s*[^:#]+:\s+)([^'\"#|>\[{&*!\s][^#]*?)(\s+#.*)?$", lines[found])
+    if not match:
+        return None
+    rendered = yaml.safe_dump(value, default_flow_style=True).strip()
+    if rendered.endswith("\n..."):
+        rendered = rendered[:-4].strip()
+    rendered = rendered.removesuffix("...").strip()
+    lines[found] = match.group(1) + rendered + (match.group(3) or "")
+    return "\n".join(lines)

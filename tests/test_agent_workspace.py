@@ -240,3 +240,16 @@ def test_wrong_hunk_counts_are_recounted_per_file(project):
         cand = ws.prepare(patch(wrong))
         assert sorted(cand.changed_files) == ["app.py", "other.py"]
         assert (ws.candidate_dir / "other.py").read_text() == "A = 1\nB = 3\n"
+
+
+def test_yaml_and_ini_edits_keep_comments_and_layout(tmp_path):
+    yml = tmp_path / "s.yaml"
+    yml.write_text("# tuning\npool:\n  size: 2  # per core\n  name: x\nother: [1, 2]\nsize: 9\n")
+    config_files.set_value(yml, "pool.size", 4)
+    assert yml.read_text() == "# tuning\npool:\n  size: 4  # per core\n  name: x\nother: [1, 2]\nsize: 9\n"
+    ini = tmp_path / "s.ini"
+    ini.write_text("[server]\n; one per core\nworkers = 1\n[other]\nworkers = 5\n")
+    config_files.set_value(ini, "other.workers", 3)
+    assert ini.read_text() == "[server]\n; one per core\nworkers = 1\n[other]\nworkers = 3\n"
+    config_files.set_value(yml, "pool.new", 1)  # a new key: rewritten by the parser, still correct
+    assert config_files.get_value(yml, "pool.new") == 1 and config_files.get_value(yml, "pool.size") == 4
