@@ -62,9 +62,9 @@ def proc_smaps_rollup(pid: int, files: ProcFiles | None = None) -> tuple[int, in
     return uss, pss
 
 
-def proc_hwm(pid: int) -> int | None:
+def proc_hwm(pid: int, files: ProcFiles | None = None) -> int | None:
     """Peak RSS (``VmHWM``) of a live process, bytes."""
-    data = read_file(f"/proc/{pid}/status")
+    data = files.read(pid, "status") if files else read_file(f"/proc/{pid}/status")
     if not data:
         return None
     for line in data.splitlines():
@@ -93,6 +93,7 @@ class MemoryCollector:
         self.target: Target | None = None
         self._rss_peak = 0
         self._hwm_peak = 0
+        self._watch_root_hwm = False
         self._rss_sum = 0.0
         self._rss_n = 0
         self._uss_peak: int | None = None
@@ -115,6 +116,8 @@ class MemoryCollector:
 
     def start(self, target: Target) -> None:
         self.target = target
+        # Only needed when the launcher's own peak may hide the target's (see stop()).
+        self._watch_root_hwm = target.launched
 
     def sample(self, now: float) -> dict[str, float]:
         assert self.target is not None
@@ -125,6 +128,10 @@ class MemoryCollector:
         self._rss_sum += rss
         self._rss_n += 1
         out: dict[str, float] = {"memory.rss_bytes": float(rss)}
+        if self._watch_root_hwm and self.target.pid in stats:
+            # The root's exact peak every tick (one small read): a short run's peak is
+            # not left to RSS samples when rusage maxrss cannot be trusted.
+            self._hwm_peak = max(self._hwm_peak, proc_hwm(self.target.pid, proc_files(self.target)) or 0)
         if self._smaps_ok and now >= self._smaps_next:
             out.update(self._smaps(now, pids))
         if self._faults_last_now is None or now - self._faults_last_now >= FAULTS_INTERVAL_S:
