@@ -22,6 +22,13 @@ What one :class:`BlockMeter` measurement gives, and where each figure comes from
                 machine ran during the block), NVML total-energy counters for GPUs, otherwise
                 an estimate: CPU seconds × watts per busy core, labelled ``estimate`` with its
                 assumption. An estimate is never presented as a measurement.
+``cpu_wait``    time this process's threads spent runnable but waiting for a CPU (the run
+                queue): ``run_delay``, the second field of ``/proc/self/task/<tid>/schedstat``
+                (nanoseconds). ``cpu_wait_s`` is the measuring thread's own wait -- the part of
+                ``wall`` that a busier machine adds without the code doing more -- and
+                ``cpu_wait_threads_s`` that of every thread of the process (threads that ended
+                during the block are missed; children's waits are not counted). Absent (None),
+                never faked, where the kernel has no schedstat (no ``CONFIG_SCHED_INFO``).
 ``gpu_memory``  ``torch.cuda.max_memory_allocated`` when torch is already imported by the
                 code under test and CUDA is initialised (this module never imports torch).
 
@@ -36,6 +43,7 @@ import os
 import resource
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +53,7 @@ CLEAR_REFS = "/proc/self/clear_refs"
 STATUS = "/proc/self/status"
 STATM = "/proc/self/statm"
 PROC_IO = "/proc/self/io"
+TASKS = "/proc/self/task"
 RAPL_ROOT = Path("/sys/class/powercap")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # Used only when the caller passes no estimate basis (the pytest plugin passes the power
@@ -71,6 +80,8 @@ class BlockSample:
     io_wchar: float | None = None
     energy: dict[str, dict[str, Any]] = field(default_factory=dict)
     gpu_memory_bytes: float | None = None
+    cpu_wait_s: float | None = None  # the measuring thread's run-queue wait
+    cpu_wait_threads_s: float | None = None  # every thread of the process, this one included
 
     @property
     def cpu_s(self) -> float:
@@ -102,6 +113,8 @@ class BlockSample:
             out["energy"] = energy
         if self.gpu_memory_bytes is not None:
             out["gpu_memory"] = self.gpu_memory_bytes
+        if self.cpu_wait_s is not None:
+            out["cpu_wait"] = self.cpu_wait_s
         return out
 
 
@@ -113,6 +126,7 @@ class _Start:
     rss: float
     io: dict[str, int] | None
     energy: dict[str, float]
+    waits: dict[int, int] | None = None  # thread id -> run_delay ns; the measuring thread under key -1
     # highest VmHWM seen before a nested block reset the (process-wide) high-water mark
     carried_hwm: float = 0.0
 
@@ -187,6 +201,84 @@ class _ProcFiles:
             return True
         except OSError:
             return False
+
+
+class _RunQueue:
+    """Run-queue wait (``run_delay``, ns) of this process's threads from their schedstat files.
+
+    The measuring thread's file is kept open (a ``pread`` costs a few µs); the other threads
+    are listed only when the process has any, so a single-threaded test pays one read."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.fds: dict[int, int] = {}
+        self.works = self.own() is not None
+
+    def _fd(self, tid: int) -> int | None:
+        if os.getpid() != self.pid:  # a forked child has other threads
+            self.close()
+            self.pid = os.getpid()
+        fd = self.fds.get(tid)
+        if fd is None:
+            try:
+                fd = os.open(f"{TASKS}/{tid}/schedstat", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return None
+            self.fds[tid] = fd
+        return fd
+
+    def own(self) -> int | None:
+        """This thread's run_delay in ns, None where there is no schedstat."""
+        fd = self._fd(threading.get_native_id())
+        if fd is None:
+            return None
+        try:
+            return int(os.pread(fd, 128, 0).split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def read(self) -> dict[int, int] | None:
+        own = self.own()
+        if own is None:
+            return None
+        me = threading.get_native_id()
+        waits = {-1: own, me: own}
+        if threading.active_count() == 1:
+            return waits  # no other Python thread: a native one (BLAS, torch) is missed -- the cheap path
+        waits[-2] = 1  # a full listing: a thread absent from it started later
+        try:
+            tids = [int(t) for t in os.listdir(TASKS)]
+        except OSError:
+            return waits
+        for tid in tids:
+            if tid == me:
+                waits[tid] = own
+                continue
+            try:
+                with open(f"{TASKS}/{tid}/schedstat", "rb") as handle:  # short-lived threads: not kept open
+                    waits[tid] = int(handle.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+        return waits
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = {}
+
+
+def _waits(before: dict[int, int], after: dict[int, int]) -> tuple[float, float]:
+    """(measuring thread, all threads) run-queue wait in seconds between two readings."""
+    own = max(0, after[-1] - before[-1]) / 1e9
+    # A thread missing from a full listing at the start began during the block: it counts
+    # from zero. After a cheap start (one thread) nothing else is known to count from.
+    full = -2 in before
+    total = sum(max(0, ns - before[tid]) if tid in before else ns
+                for tid, ns in after.items() if tid >= 0 and (full or tid in before))
+    return own, max(own, total / 1e9)
 
 
 class _Rapl:
@@ -280,6 +372,7 @@ class BlockMeter:
         self.proc = _ProcFiles()
         self.hwm_resettable = self.proc.reset_hwm() and self.proc.vm_hwm() is not None
         self.proc_io = self.proc.io() is not None
+        self.run_queue = _RunQueue()
         self.rapl = _Rapl() if energy else None
         self.nvml = _Nvml() if energy else None
         self.energy = energy
@@ -291,6 +384,8 @@ class BlockMeter:
             "peak_rss": "VmHWM reset via /proc/self/clear_refs" if self.hwm_resettable
             else "ru_maxrss (exact only when the lifetime peak grows; else a lower bound)",
             "io": "/proc/self/io" if self.proc_io else "unavailable",
+            "cpu_wait": "run_delay from /proc/self/task/*/schedstat" if self.run_queue.works
+            else "unavailable (no /proc/<pid>/schedstat: kernel without CONFIG_SCHED_INFO)",
             "energy": ("rapl" if self.rapl and self.rapl.zones else "")
             + (" + nvml" if self.nvml and self.nvml.handles else "")
             or (self.estimate_note if self.energy else "off"),
@@ -313,9 +408,10 @@ class BlockMeter:
             self.proc.reset_hwm()
         rss = self.proc.rss()
         io = self.proc.io() if self.proc_io else None
+        waits = self.run_queue.read() if self.run_queue.works else None
         self_ru = resource.getrusage(resource.RUSAGE_SELF)
         child_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = _Start(time.perf_counter(), self_ru, child_ru, rss, io, energy)
+        start = _Start(time.perf_counter(), self_ru, child_ru, rss, io, energy, waits)
         _ACTIVE.append(start)
         return start
 
@@ -323,6 +419,7 @@ class BlockMeter:
         wall = time.perf_counter() - start.wall
         self_ru = resource.getrusage(resource.RUSAGE_SELF)
         child_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        waits = self.run_queue.read() if start.waits is not None else None
         io = self.proc.io() if start.io is not None else None
         for index in range(len(_ACTIVE) - 1, -1, -1):
             if _ACTIVE[index] is start:
@@ -356,6 +453,8 @@ class BlockMeter:
             sample.io_write_bytes = float(io.get("write_bytes", 0) - start.io.get("write_bytes", 0))
             sample.io_rchar = float(io.get("rchar", 0) - start.io.get("rchar", 0))
             sample.io_wchar = float(io.get("wchar", 0) - start.io.get("wchar", 0))
+        if waits is not None and start.waits is not None:
+            sample.cpu_wait_s, sample.cpu_wait_threads_s = _waits(start.waits, waits)
         if self.energy:
             sample.energy = self._energy(start, sample)
         torch = _torch_cuda()
