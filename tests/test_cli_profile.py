@@ -152,3 +152,35 @@ def test_unwritable_output_is_refused_before_the_target_runs(tmp_path, perfpilot
     assert r.stderr.strip() == (f"perfpilot: error: cannot write {tmp_path / 'missing-dir' / 'out'}: directory "
                                 f"{tmp_path / 'missing-dir'} does not exist (create it first or choose another path)")
     assert not ran.exists()
+
+
+def _run_on_a_terminal(args: list[str]) -> str:
+    """Run perfpilot with stdout and stderr on a pseudo-terminal; return what it showed."""
+    import pty
+
+    exe = Path(sys.executable).parent / "perfpilot"
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen([str(exe), *args], stdout=secondary, stderr=secondary, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(main)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_live_line_stays_out_of_the_targets_terminal_output(tmp_path):
+    target = [sys.executable, "-c", "import time\nfor i in range(12):\n    print('line', i, flush=True); time.sleep(0.1)"]
+    shown = _run_on_a_terminal(["profile", "--no-stacks", "-o", str(tmp_path / "a.json"), "--", *target])
+    assert "line 11" in shown
+    assert "procs" not in shown  # no status line spliced into the target's lines
+    forced = _run_on_a_terminal(["profile", "--no-stacks", "--live", "-o", str(tmp_path / "b.json"), "--", *target])
+    assert "procs" in forced

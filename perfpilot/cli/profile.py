@@ -133,12 +133,16 @@ def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope:
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Also write a self-contained HTML report.")
 @click.option("--speedscope", type=click.Path(path_type=Path), default=None, help="Also write a speedscope JSON file.")
 @click.option("--collapsed", type=click.Path(path_type=Path), default=None, help="Also write collapsed stacks (flamegraph.pl).")
+@click.option("--live/--no-live", default=None,
+              help="A live status line on stderr. Default: on only when the target's output does not go to "
+                   "the same terminal (its lines would be spliced into the status line).")
 @click.option("-q", "--quiet", is_flag=True, help="No live line and no summary.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def profile(output: Path, pid: int | None, duration: str | None, config_file: Path | None, interval: str | None,
             plugins: str | None, disable: str | None, timeout: str | None, stacks: bool | None, rate: int | None,
             subprocesses: bool | None, native: bool | None, imports: bool, html: Path | None,
-            speedscope: Path | None, collapsed: Path | None, quiet: bool, command: tuple[str, ...]) -> None:
+            speedscope: Path | None, collapsed: Path | None, live: bool | None, quiet: bool,
+            command: tuple[str, ...]) -> None:
     """Run COMMAND under every available collector and write a Profile.
 
     \b
@@ -161,8 +165,10 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
                              stacks=stacks, rate=rate, subprocesses=subprocesses, native=native)
     if settings.rate <= 0:
         raise click.BadParameter(f"must be a positive number of Hz, got {settings.rate}", param_hint="--rate")
-    live = LiveLine(console) if (console.is_terminal and not quiet) else None
-    options = RunOptions(on_tick=live.update if live else None, claim_unseen_orphans=True)
+    if live is None:
+        live = not sys.stdout.isatty()
+    line = LiveLine(console) if (console.is_terminal and live and not quiet) else None
+    options = RunOptions(on_tick=line.update if line else None, claim_unseen_orphans=True)
     argv = list(command)
     if imports and pid is not None:
         raise click.UsageError("--imports needs a command to launch (import times are printed at start-up)")
@@ -176,16 +182,16 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     interrupted = False
     result: Profile | None = None
     try:
-        if live:
-            live.__enter__()
+        if line:
+            line.__enter__()
         try:
             if pid is not None:
                 result = profile_pid(pid, seconds, settings, options)
             else:
                 result = profile_command(argv, settings, options)
         finally:
-            if live:
-                live.__exit__(None, None, None)
+            if line:
+                line.__exit__(None, None, None)
     except ProfileInterrupted as exc:
         result = exc.profile
         interrupted = True
