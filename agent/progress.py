@@ -63,7 +63,8 @@ class TerminalProgress:
                      f"{verdict['runs_a']}+{verdict['runs_b']} runs)")
         elif outcome.detail and not outcome.improved:
             first = outcome.detail.strip().splitlines()[-1] if outcome.detail.strip() else ""
-            line += f" [dim]({escape(first[:120])})[/]"
+            shown = first if len(first) <= 120 else first[:119] + "…"
+            line += f" [dim]({escape(shown)})[/]"
         self.console.print(line)
 
     def output(self, title: str, text: str) -> None:
