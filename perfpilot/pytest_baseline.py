@@ -119,7 +119,7 @@ def _entry_problem(entry: Any) -> str:
     for name, dist in measures.items():
         if not isinstance(dist, dict):
             return f"measure[{name!r}] is not an object"
-        for metric in ("wall", "cpu"):
+        for metric in ("wall", "cpu", "cpu_wait"):
             if metric in dist and not _numbers(dist[metric]):
                 return f"measure[{name!r}][{metric!r}] is not a list of numbers"
         if not isinstance(dist.get("iterations", 1), int):

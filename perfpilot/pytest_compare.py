@@ -12,6 +12,15 @@ of the ratio of medians, Mann-Whitney p, noise). A finding is then one of:
 ``improved``    the engine says *improved*;
 ``unchanged``   anything else.
 
+A *busier machine* is told apart from slower code by the run-queue wait each round records
+(``cpu_wait``: time the measuring thread was runnable but had no CPU, from schedstat, see
+:mod:`perfpilot.profilers.block`). A significant wall regression becomes ``noise`` with the
+reason "noise: the machine was busier (waited N ms for a CPU)" when at least half of the
+added wall time is added wait *and* either wall time less that wait or the CPU time did not
+regress significantly. More CPU work raises both of those; more sleeping or blocking on I/O
+adds wall time without adding wait: both still fail. A baseline without ``cpu_wait`` (or a
+kernel without schedstat) is judged on wall alone, as before.
+
 The noise floor (:data:`NOISE_FLOOR`) exists because a baseline and a later run are
 separate sessions, not interleaved rounds: for a test of a few hundred microseconds, a
 shift in machine load between the two sessions is larger than any CI computed within
@@ -21,6 +30,7 @@ either. Differences below the floor are never called regressions.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -28,7 +38,8 @@ from perfpilot.pytest_budgets import format_quantity
 
 DEFAULT_THRESHOLDS = {"wall": 0.10}
 NOISE_FLOOR = {"wall": 2e-4, "cpu": 2e-4, "peak_rss": 2.0**20, "io": 2.0**20, "io_read": 2.0**20,
-               "io_write": 2.0**20, "gpu_memory": 2.0**20, "energy": 0.0}
+               "io_write": 2.0**20, "gpu_memory": 2.0**20, "energy": 0.0, "cpu_wait": 2e-4}
+BUSY_SHARE = 0.5  # at least this share of the added wall time must be added run-queue wait
 # perfpilot_measure rounds are calibrated tight loops (>= 1 ms each): far less drift per
 # round than a whole test, so their floor is per round, divided among the calls in it.
 MEASURE_FLOOR_PER_ROUND = 2e-5
@@ -104,6 +115,53 @@ def classify(nodeid: str, metric: str, a: Sequence[float], b: Sequence[float], *
     return Finding(nodeid, metric, "unchanged", data, subject=subject)
 
 
+def excuse_busy_machine(finding: Finding, base: Mapping[str, Sequence[float]], current: Mapping[str, Sequence[float]],
+                        *, threshold: float, floor: float | None = None) -> Finding:
+    """A wall regression that the run-queue wait explains becomes ``noise`` (see the module doc).
+
+    ``base``/``current`` hold per-round lists under ``wall``, ``cpu`` and ``cpu_wait``, in step.
+    """
+    if finding.kind != "regression" or finding.metric != "wall":
+        return finding
+    wall_a, wall_b = base.get("wall") or [], current.get("wall") or []
+    wait_a, wait_b = base.get("cpu_wait") or [], current.get("cpu_wait") or []
+    if len(wait_a) != len(wall_a) or len(wait_b) != len(wall_b) or not wait_a or not wait_b:
+        return finding  # no run-queue figures for every round (older baseline, no schedstat)
+    added_wall = statistics.median(wall_b) - statistics.median(wall_a)
+    added_wait = statistics.median(wait_b) - statistics.median(wait_a)
+    if added_wait <= 0 or added_wait < BUSY_SHARE * added_wall:
+        return finding
+    net = classify(finding.nodeid, "wall", [w - q for w, q in zip(wall_a, wait_a)],
+                   [w - q for w, q in zip(wall_b, wait_b)], threshold=threshold, subject=finding.subject, floor=floor)
+    cpu = None
+    if base.get("cpu") and current.get("cpu"):
+        cpu = classify(finding.nodeid, "cpu", base["cpu"], current["cpu"], threshold=threshold,
+                       subject=finding.subject, floor=floor)
+    details = {"cpu_wait_added_s": added_wait, "wall_added_s": added_wall,
+               "wall_less_cpu_wait": {"kind": net.kind, "ratio": net.verdict.get("ratio"),
+                                      "p_value": net.verdict.get("p_value")},
+               "cpu": {"kind": cpu.kind, "ratio": cpu.verdict.get("ratio"), "p_value": cpu.verdict.get("p_value")}
+               if cpu is not None else None}
+    verdict = {**finding.verdict, "busy_machine": details}
+    if net.kind == "regression" and (cpu is None or cpu.kind == "regression"):
+        return Finding(finding.nodeid, "wall", "regression", verdict, subject=finding.subject,
+                       reason=f"not only a busier machine: it waited {added_wait * 1e3:.1f} ms more for a CPU, "
+                              "but wall time less that wait and CPU time regressed too")
+    steady = []
+    if net.kind != "regression":
+        steady.append(f"wall less CPU wait {_ratio_text(net)}")
+    if cpu is not None and cpu.kind != "regression":
+        steady.append(f"cpu {_ratio_text(cpu)}")
+    return Finding(finding.nodeid, "wall", "noise", verdict, subject=finding.subject,
+                   reason=f"noise: the machine was busier (waited {added_wait * 1e3:.1f} ms for a CPU); "
+                          f"{' and '.join(steady)}, not significant")
+
+
+def _ratio_text(finding: Finding) -> str:
+    ratio = finding.verdict.get("ratio")
+    return f"{ratio:.2f}x" if isinstance(ratio, (int, float)) and math.isfinite(ratio) else "n/a"
+
+
 def compare_record(nodeid: str, base: Mapping[str, Any], current: Mapping[str, Any],
                    thresholds: Mapping[str, float]) -> list[Finding]:
     """Findings for one test. ``base``/``current`` are baseline entries (see pytest_report.baseline_entry).
@@ -121,9 +179,11 @@ def compare_record(nodeid: str, base: Mapping[str, Any], current: Mapping[str, A
             for metric in ("wall", "cpu"):
                 if metric in thresholds and dist.get(metric) and base_measures[name].get(metric):
                     iterations = max(1, int(dist.get("iterations") or 1))
-                    findings.append(classify(nodeid, metric, base_measures[name][metric], dist[metric],
-                                             threshold=thresholds[metric], subject=name or "measure",
-                                             floor=MEASURE_FLOOR_PER_ROUND / iterations))
+                    floor = MEASURE_FLOOR_PER_ROUND / iterations
+                    finding = classify(nodeid, metric, base_measures[name][metric], dist[metric],
+                                       threshold=thresholds[metric], subject=name or "measure", floor=floor)
+                    findings.append(excuse_busy_machine(finding, base_measures[name], dist,
+                                                        threshold=thresholds[metric], floor=floor))
         return findings
     base_rounds: Mapping[str, list[float]] = base.get("rounds") or {}
     rounds: Mapping[str, list[float]] = current.get("rounds") or {}
@@ -133,6 +193,6 @@ def compare_record(nodeid: str, base: Mapping[str, Any], current: Mapping[str, A
         source = "measured"
         if metric == "energy" and "estimate" in (base.get("energy_source"), current.get("energy_source")):
             source = "estimate"
-        findings.append(classify(nodeid, metric, base_rounds[metric], rounds[metric], threshold=threshold,
-                                 source=source))
+        finding = classify(nodeid, metric, base_rounds[metric], rounds[metric], threshold=threshold, source=source)
+        findings.append(excuse_busy_machine(finding, base_rounds, rounds, threshold=threshold))
     return findings

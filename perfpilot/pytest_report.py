@@ -84,7 +84,8 @@ class TestRecord:
     def baseline_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"rounds": self.rounds, "energy_source": self.energy_source}
         if self.measure:
-            entry["measure"] = {name: {"wall": d["wall"], "cpu": d["cpu"], "iterations": d["iterations"]}
+            entry["measure"] = {name: {"wall": d["wall"], "cpu": d["cpu"], "iterations": d["iterations"],
+                                       **({"cpu_wait": d["cpu_wait"]} if d.get("cpu_wait") else {})}
                                 for name, d in self.measure.items()}
         return entry
 
@@ -148,11 +149,12 @@ def build_document(*, meta: dict[str, Any], records: Iterable[TestRecord], findi
 
 def _line(record: TestRecord) -> str:
     parts = []
-    for metric in ("wall", "cpu", "peak_rss"):
+    for metric in ("wall", "cpu", "cpu_wait", "peak_rss"):
         value = record.figure(metric)
         if value is not None:
-            label = {"wall": "", "cpu": "cpu ", "peak_rss": "rss +"}[metric]
-            parts.append(f"{label}{format_quantity(metric, value):>9}")
+            label = {"wall": "", "cpu": "cpu ", "cpu_wait": "wait ", "peak_rss": "rss +"}[metric]
+            unit = "wall" if metric == "cpu_wait" else metric  # seconds, not a budget metric
+            parts.append(f"{label}{format_quantity(unit, value):>9}")
     energy = record.figure("energy")
     if energy is not None:
         parts.append(f"{format_quantity('energy', energy)}{'~' if record.energy_source == 'estimate' else ''}")
@@ -172,7 +174,8 @@ def terminal_lines(doc: dict[str, Any], *, slowest: int) -> list[tuple[str, dict
         out.append((f"note: {note}", {"yellow": True}))
     if slowest > 0 and measured:
         out.append(("", {}))
-        out.append((f"slowest {min(slowest, len(measured))} tests (median wall, cpu incl. children, peak rss growth"
+        out.append((f"slowest {min(slowest, len(measured))} tests (median wall, cpu incl. children, "
+                     "run-queue wait for a CPU, peak rss growth"
                      f", energy; ~ = estimate):", {"bold": True}))
         for record in sorted(measured, key=lambda r: r.figure("wall") or 0.0, reverse=True)[:slowest]:
             out.append((f"  {_line(record)}  {record.nodeid}", {}))
@@ -210,7 +213,8 @@ def _comparison_lines(doc: dict[str, Any], baseline: dict[str, Any]) -> list[tup
     findings = [Finding(**{k: f[k] for k in ("nodeid", "metric", "kind", "verdict", "reason", "subject")})
                 for f in doc["findings"]]
     groups = [("regression", "significant regressions (these tests fail):", {"red": True}),
-              ("noise", "worse but within noise (not significant; do not fail):", {"yellow": True}),
+              ("noise", "worse but within noise (not significant, or a busier machine; do not fail):",
+               {"yellow": True}),
               ("improved", "significant improvements:", {"green": True})]
     for kind, title, markup in groups:
         chosen = [f for f in findings if f.kind == kind]
@@ -227,4 +231,10 @@ def _comparison_lines(doc: dict[str, Any], baseline: dict[str, Any]) -> list[tup
     out.append((f"  {counts['regression']} regressed, {counts['noise']} within noise, {counts['improved']} improved, "
                 f"{counts['unchanged']} unchanged, {counts['insufficient']} with too few rounds"
                 + (f", {missing} not in the baseline" if missing else ""), {}))
+    busy = [f for f in findings if f.kind == "noise" and "busy_machine" in f.verdict]
+    if busy:
+        waited = sum(f.verdict["busy_machine"]["cpu_wait_added_s"] for f in busy)
+        out.append((f"  {len(busy)} wall regression(s) not failed: noise: the machine was busier (waited "
+                    f"{waited * 1e3:.1f} ms more for a CPU in all, per-test medians); their code did no more work",
+                    {"yellow": True}))
     return out

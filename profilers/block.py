@@ -509,6 +509,7 @@ class Distribution:
     iterations: int  # calls per round
     rounds: int
     peak_rss: list[float] = field(default_factory=list)
+    cpu_wait: list[float] = field(default_factory=list)  # run-queue wait per call; empty without schedstat
     result: Any = field(default=None, repr=False)
     name: str = ""
 
@@ -533,11 +534,11 @@ class Distribution:
         return max(self.wall)
 
     def samples(self, metric: str) -> list[float]:
-        return {"wall": self.wall, "cpu": self.cpu, "peak_rss": self.peak_rss}.get(metric, [])
+        return {"wall": self.wall, "cpu": self.cpu, "peak_rss": self.peak_rss, "cpu_wait": self.cpu_wait}.get(metric, [])
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "rounds": self.rounds, "iterations": self.iterations, "wall": self.wall,
-                "cpu": self.cpu, "peak_rss": self.peak_rss, "median_wall_s": self.median,
+                "cpu": self.cpu, "peak_rss": self.peak_rss, "cpu_wait": self.cpu_wait, "median_wall_s": self.median,
                 "mean_wall_s": self.mean, "stdev_wall_s": self.stdev}
 
 
@@ -605,6 +606,8 @@ def measure_calls(
         dist.wall.append(sample.wall_s / iterations)
         dist.cpu.append(sample.cpu_s / iterations)
         dist.peak_rss.append(sample.peak_rss_bytes)
+        if sample.cpu_wait_s is not None:
+            dist.cpu_wait.append(sample.cpu_wait_s / iterations)
         dist.rounds += 1
     dist.result = result
     return dist

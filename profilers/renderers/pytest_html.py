@@ -52,7 +52,9 @@ def _slowest(tests: list[dict[str, Any]]) -> str:
             {"label": "wall (ms, median)", "data": [round((_figure(t, "wall") or 0) * 1e3, 3) for t in top],
              "backgroundColor": "#0969da"},
             {"label": "cpu incl. children (ms, median)", "data": [round((_figure(t, "cpu") or 0) * 1e3, 3) for t in top],
-             "backgroundColor": "#8250df"}]},
+             "backgroundColor": "#8250df"},
+            {"label": "waiting for a CPU (ms, median run-queue wait)",
+             "data": [round((_figure(t, "cpu_wait") or 0) * 1e3, 3) for t in top], "backgroundColor": "#d4a72c"}]},
         "options": {"indexAxis": "y", "maintainAspectRatio": False, "animation": False,
                     "scales": {"y": {"ticks": {"autoSkip": False, "font": {"size": 10}}}}},
     }
@@ -86,7 +88,8 @@ def _comparison(doc: dict[str, Any]) -> str:
     head = (f"<p>Baseline {html.escape(str(meta.get('date')))}, commit {html.escape(str(meta.get('commit') or 'no git'))[:10]}"
             f", Python {html.escape(str(meta.get('python')))}, {meta.get('rounds')} rounds. "
             "Bars span the confidence interval of the ratio of medians (current / baseline); "
-            "only <span class=bad>red</span> ones are significant regressions.</p>")
+            "only <span class=bad>red</span> ones are significant regressions; a wall regression explained by "
+            "time spent waiting for a CPU (a busier machine) is shown as noise.</p>")
     for warning in baseline.get("warnings", []):
         head += f"<p class=estimate>warning: {html.escape(warning)}</p>"
     findings = [f for f in doc.get("findings", []) if f.get("verdict")]
@@ -138,6 +141,7 @@ def _distributions(tests: list[dict[str, Any]]) -> str:
 
 def _table(tests: list[dict[str, Any]]) -> str:
     head = ("<tr><th>test</th><th>outcome</th><th>rounds</th><th class=num>wall</th><th class=num>cpu</th>"
+            "<th class=num title='runnable, waiting for a CPU (schedstat run_delay)'>cpu wait</th>"
             "<th class=num>peak rss</th><th class=num>io</th><th class=num>energy</th><th>budget</th><th>baseline</th></tr>")
     rows = []
     for t in sorted(tests, key=lambda t: -(_figure(t, "wall") or 0.0)):
@@ -145,12 +149,15 @@ def _table(tests: list[dict[str, Any]]) -> str:
         if t.get("energy_source") == "estimate" and energy != "-":
             energy = f"<span class=estimate title='{html.escape(t.get('energy_note', ''))}'>{energy} (est.)</span>"
         budget = "; ".join(f"{b['metric']} {b['status']}" for b in t.get("budget_results", []))
-        kinds = [f"{f['metric']}: {f['kind']}" for f in t.get("findings", [])]
+        # a wall regression excused by a busier machine says so where the reader looks
+        kinds = [f"{f['metric']}: {f['kind']}" + (f" ({f['reason'].split(';')[0]})" if "busy_machine" in
+                                                  (f.get("verdict") or {}) else "") for f in t.get("findings", [])]
         css = "bad" if t.get("outcome") == "failed" else ""
         rows.append(
             f"<tr><td><code>{html.escape(t['nodeid'])}</code></td><td class='{css}'>{html.escape(t.get('outcome', ''))}</td>"
             f"<td class=num>{len(t.get('rounds', {}).get('wall', []))}</td>"
             f"<td class=num>{_fmt('wall', _figure(t, 'wall'))}</td><td class=num>{_fmt('cpu', _figure(t, 'cpu'))}</td>"
+            f"<td class=num>{_fmt('wall', _figure(t, 'cpu_wait'))}</td>"
             f"<td class=num>{_fmt('peak_rss', _figure(t, 'peak_rss'))}</td><td class=num>{_fmt('io', _figure(t, 'io'))}</td>"
             f"<td class=num>{energy}</td><td>{html.escape(budget)}</td><td>{html.escape('; '.join(kinds))}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
