@@ -235,6 +235,6 @@ def _comparison_lines(doc: dict[str, Any], baseline: dict[str, Any]) -> list[tup
     if busy:
         waited = sum(f.verdict["busy_machine"]["cpu_wait_added_s"] for f in busy)
         out.append((f"  {len(busy)} wall regression(s) not failed: noise: the machine was busier (waited "
-                    f"{waited * 1e3:.1f} ms more for a CPU in all, per-test medians); their code did no more work",
+                    f"{waited * 1e3:.1f} ms more for a CPU in all, per-test medians); wall less that wait did not regress",
                     {"yellow": True}))
     return out

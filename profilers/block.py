@@ -229,7 +229,10 @@ class _RunQueue:
 
     def own(self) -> int | None:
         """This thread's run_delay in ns, None where there is no schedstat."""
-        fd = self._fd(threading.get_native_id())
+        tid = threading.get_native_id()
+        fd = self.fds.get(tid) if os.getpid() == self.pid else None
+        if fd is None:
+            fd = self._fd(tid)
         if fd is None:
             return None
         try:
@@ -241,11 +244,10 @@ class _RunQueue:
         own = self.own()
         if own is None:
             return None
-        me = threading.get_native_id()
-        waits = {-1: own, me: own}
         if threading.active_count() == 1:
-            return waits  # no other Python thread: a native one (BLAS, torch) is missed -- the cheap path
-        waits[-2] = 1  # a full listing: a thread absent from it started later
+            return {-1: own}  # no other Python thread: a native one (BLAS, torch) is missed -- the cheap path
+        me = threading.get_native_id()
+        waits = {-1: own, me: own, -2: 1}  # -2: a full listing, so a thread absent from it started later
         try:
             tids = [int(t) for t in os.listdir(TASKS)]
         except OSError:
@@ -273,11 +275,15 @@ class _RunQueue:
 def _waits(before: dict[int, int], after: dict[int, int]) -> tuple[float, float]:
     """(measuring thread, all threads) run-queue wait in seconds between two readings."""
     own = max(0, after[-1] - before[-1]) / 1e9
+    if len(after) == 1:  # the cheap path: this thread only
+        return own, own
     # A thread missing from a full listing at the start began during the block: it counts
     # from zero. After a cheap start (one thread) nothing else is known to count from.
     full = -2 in before
     total = sum(max(0, ns - before[tid]) if tid in before else ns
                 for tid, ns in after.items() if tid >= 0 and (full or tid in before))
+    if not any(tid >= 0 for tid in before):  # a cheap start: this thread is known only as -1
+        total += own * 1e9
     return own, max(own, total / 1e9)
 
 
