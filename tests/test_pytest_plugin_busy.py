@@ -70,7 +70,9 @@ def _finding(doc: dict, suffix: str, metric: str = "wall") -> dict:
 def test_busier_machine_is_noise_but_slower_code_fails(pytester: pytest.Pytester,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     pytester.makepyfile(test_busy=SUITE)
-    options = ["--perfpilot-rounds=7", "--perfpilot-compare-fail=wall:10%", "--perfpilot-json", "out.json"]
+    # max-time: under load a 3x slower test must still get all its rounds (fewer cannot reach significance)
+    options = ["--perfpilot-rounds=7", "--perfpilot-max-time=10", "--perfpilot-compare-fail=wall:10%",
+               "--perfpilot-json", "out.json"]
     monkeypatch.setenv("SLOWDOWN", "1")
     pytester.runpytest_subprocess("--perfpilot-save", *options).assert_outcomes(passed=3)
     base = json.loads((pytester.path / "out.json").read_text())
@@ -87,7 +89,8 @@ def test_busier_machine_is_noise_but_slower_code_fails(pytester: pytest.Pytester
     doc = json.loads((pytester.path / "out.json").read_text())
     outcomes = {t["nodeid"].split("::")[1]: t["outcome"] for t in doc["tests"]}
     assert outcomes == {"test_unchanged": "passed", "test_more_cpu": "failed", "test_more_sleep": "failed"}, \
-        result.stdout.str()
+        (json.dumps(doc["findings"], indent=1), json.dumps([t["rounds"] for t in base["tests"]]),
+         json.dumps([t["rounds"] for t in doc["tests"]]))
 
     def median_wait(d: dict, name: str) -> float:
         rounds = next(t for t in d["tests"] if t["nodeid"].endswith(name))["rounds"]["cpu_wait"]
