@@ -36,7 +36,7 @@ from typing import Any
 from perfpilot import hookimpl
 from perfpilot.config import Settings
 from perfpilot.plugins.cpu import proc_files, tick_stats
-from perfpilot.profilers.procfs import STAT_PPID, STAT_STARTTIME, ProcFiles, proc_stat, read_file
+from perfpilot.profilers.procfs import STAT_PPID, STAT_STARTTIME, ProcFiles, parse_io, proc_stat, read_file
 from perfpilot.profilers.target import IO_FIELDS, Target, add_io, read_proc_io
 
 SAMPLE_INTERVAL_S = 0.5
@@ -65,14 +65,6 @@ def physical_disks(sys_block: str = "/sys/block") -> set[str]:
     except OSError:
         return set()
     return {n for n in names if os.path.exists(os.path.join(sys_block, n, "device"))}
-
-
-def parse_io(data: bytes | None) -> dict[str, float] | None:
-    """``/proc/<pid>/io`` text as a dict."""
-    if not data:
-        return None
-    words = data.split()  # b"rchar:", b"123", b"wchar:", ...
-    return {words[i][:-1].decode(): float(words[i + 1]) for i in range(0, len(words) - 1, 2)}
 
 
 def disk_sectors(disks: set[str], files: ProcFiles | None = None) -> tuple[int, int]:

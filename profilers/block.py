@@ -49,13 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from perfpilot.profilers.procfs import PAGE_SIZE, parse_io
+
 CLEAR_REFS = "/proc/self/clear_refs"
 STATUS = "/proc/self/status"
 STATM = "/proc/self/statm"
 PROC_IO = "/proc/self/io"
 TASKS = "/proc/self/task"
 RAPL_ROOT = Path("/sys/class/powercap")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # Used only when the caller passes no estimate basis (the pytest plugin passes the power
 # collector's, see perfpilot.plugins.power.watts_per_cpu); same default as that collector.
 # The figure is stated in every estimate so nobody mistakes it for a measurement.
@@ -168,16 +169,8 @@ class _ProcFiles:
                 pass
         self.fds = {}
 
-    def io(self) -> dict[str, int] | None:
-        text = self.read(PROC_IO)
-        if text is None:
-            return None
-        values = {}
-        for line in text.split(b"\n"):
-            key, _, value = line.partition(b":")
-            if value:
-                values[key.decode()] = int(value)
-        return values
+    def io(self) -> dict[str, float] | None:
+        return parse_io(self.read(PROC_IO))
 
     def rss(self) -> float:
         text = self.read(STATM)

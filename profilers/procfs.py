@@ -122,6 +122,14 @@ class ProcFiles:
             pass
 
 
+def parse_io(data: bytes | None) -> dict[str, float] | None:
+    """``/proc/<pid>/io`` text (``rchar: 123`` lines) as a dict; None when empty."""
+    if not data:
+        return None
+    words = data.split()  # b"rchar:", b"123", b"wchar:", ...
+    return {words[i][:-1].decode(): float(words[i + 1]) for i in range(0, len(words) - 1, 2)}
+
+
 def stat_fields(data: bytes | None) -> list[bytes] | None:
     """``/proc/<pid>/stat`` fields after the command name (index with ``STAT_*``).
     None for no data; ValueError when there is no ")" (not a stat file)."""

@@ -25,6 +25,8 @@ from typing import Any
 
 import psutil
 
+from perfpilot.profilers.procfs import parse_io, read_file
+
 RUSAGE_FIELDS = ("utime", "stime", "maxrss_bytes", "minflt", "majflt", "inblock", "oublock", "nvcsw", "nivcsw")
 
 
@@ -69,16 +71,7 @@ IO_FIELDS = ("rchar", "wchar", "syscr", "syscw", "read_bytes", "write_bytes", "c
 
 def read_proc_io(pid: int) -> dict[str, float] | None:
     """``/proc/<pid>/io`` as a dict (None when unreadable or gone)."""
-    try:
-        with open(f"/proc/{pid}/io", "rb") as fh:
-            text = fh.read()
-    except OSError:
-        return None
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(b":")
-        out[key.decode()] = float(value)
-    return out
+    return parse_io(read_file(f"/proc/{pid}/io"))
 
 
 def add_io(a: dict[str, float] | None, b: dict[str, float]) -> dict[str, float]:
