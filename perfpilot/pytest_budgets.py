@@ -143,8 +143,11 @@ def parse_thresholds(text: str) -> dict[str, float]:
             # "wall:10" almost always means 10%, not the 1000% a fraction of 10 would be
             raise BudgetError(f"--perfpilot-compare-fail: {metric}:{amount} is ambiguous",
                               hint=f"write {metric}:{amount}% for {amount} percent (a bare number is a fraction: 0.1 = 10%)")
-        if not 0 < fraction < 100:
-            raise BudgetError(f"--perfpilot-compare-fail: {metric} threshold must be above 0%, got {amount!r}")
+        if not 0 < fraction < 1:
+            # the verdict engine takes a fraction below 1 (it refuses 2.0 as a likely
+            # percent-for-fraction slip); 100% or more used to fail inside every test
+            raise BudgetError(f"--perfpilot-compare-fail: {metric} threshold must be above 0% and below 100%, "
+                              f"got {amount!r}")
         out[metric] = fraction
     if not out:
         raise BudgetError("--perfpilot-compare-fail is empty", hint="write METRIC:PERCENT pairs like wall:10%")

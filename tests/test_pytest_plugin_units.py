@@ -69,7 +69,11 @@ def test_thresholds() -> None:
     # a bare 10 used to become a 1000% threshold: nothing would ever fail
     with pytest.raises(BudgetError, match="wall:10%"):
         parse_thresholds("wall:10")
-    assert parse_thresholds("wall:150%") == {"wall": pytest.approx(1.5)}
+    assert parse_thresholds("wall:95%") == {"wall": pytest.approx(0.95)}
+    # 150% was accepted here and then raised inside every compared test (the verdict
+    # engine takes fractions below 1): refused up front, once
+    with pytest.raises(BudgetError, match="below 100%"):
+        parse_thresholds("wall:150%")
 
 
 # ----------------------------------------------------------------- budgets
