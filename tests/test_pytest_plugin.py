@@ -176,8 +176,10 @@ def test_unchanged():
     work(150_000)
 ''')
     # CPU time: load from other processes on a shared machine moves wall time a lot
-    # between the saving and the comparing session, CPU time of CPU-bound work far less.
-    options = ["--perfpilot-rounds=7", "--perfpilot-compare-fail=cpu:50%", "--perfpilot-json", "out.json"]
+    # between the saving and the comparing session, CPU time of CPU-bound work far less
+    # (but an unchanged test was still seen 1.56x between sessions here: hence 90%
+    # against a 4x slowdown).
+    options = ["--perfpilot-rounds=7", "--perfpilot-compare-fail=cpu:90%", "--perfpilot-json", "out.json"]
     monkeypatch.setenv("SLOWDOWN", "1")
     saved = pytester.runpytest_subprocess("--perfpilot", "--perfpilot-save", *options[:1])
     saved.assert_outcomes(passed=2)

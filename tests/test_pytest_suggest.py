@@ -4,8 +4,10 @@ proposals are printed and written to the JSON report, never applied.
 End to end with pytester (a real pytest in a subprocess, the plugin loaded through its
 entry point), the ``mock`` backend replaying scripted replies, and the ``openai`` backend
 against a real HTTP server on 127.0.0.1 (and against a closed port). Regressions are made
-with fixed CPU work slowed 3x and 9x against a 50% threshold on CPU time, as in
-test_pytest_plugin.py: no timed assertions.
+with fixed CPU work slowed 3x and 9x against a 90% threshold on CPU time: a baseline
+and a later session are not interleaved, and an unchanged ~3 ms test was seen 1.56x
+slower in CPU time between two sessions on this VM, so 50% was too tight. No timed
+assertions.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ DIFF = ("--- a/work.py\n+++ b/work.py\n@@ -14,3 +14,3 @@\n     for i in range(n 
 GOOD = {"proposals": [{"kind": "patch", "title": "Inline inner() in the hot loop",
                        "rationale": "One Python call per item costs more than the arithmetic.", "diff": DIFF}]}
 MALFORMED = "Sure! I would make work() faster by caching things. Hope that helps."
-COMPARE = ["--perfpilot-compare-fail=cpu:50%", "--perfpilot-rounds=7", "--perfpilot-json", "out.json"]
+COMPARE = ["--perfpilot-compare-fail=cpu:90%", "--perfpilot-rounds=7", "--perfpilot-json", "out.json"]
 LLM_ENV = ("PERFPILOT_BACKEND", "PERFPILOT_MODEL", "PERFPILOT_BASE_URL", "PERFPILOT_MOCK_REPLIES",
            "PERFPILOT_API_KEY", "OPENAI_API_KEY", "PERFPILOT_LLM_RETRIES", "PERFPILOT_CONTEXT_TOKENS")
 
