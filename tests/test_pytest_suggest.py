@@ -4,10 +4,13 @@ proposals are printed and written to the JSON report, never applied.
 End to end with pytester (a real pytest in a subprocess, the plugin loaded through its
 entry point), the ``mock`` backend replaying scripted replies, and the ``openai`` backend
 against a real HTTP server on 127.0.0.1 (and against a closed port). Regressions are made
-with fixed CPU work slowed 3x and 9x against a 90% threshold on CPU time: a baseline
+with fixed CPU work slowed 9x and 27x against a 90% threshold on CPU time: a baseline
 and a later session are not interleaved, and an unchanged ~3 ms test was seen 1.56x
-slower in CPU time between two sessions on this VM, so 50% was too tight. No timed
-assertions.
+slower in CPU time between two sessions on this VM, and 2.45x slower when the later
+session ran two xdist workers and py-spy on its 2 CPUs. These tests are about what is
+asked and printed, not about the verdict engine's sensitivity (test_pytest_plugin.py
+and test_stats.py cover that), so the unchanged test is kept below the noise floor and
+the regressions far above any drift. No timed assertions.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def work(n):
 
 
 def squared(n):
-    return work(n * SLOW)
+    return work(n * SLOW * SLOW)
 '''
 
 TESTS = '''
@@ -67,17 +70,16 @@ API_KEY = "sk-live-abcdefghijklmnopqrstuvwxyz0123"  # looks like a key: must nev
 
 
 def test_changed():
-    work.work(50_000)
+    work.work(20_000 * work.SLOW)
 
 
 def test_worst():
-    work.squared(50_000)
+    work.squared(20_000)
 
 
 def test_unchanged():
-    total = 0
-    for i in range(50_000):
-        total += i * i % 7
+    # far below the noise floor: no drift between sessions can make it a regression
+    assert sum(range(100)) == 4950
 '''
 
 DIFF = ("--- a/work.py\n+++ b/work.py\n@@ -14,3 +14,3 @@\n     for i in range(n * SLOW):\n"
@@ -109,7 +111,7 @@ def _replies(pytester: pytest.Pytester, *replies: Any, name: str = "replies.json
 def _save_baseline(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLOWDOWN", "1")
     pytester.runpytest_subprocess("--perfpilot-save", "--perfpilot-rounds=7").assert_outcomes(passed=3)
-    monkeypatch.setenv("SLOWDOWN", "3")  # test_changed 3x, test_worst 9x, test_unchanged 1x
+    monkeypatch.setenv("SLOWDOWN", "3")  # test_changed 9x, test_worst 27x, test_unchanged 1x
 
 
 def _suggestions(pytester: pytest.Pytester) -> dict[str, Any]:
@@ -208,7 +210,10 @@ def test_malformed_reply_exhausted_and_unreachable_backends_leave_the_outcome_al
     failed, skipped = _suggestions(pytester)["requests"]
     assert failed["status"] == "failed" and skipped["status"] == "skipped" and "request" not in skipped
 
-    # no regression: nothing is asked, so even a dead backend costs nothing
+    # no regression: nothing is asked, so even a dead backend costs nothing. A new
+    # baseline of the slow code, then the fast code: the changed tests are 9x and 27x
+    # faster, not 1x against a baseline from another session's noise.
+    pytester.runpytest_subprocess("--perfpilot-save", "--perfpilot-rounds=7").assert_outcomes(passed=3)
     monkeypatch.setenv("SLOWDOWN", "1")
     result = pytester.runpytest_subprocess("--perfpilot-suggest", "--perfpilot-backend", "openai",
                                            "--perfpilot-base-url", f"http://127.0.0.1:{port}/v1", *COMPARE)
