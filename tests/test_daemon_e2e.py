@@ -262,6 +262,11 @@ def test_cli_reads_the_live_database(live: dict[str, Any]) -> None:
     report = json.loads(status.stdout)
     assert report["daemon"]["status"] == "ok"
     assert live["watch"] in report["store"]["entities"]
+    # the database alone is enough: the daemon recorded the port it really listens on
+    status = subprocess.run([exe, "daemon", "status", "--db", str(db)], capture_output=True, text=True,
+                            timeout=60, cwd=live["tmp"], env={**os.environ, "COLUMNS": "200"})
+    assert status.returncode == 0, status.stderr
+    assert f"daemon: ok at 127.0.0.1:{live['port']}, pid {live['daemon'].pid}" in status.stdout, status.stdout
     findings = subprocess.run([exe, "daemon", "--db", str(db), "findings", "--json"], capture_output=True,
                               text=True, timeout=60)
     assert findings.returncode == 0, findings.stderr

@@ -123,6 +123,9 @@ class Daemon:
         self.collectors.start()
         self._gpu_ok = self.gpu.start()
         self.exporter.start()
+        # where this database's daemon really listens (port 0 picks one): `daemon status --db` asks there
+        host = self.exporter.host
+        self.store.set_meta("listen", f"[{host}]:{self.exporter.port}" if ":" in host else f"{host}:{self.exporter.port}")
         self._tick()
         self._thread = threading.Thread(target=self._loop, name="perfpilot-sampler", daemon=True)
         self._thread.start()

@@ -595,6 +595,18 @@ class Store:
         keys = ("ts", "entity", "pid", "rank", "function", "file", "line", "self_pct", "total_pct", "samples")
         return [{**dict(zip(keys, row)), "ts": row[0] / 1000} for row in rows]
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Record one fact about the daemon that owns this database (e.g. where it listens)."""
+        assert self.conn is not None
+        with self._db_lock:
+            self._in_tx(("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value)))
+
+    def meta(self, key: str) -> str | None:
+        assert self.conn is not None
+        with self._db_lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
     def summary(self) -> dict[str, Any]:
         assert self.conn is not None
         with self._db_lock:
@@ -604,11 +616,12 @@ class Store:
             entities = [e for (e,) in self.conn.execute("SELECT DISTINCT entity FROM series ORDER BY entity")]
             active = self.conn.execute("SELECT COUNT(*) FROM findings WHERE active = 1").fetchone()[0]
             clean = self.conn.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
+            listen = self.conn.execute("SELECT value FROM meta WHERE key='listen'").fetchone()
         return {
             "path": str(self.path), "file_bytes": self.file_bytes(), "series": series, "entities": entities,
             "raw_from": first / 1000 if first is not None else None, "raw_to": last / 1000 if last else None,
             "rollups_from": rfirst / 1000 if rfirst is not None else None, "active_findings": active,
-            "clean_shutdown": bool(clean and clean[0] == "1"),
+            "clean_shutdown": bool(clean and clean[0] == "1"), "listen": listen[0] if listen else None,
         }
 
     # ------------------------------------------------------------------ closing

@@ -165,9 +165,13 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
 
 
-def _fetch_health(config: Any) -> dict[str, Any] | None:
-    host = "127.0.0.1" if config.host in {"0.0.0.0", "::", ""} else config.host
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.port}/healthz"
+def _fetch_health(config: Any, listen: str) -> dict[str, Any] | None:
+    from perfpilot.agent.daemon.config import split_listen
+
+    host, port = split_listen(listen)
+    host = host.strip("[]")
+    host = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/healthz"
     request = urllib.request.Request(url)
     try:
         token = config.resolved_token()
@@ -195,20 +199,27 @@ def _fetch_health(config: Any) -> dict[str, Any] | None:
 def status(ctx: click.Context, config_file: Path | None, db: Path | None, as_json: bool) -> None:
     """Is the daemon running, what does its database hold."""
     config = _resolve(ctx, config_file, db)
-    health = _fetch_health(config)
     store = _open_readonly(config)
     try:
         summary = store.summary()
     finally:
         store.close()
+    # the daemon that writes this database recorded where it listens; the config's address
+    # is the fallback (a database from before that record, or a daemon moved since)
+    tried = list(dict.fromkeys(a for a in (summary.get("listen"), config.listen) if a))
+    health, listen = None, tried[0]
+    for listen in tried:
+        health = _fetch_health(config, listen)
+        if health is not None:
+            break
     if as_json:
-        click.echo(json.dumps({"daemon": health, "store": summary}, indent=1, default=str))
+        click.echo(json.dumps({"daemon": health, "listen": listen, "store": summary}, indent=1, default=str))
         return
     console = Console()
     if health is None:
-        console.print(f"daemon: [yellow]not reachable[/] at {config.listen}")
+        console.print(f"daemon: [yellow]not reachable[/] at {' or '.join(tried)}")
     else:
-        console.print(f"daemon: [green]{health.get('status')}[/] pid {health.get('pid')}, up "
+        console.print(f"daemon: [green]{health.get('status')}[/] at {listen}, pid {health.get('pid')}, up "
                       f"{health.get('uptime_s', 0):.0f}s, {health.get('ticks')} ticks, "
                       f"{health.get('tick_errors')} tick errors")
         for problem in (health.get("capabilities") or {}).get("missing", []):
