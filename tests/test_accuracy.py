@@ -76,9 +76,11 @@ def test_very_short_command_still_gets_exact_totals(tmp_path: Path) -> None:
     profile = _run([sys.executable, "-c", code])
     utime, stime, maxrss, minflt = eval(report.read_text())  # noqa: S307 - our own repr
     s = profile.summary
-    # exact, from wait4: at least what the child saw, plus only its exit path (which
-    # unmaps the ballast: about 0.1 s of system time per GiB here)
-    assert utime + stime <= _cpu(profile) <= utime + stime + 0.02 + 0.1 * ballast / 2**30
+    # exact, from wait4: at least what the child saw, plus only its exit path, which
+    # unmaps the ballast: about 0.1 s of system time per GiB here on a quiet machine,
+    # 0.16 s per GiB seen under load (hence 0.3). Counting the child twice would still
+    # land far above this bound.
+    assert utime + stime <= _cpu(profile) <= utime + stime + 0.05 + 0.3 * ballast / 2**30
     assert s["peak_rss_source"] == "rusage"
     assert maxrss <= s["peak_rss_bytes"] <= maxrss * 1.10
     assert minflt <= s["memory_minor_faults"] <= minflt * 1.10 + 200
