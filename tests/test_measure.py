@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SLOW = ROOT / "examples" / "compare" / "workload.py"
 FAST = ROOT / "examples" / "compare" / "workload_fast.py"
 PY = sys.executable
-NOISY = 0.12  # robust CV of A's runs above which 10 runs per side cannot resolve 30% reliably
+# Robust CV (either side) above which 10 runs per side cannot resolve 30% reliably here:
+# 12% was tried, and a clean-clone CI run at 10% (with a few far outliers the MAD does not
+# see) gave ratio 0.81, CI 0.67-1.0: inconclusive. On a quiet machine (<= 5%) it must resolve.
+NOISY = 0.05
 
 pytestmark = pytest.mark.slow
 
