@@ -122,6 +122,9 @@ def format_quantity(metric: str, value: float) -> str:
     return f"{value:.4g}"
 
 
+MAX_THRESHOLD = 10.0  # 1000%: fail at 11x; more says "never", which is not a threshold
+
+
 def parse_thresholds(text: str) -> dict[str, float]:
     """``"wall:10%,peak_rss:20%"`` -> ``{"wall": 0.1, "peak_rss": 0.2}`` (``0.1`` also reads as 10%)."""
     out: dict[str, float] = {}
@@ -143,11 +146,9 @@ def parse_thresholds(text: str) -> dict[str, float]:
             # "wall:10" almost always means 10%, not the 1000% a fraction of 10 would be
             raise BudgetError(f"--perfpilot-compare-fail: {metric}:{amount} is ambiguous",
                               hint=f"write {metric}:{amount}% for {amount} percent (a bare number is a fraction: 0.1 = 10%)")
-        if not 0 < fraction < 1:
-            # the verdict engine takes a fraction below 1 (it refuses 2.0 as a likely
-            # percent-for-fraction slip); 100% or more used to fail inside every test
-            raise BudgetError(f"--perfpilot-compare-fail: {metric} threshold must be above 0% and below 100%, "
-                              f"got {amount!r}")
+        if not 0 < fraction <= MAX_THRESHOLD:
+            raise BudgetError(f"--perfpilot-compare-fail: {metric} threshold must be above 0% and at most "
+                              f"{MAX_THRESHOLD:.0%}, got {amount!r}")
         out[metric] = fraction
     if not out:
         raise BudgetError("--perfpilot-compare-fail is empty", hint="write METRIC:PERCENT pairs like wall:10%")

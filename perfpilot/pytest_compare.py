@@ -86,21 +86,40 @@ def judge(a: Sequence[float], b: Sequence[float], *, metric: str, threshold: flo
     return verdict(a, b, metric=metric, threshold=threshold, source=source)
 
 
+def engine_threshold(threshold: float) -> float:
+    """The verdict engine's threshold for a plugin threshold.
+
+    The engine takes a fraction below 1, used both ways (better below ``1 - t``, worse
+    above ``1 + t``). A plugin threshold of 100% or more ("fail at 2.5x": for shared
+    runners whose speed drifts between sessions) is judged on the worse side in
+    :func:`classify`; the engine gets ``t / (1 + t)``, whose better side ``1 / (1 + t)``
+    mirrors ``1 + t`` on a log scale.
+    """
+    return threshold if threshold < 1 else threshold / (1 + threshold)
+
+
 def classify(nodeid: str, metric: str, a: Sequence[float], b: Sequence[float], *, threshold: float,
              source: str = "measured", subject: str = "", floor: float | None = None) -> Finding:
     if len(a) < MIN_ROUNDS or len(b) < MIN_ROUNDS:
         return Finding(nodeid, metric, "insufficient", subject=subject,
                        reason=f"{len(a)} baseline and {len(b)} current rounds; need {MIN_ROUNDS} each")
-    v = judge(a, b, metric=metric, threshold=threshold, source=source)
+    v = judge(a, b, metric=metric, threshold=engine_threshold(threshold), source=source)
     data = v.to_dict()
     data.pop("samples_a", None)  # the rounds are in the report already
     data.pop("samples_b", None)
+    data["threshold"] = threshold
     floor = NOISE_FLOOR.get(metric, 0.0) if floor is None else floor
     diff = v.median_b - v.median_a
-    worse = math.isfinite(v.ratio) and v.ratio > 1 + v.threshold
-    if v.regressed and diff > floor:
+    worse = math.isfinite(v.ratio) and v.ratio > 1 + threshold
+    # the regression side is judged here against the plugin's own threshold, which may be
+    # 100% or more (the engine's is a fraction below 1: see engine_threshold)
+    if threshold < 1:
+        regressed = v.regressed
+    else:
+        regressed = v.source != "estimate" and v.p_value < 1 - v.confidence and v.ci_low > 1 + threshold
+    if regressed and diff > floor:
         return Finding(nodeid, metric, "regression", data, subject=subject)
-    if v.regressed:
+    if regressed:
         return Finding(nodeid, metric, "noise", data, subject=subject,
                        reason=f"significant but {format_quantity(metric, diff)} is below the "
                               f"{format_quantity(metric, floor)} noise floor")
@@ -108,7 +127,7 @@ def classify(nodeid: str, metric: str, a: Sequence[float], b: Sequence[float], *
         if source == "estimate":
             reason = "estimate, decides nothing"
         elif v.p_value < 1 - v.confidence:
-            reason = f"the CI reaches below the +{v.threshold:.0%} threshold"
+            reason = f"the CI reaches below the +{threshold:.0%} threshold"
         else:
             reason = f"not significant (p={v.p_value:.2g})"
         return Finding(nodeid, metric, "noise", data, reason=reason, subject=subject)

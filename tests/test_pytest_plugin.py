@@ -176,10 +176,10 @@ def test_unchanged():
     work(150_000)
 ''')
     # CPU time: load from other processes on a shared machine moves wall time a lot
-    # between the saving and the comparing session, CPU time of CPU-bound work far less
-    # (but an unchanged test was still seen 1.56x between sessions here: hence 90%
-    # against a 4x slowdown).
-    options = ["--perfpilot-rounds=7", "--perfpilot-compare-fail=cpu:90%", "--perfpilot-json", "out.json"]
+    # between the saving and the comparing session, CPU time of CPU-bound work less -- but
+    # whole sessions of this VM ran ~2x slow in CPU time (an unchanged test seen 1.56x,
+    # 2.2x and 2.45x between sessions): hence 150% (fail at 2.5x) against 8x slower code.
+    options = ["--perfpilot-rounds=7", "--perfpilot-compare-fail=cpu:150%", "--perfpilot-json", "out.json"]
     monkeypatch.setenv("SLOWDOWN", "1")
     saved = pytester.runpytest_subprocess("--perfpilot", "--perfpilot-save", *options[:1])
     saved.assert_outcomes(passed=2)
@@ -190,7 +190,7 @@ def test_unchanged():
     assert {"machine_id", "python", "commit", "date", "rounds"} <= set(baseline["meta"])
     assert len(baseline["tests"]["test_regress.py::test_changed"]["rounds"]["cpu"]) == 7
 
-    monkeypatch.setenv("SLOWDOWN", "4")
+    monkeypatch.setenv("SLOWDOWN", "8")
     result = pytester.runpytest_subprocess("--perfpilot-compare", *options)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
@@ -202,8 +202,8 @@ def test_unchanged():
     changed = [f for f in doc["findings"] if f["nodeid"].endswith("test_changed")]
     unchanged = [f for f in doc["findings"] if f["nodeid"].endswith("test_unchanged")]
     assert [f["kind"] for f in changed] == ["regression"]
-    # 4x slower code; a clean-clone CI run measured 2.44x (its baseline session ran 2x slow)
-    assert changed[0]["verdict"]["ratio"] > 1.9 and changed[0]["verdict"]["ci_low"] > 1.9
+    # 8x slower code (a clean-clone CI run measured 4x code at 2.44x: its baseline session ran 2x slow)
+    assert changed[0]["verdict"]["ci_low"] > 2.5 and changed[0]["verdict"]["threshold"] == 1.5
     assert [f["kind"] for f in unchanged] != ["regression"]
     assert _test(doc, "test_unchanged")["outcome"] == "passed"
 

@@ -70,10 +70,29 @@ def test_thresholds() -> None:
     with pytest.raises(BudgetError, match="wall:10%"):
         parse_thresholds("wall:10")
     assert parse_thresholds("wall:95%") == {"wall": pytest.approx(0.95)}
-    # 150% was accepted here and then raised inside every compared test (the verdict
-    # engine takes fractions below 1): refused up front, once
-    with pytest.raises(BudgetError, match="below 100%"):
-        parse_thresholds("wall:150%")
+    # 100% and more: "fail at 2.5x", for runners whose speed drifts between sessions
+    assert parse_thresholds("cpu:150%") == {"cpu": pytest.approx(1.5)}
+    with pytest.raises(BudgetError, match="at most 1000%"):
+        parse_thresholds("wall:1500%")
+
+
+def test_threshold_of_100_percent_or_more_judges_the_worse_side_itself() -> None:
+    from perfpilot.pytest_compare import classify, engine_threshold
+
+    base = [0.010, 0.0102, 0.0098, 0.0101, 0.0099, 0.0100, 0.0103]
+    assert engine_threshold(0.1) == 0.1 and engine_threshold(1.5) == pytest.approx(0.6)
+    three_x = classify("t", "cpu", base, [3 * x for x in base], threshold=1.5)
+    assert three_x.kind == "regression" and three_x.verdict["threshold"] == 1.5
+    assert classify("t", "cpu", base, [2 * x for x in base], threshold=1.5).kind == "unchanged"  # within 2.5x
+    spread = classify("t", "cpu", base, [0.027, 0.020, 0.035, 0.027, 0.022, 0.031, 0.026], threshold=1.5)
+    assert spread.verdict["ratio"] > 2.5 and spread.kind == "noise"
+    assert "below the +150% threshold" in spread.reason
+    assert classify("t", "cpu", base, [1.02 * x for x in base], threshold=1.5).kind == "unchanged"
+    # the better side mirrors 2.5x on a log scale: 0.3x is better, 0.5x is not
+    assert classify("t", "cpu", base, [0.3 * x for x in base], threshold=1.5).kind == "improved"
+    assert classify("t", "cpu", base, [0.5 * x for x in base], threshold=1.5).kind == "unchanged"
+    # the engine's own path is unchanged below 100%
+    assert classify("t", "cpu", base, [2 * x for x in base], threshold=0.9).kind == "regression"
 
 
 # ----------------------------------------------------------------- budgets
