@@ -601,12 +601,6 @@ class Store:
         with self._db_lock:
             self._in_tx(("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value)))
 
-    def meta(self, key: str) -> str | None:
-        assert self.conn is not None
-        with self._db_lock:
-            row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
-
     def summary(self) -> dict[str, Any]:
         assert self.conn is not None
         with self._db_lock:
