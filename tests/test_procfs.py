@@ -51,7 +51,14 @@ def test_stat_fields_and_stat_agree_with_the_kernel_by_other_routes() -> None:
     assert abs(stat.cpu_seconds - (times.user + times.system)) < 0.2
     assert abs(stat.rss_bytes - me.memory_info().rss) < 8 * 2**20
     assert abs(stat.create_time - me.create_time()) < 0.02
-    assert stat == procfs.parse_stat(data)  # type: ignore[arg-type]
+    # two reads of the same file: a clock tick of CPU time (a CI run saw 13.65 vs 13.66 s)
+    # or a page of RSS may land between them
+    again = procfs.parse_stat(data)  # type: ignore[arg-type]
+    assert again is not None
+    assert (again.name, again.state, again.threads, again.create_time) == \
+        (stat.name, stat.state, stat.threads, stat.create_time)
+    assert abs(again.cpu_seconds - stat.cpu_seconds) <= 0.05
+    assert abs(again.rss_bytes - stat.rss_bytes) < 2**20
 
 
 def test_parse_stat_takes_the_last_parenthesis_and_rejects_other_text() -> None:
