@@ -226,10 +226,7 @@ class _RunQueue:
 
     def own(self) -> int | None:
         """This thread's run_delay in ns, None where there is no schedstat."""
-        tid = threading.get_native_id()
-        fd = self.fds.get(tid) if os.getpid() == self.pid else None
-        if fd is None:
-            fd = self._fd(tid)
+        fd = self._fd(threading.get_native_id())
         if fd is None:
             return None
         try:

@@ -117,3 +117,11 @@ def test_cli_corrupt_database(perfpilot_cli, tmp_path: Path, content: bytes, mes
         lines = [ln for ln in result.stderr.splitlines() if ln.startswith("perfpilot: error:")]
         assert len(lines) == 1 and message in lines[0], result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_join_listen_is_what_split_listen_reads_back() -> None:
+    from perfpilot.agent.daemon.config import join_listen, split_listen
+
+    assert join_listen("::1", 10464) == "[::1]:10464" and join_listen("127.0.0.1", 9) == "127.0.0.1:9"
+    for host, port in (("127.0.0.1", 10464), ("::1", 0), ("0.0.0.0", 65535)):
+        assert split_listen(join_listen(host, port)) == (host, port)

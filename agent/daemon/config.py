@@ -175,6 +175,11 @@ def split_listen(listen: str) -> tuple[str, int]:
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
+def join_listen(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets: what :func:`split_listen` reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def is_loopback(host: str) -> bool:
     import ipaddress
 

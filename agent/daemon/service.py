@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from perfpilot import __version__
-from perfpilot.agent.daemon.config import PROPOSE_NEEDS_BACKEND, DaemonConfig, is_loopback
+from perfpilot.agent.daemon.config import PROPOSE_NEEDS_BACKEND, DaemonConfig, is_loopback, join_listen
 from perfpilot.agent.daemon.exporter import Exporter
 from perfpilot.agent.daemon.findings import KINDS, FindingEngine
 from perfpilot.agent.daemon.sampler import CollectorRunner, GpuProbe, HostProbe, ProcessSampler
@@ -124,8 +124,7 @@ class Daemon:
         self._gpu_ok = self.gpu.start()
         self.exporter.start()
         # where this database's daemon really listens (port 0 picks one): `daemon status --db` asks there
-        host = self.exporter.host
-        self.store.set_meta("listen", f"[{host}]:{self.exporter.port}" if ":" in host else f"{host}:{self.exporter.port}")
+        self.store.set_meta("listen", join_listen(self.exporter.host, self.exporter.port))
         self._tick()
         self._thread = threading.Thread(target=self._loop, name="perfpilot-sampler", daemon=True)
         self._thread.start()

@@ -166,12 +166,11 @@ def _when(ts: float | None) -> str:
 
 
 def _fetch_health(config: Any, listen: str) -> dict[str, Any] | None:
-    from perfpilot.agent.daemon.config import split_listen
+    from perfpilot.agent.daemon.config import join_listen, split_listen
 
     host, port = split_listen(listen)
-    host = host.strip("[]")
-    host = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/healthz"
+    host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host  # a wildcard bind answers on loopback
+    url = f"http://{join_listen(host, port)}/healthz"
     request = urllib.request.Request(url)
     try:
         token = config.resolved_token()
