@@ -3,9 +3,11 @@
 Every (test, metric) pair gets a :class:`perfpilot.profilers.stats.Verdict` (bootstrap CI
 of the ratio of medians, Mann-Whitney p, noise). A finding is then one of:
 
-``regression``  the engine says *regressed* (p below alpha and the whole CI above
-                ``1 + threshold``) and the medians differ by more than the metric's noise
-                floor -- this fails the test;
+``regression``  p below alpha and the whole CI above ``1 + threshold`` (the engine's
+                *regressed*; for thresholds of 100% or more, which the engine refuses as
+                a likely slip, the same rule applied here: :func:`engine_threshold`) and
+                the medians differ by more than the metric's noise floor -- this fails
+                the test;
 ``noise``       worse beyond the threshold by the point estimate, but not significant, or
                 below the noise floor, or resting on an energy estimate -- reported, never
                 fails;
