@@ -119,6 +119,9 @@ def classify(nodeid: str, metric: str, a: Sequence[float], b: Sequence[float], *
         regressed = v.regressed
     else:
         regressed = v.source != "estimate" and v.p_value < 1 - v.confidence and v.ci_low > 1 + threshold
+        if v.regressed and not regressed:  # the engine judged against t/(1+t): its "slower" is not ours
+            data["verdict"] = "inconclusive"
+        data["regressed"] = regressed
     if regressed and diff > floor:
         return Finding(nodeid, metric, "regression", data, subject=subject)
     if regressed:

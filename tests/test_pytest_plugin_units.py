@@ -86,6 +86,9 @@ def test_threshold_of_100_percent_or_more_judges_the_worse_side_itself() -> None
     assert classify("t", "cpu", base, [2 * x for x in base], threshold=1.5).kind == "unchanged"  # within 2.5x
     spread = classify("t", "cpu", base, [0.027, 0.020, 0.035, 0.027, 0.022, 0.031, 0.026], threshold=1.5)
     assert spread.verdict["ratio"] > 2.5 and spread.kind == "noise"
+    # the report's verdict is the plugin's rule, not the engine's at t/(1+t) = 60%
+    assert spread.verdict["regressed"] is False and spread.verdict["verdict"] == "inconclusive"
+    assert three_x.verdict["regressed"] is True
     assert "below the +150% threshold" in spread.reason
     assert classify("t", "cpu", base, [1.02 * x for x in base], threshold=1.5).kind == "unchanged"
     # the better side mirrors 2.5x on a log scale: 0.3x is better, 0.5x is not
