@@ -333,23 +333,29 @@ def profile_rounds(call: Callable[[], None], *, function: str, file: str, second
         why = recorder.reason or (f"py-spy took no sample inside the test in {rounds} round(s)"
                                   + (f"; {error}" if error else ""))
         return Profiled(note=why, rounds=rounds)
-    own = _own_roots()
-    # perfpilot's own frames (the perfpilot_measure loop) are harness, not the code under test
+    harness = _harness_roots()
+    # perfpilot's own frames (the perfpilot_measure loop) are harness, not the code under test;
+    # so are pytest's and pluggy's, which py-spy's --nonblocking reads can also tear into a
+    # stack below the test (a CI run saw one in a test that never calls pytest)
     spots = [s for s in hs.aggregate(focused, cwd=str(project), top=TOP_HOTSPOTS + 8)
              if _relative(str(s.get("file") or ""), project) is not None
-             or not any(str(s.get("file") or "").startswith(root) for root in own)][:TOP_HOTSPOTS]
+             or not any(str(s.get("file") or "").startswith(root) for root in harness)][:TOP_HOTSPOTS]
     note = f"py-spy, {samples} samples at {rate} Hz over {rounds} extra round(s) of the test"
     return Profiled(hotspots=spots, note=note + (f" ({error})" if error else ""), rounds=rounds, samples=samples)
 
 
-def _own_roots() -> tuple[str, ...]:
-    """Where perfpilot's packages live (``profilers/`` and ``agent/`` sit apart in an editable install)."""
+def _harness_roots() -> tuple[str, ...]:
+    """Where perfpilot's packages live (``profilers/`` and ``agent/`` sit apart in an
+    editable install), and pytest's and pluggy's: the harness around a test."""
+    import _pytest
+    import pluggy
+
     import perfpilot
     import perfpilot.agent
     import perfpilot.profilers
 
-    return tuple(str(Path(m.__file__).resolve().parent) + os.sep for m in (perfpilot, perfpilot.agent, perfpilot.profilers)
-                 if m.__file__)
+    modules = (perfpilot, perfpilot.agent, perfpilot.profilers, _pytest, pluggy)
+    return tuple(str(Path(m.__file__).resolve().parent) + os.sep for m in modules if m.__file__)
 
 
 def named_functions(function: Callable[..., Any], project: Path,
