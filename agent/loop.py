@@ -192,7 +192,9 @@ class Optimizer:
         self.proposer = proposer
         self.progress = progress or QuietProgress()
         self.objective = settings.objective
-        self.guards = parse_guards(settings.guards)
+        from perfpilot.profilers.instructions import default_guards
+
+        self.guards = parse_guards(default_guards(settings.objective, settings.guards))  # instructions: + wall
         check_metric_names([self.objective, *self.guards])
         self.metrics = [self.objective, *[g for g in self.guards if g != self.objective]]
         self.knobs: dict[str, Knob] = parse_knobs(settings.knobs)
@@ -260,9 +262,15 @@ class Optimizer:
     def _profile(self, state: State, cwd: Path, *, stacks: bool) -> Profile:
         from perfpilot.profilers.session import RunOptions, profile_command
 
+        from perfpilot.profilers.instructions import measured_run
+
         options = RunOptions(env=self._env(state), cwd=str(cwd), capture_output=True, stdin_devnull=True,
                              plugin_set=self.plugin_set)
-        return profile_command(self._argv(state), self.settings.replace(stacks=stacks), options)
+        timed = lambda: profile_command(self._argv(state), self.settings.replace(stacks=stacks), options)  # noqa: E731
+        if stacks:
+            return timed()  # the context profile: stacks, not counts
+        return measured_run(self.metrics, self._argv(state), env=self._env(state), cwd=str(cwd), capture_output=True,
+                            timed=timed)
 
     # ------------------------------------------------------------ baseline
 

@@ -425,3 +425,53 @@ def describe(profile: Profile) -> str | None:
     details = profile.annotations.get(METRIC, {})
     pins = ", ".join(f"{k}={v}" for k, v in (details.get("pinned_env") or {}).items())
     return f"{value:,} instructions ({profile.summary.get('instructions_source', '?')}{', ' + pins if pins else ''})"
+
+
+# ------------------------------------------- hooks for compare/optimize
+
+# An instruction-count win must not hide a wall-time loss (fewer instructions that
+# stall more, e.g. on memory): optimising instructions keeps this wall guard unless the
+# user sets their own `wall` guard, or `wall = "off"` to drop it.
+DEFAULT_WALL_GUARD = "+10%"
+GUARD_OFF = ("off", "none")
+
+
+def needs_count(metrics: Sequence[str]) -> bool:
+    return METRIC in metrics
+
+
+def measured_run(metrics: Sequence[str], argv: Sequence[str], *, timed: Callable[[], Profile],
+                 env: Mapping[str, str] | None = None, cwd: str | None = None,
+                 capture_output: bool = False) -> Profile:
+    """One run of a comparison or baseline that must yield ``metrics``.
+
+    Without ``instructions``: the timed run alone. With only ``instructions``: a counting
+    run alone (no wall time: under valgrind it means nothing). With both: the timed run,
+    then a separate counting run of the same command, merged into one Profile.
+    """
+    if not needs_count(metrics):
+        return timed()
+    if all(m == METRIC for m in metrics):
+        return counting_profile(argv, env=env, cwd=cwd, capture_output=capture_output)
+    return with_count(timed, argv, env=env, cwd=cwd)
+
+
+def default_guards(objective: str, guards: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``guards`` plus the default wall guard when optimising instructions; ``wall = "off"`` drops it."""
+    out = dict(guards or {})
+    if objective == METRIC and "wall" not in out:
+        out["wall"] = DEFAULT_WALL_GUARD
+    return {metric: limit for metric, limit in out.items() if str(limit).strip().lower() not in GUARD_OFF}
+
+
+def count_into(profile: Profile, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+               cwd: str | None = None, source: str | None = None) -> str:
+    """``perfpilot profile --instructions``: add a separate counting run's figure; a line saying what happened."""
+    if profile.exit_code or profile.target.get("signal") or profile.target.get("interrupted"):
+        profile.annotations[METRIC] = {"not_counted": "the timed run failed or was interrupted"}
+        return "instructions: not counted (the timed run did not succeed)"
+    count = count_command(argv, env=env, cwd=cwd, source=source)
+    add_to_profile(profile, count)
+    if count.exit_code:
+        profile.annotations[METRIC]["notes"].append(f"the counting run exited with {count.exit_code}")
+    return describe(profile) or ""

@@ -266,6 +266,7 @@ def compare(
     index, profile)`` is called after every run: side ``"A"``/``"B"``, index 0 for a
     warm-up, 1.. for measured runs.
     """
+    from perfpilot.profilers import instructions
     from perfpilot.profilers.session import RunOptions, profile_command
     from perfpilot.registry import build_plugin_manager
 
@@ -295,7 +296,10 @@ def compare(
         arm = arms[side]
         options = RunOptions(env=arm.env, cwd=arm.cwd, capture_output=capture_output, stdin_devnull=True,
                              plugin_set=plugin_set)
-        profile = profile_command(argvs[side], settings, options)
+        # With `instructions` among the metrics, a run is (also) a separate counting run.
+        profile = instructions.measured_run(metrics, arm.argv(), env=arm.env, cwd=arm.cwd,
+                                            capture_output=capture_output,
+                                            timed=lambda: profile_command(argvs[side], settings, options))
         total += 1
         if _failed(profile):
             failures.append((side, index, _describe_exit(profile)))

@@ -29,6 +29,10 @@ def plugins(as_json: bool) -> None:
     for kind, found in (("backend", plugin_set.backends()), ("proposer", plugin_set.proposers())):
         for name, entry in found.items():
             rows.append({"kind": kind, "name": name, "plugin": entry.plugin, "available": True, "reason": ""})
+    from perfpilot.profilers import instructions
+
+    for source, ok, reason in instructions.sources():  # not collectors: a counting run is a run of its own
+        rows.append({"kind": "instructions", "name": source, "plugin": "perfpilot", "available": ok, "reason": reason})
     for name, error in plugin_set.load_errors.items():
         rows.append({"kind": "plugin", "name": name, "plugin": name, "available": False, "reason": error})
     if as_json:

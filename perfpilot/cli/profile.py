@@ -130,6 +130,9 @@ def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope:
 @click.option("--native", is_flag=True, default=None, help="Include native (C/C++) frames in stacks.")
 @click.option("--imports", is_flag=True, default=False,
               help="Python targets: report the slowest imports (runs with -X importtime).")
+@click.option("--instructions", "count_instructions", is_flag=True, default=False,
+              help="Also count user-space instructions of the whole process tree, in a second, separate run "
+                   "(hardware counters, or valgrind: ~50x slower). Adds summary keys instructions, instructions_source.")
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Also write a self-contained HTML report.")
 @click.option("--speedscope", type=click.Path(path_type=Path), default=None, help="Also write a speedscope JSON file.")
 @click.option("--collapsed", type=click.Path(path_type=Path), default=None, help="Also write collapsed stacks (flamegraph.pl).")
@@ -140,7 +143,7 @@ def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def profile(output: Path, pid: int | None, duration: str | None, config_file: Path | None, interval: str | None,
             plugins: str | None, disable: str | None, timeout: str | None, stacks: bool | None, rate: int | None,
-            subprocesses: bool | None, native: bool | None, imports: bool, html: Path | None,
+            subprocesses: bool | None, native: bool | None, imports: bool, count_instructions: bool, html: Path | None,
             speedscope: Path | None, collapsed: Path | None, live: bool | None, quiet: bool,
             command: tuple[str, ...]) -> None:
     """Run COMMAND under every available collector and write a Profile.
@@ -173,6 +176,12 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     if imports and pid is not None:
         raise click.UsageError("--imports needs a command to launch (import times are printed at start-up)")
     seconds = parse_duration(duration, name="--duration") if duration is not None else None
+    if count_instructions:
+        if pid is not None:
+            raise click.UsageError("--instructions needs a command to launch (a counting run starts it afresh)")
+        from perfpilot.profilers import instructions
+
+        instructions.choose_source()  # unavailable: say so before the timed run, not after
     check_output_dirs(output, html, speedscope, collapsed)
     if imports:
         from perfpilot.profilers import imports as import_times
@@ -199,6 +208,12 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
         if imports:
             import_times.finish(result, options)
     assert result is not None
+    if count_instructions and not interrupted:
+        if not quiet:
+            console.print(f"[dim]perfpilot: counting instructions in a separate run ({instructions.choose_source()})[/]")
+        line_ = instructions.count_into(result, list(command), cwd=options.cwd)
+        if not quiet:
+            console.print(line_)
     write_outputs(result, output, html, speedscope, collapsed, console)
     if not quiet:
         terminal.render(result, console)
