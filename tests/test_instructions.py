@@ -137,3 +137,22 @@ def test_a_counting_profile_has_instructions_and_no_wall_time(tmp_path: Path) ->
     assert isinstance(profile.summary["instructions"], int) and profile.summary["instructions_source"] == "valgrind"
     assert "wall_s" not in profile.summary
     assert profile.annotations["instructions"]["pinned_env"] == {"PYTHONHASHSEED": "0"}
+
+
+def test_optimising_instructions_keeps_a_wall_guard_unless_told_otherwise() -> None:
+    assert instructions.default_guards("instructions", {}) == {"wall": instructions.DEFAULT_WALL_GUARD}
+    assert instructions.default_guards("instructions", {"peak_rss": "+5%"}) == {"peak_rss": "+5%", "wall": "+10%"}
+    assert instructions.default_guards("instructions", {"wall": "+25%"}) == {"wall": "+25%"}
+    assert instructions.default_guards("instructions", {"wall": "off"}) == {}
+    assert instructions.default_guards("cpu", {"peak_rss": "+5%"}) == {"peak_rss": "+5%"}
+
+
+def test_measured_run_counts_only_when_instructions_is_asked_for() -> None:
+    from perfpilot.profilers.profile import Profile
+
+    timed = Profile(summary={"wall_s": 1.0}, target={"exit_code": 0})
+    assert instructions.measured_run(["wall", "cpu"], ["true"], timed=lambda: timed) is timed
+    failed = Profile(summary={"wall_s": 1.0}, target={"exit_code": 2})
+    # A failed timed run is not counted: the comparison reports the failure instead.
+    assert "instructions" not in instructions.measured_run(["instructions", "wall"], ["false"],
+                                                           timed=lambda: failed).summary
