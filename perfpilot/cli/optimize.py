@@ -25,7 +25,8 @@ def _project_dir(settings: Settings, config_file: Path | None) -> Path:
 @click.command()
 @click.option("--run", "run_command", default=None, metavar="CMD", help="The command to make better (e.g. \"python bench.py\").")
 @click.option("--test", "test_command", default=None, metavar="CMD", help="The command that must keep passing (e.g. \"pytest -q\").")
-@click.option("--objective", default=None, help="What to minimise: wall, cpu, peak_rss, energy, gpu_memory, reported.<name>...")
+@click.option("--objective", default=None, help="What to minimise: wall, cpu, instructions (keeps a wall guard of +10% unless --guard wall=... "
+                   "or wall=off), peak_rss, energy, gpu_memory, reported.<name>...")
 @click.option("--guard", "guards", multiple=True, metavar="METRIC=LIMIT", help="A metric that may not get worse, e.g. peak_rss=+10% (repeatable).")
 @click.option("--budget", type=int, default=None, help="Most proposals to try (default 8).")
 @click.option("--time-budget", default=None, metavar="DURATION", help="Stop starting new proposals after this long (e.g. 10m).")
