@@ -412,8 +412,12 @@ def with_count(timed: Callable[[], Profile], argv: Sequence[str], *, env: Mappin
     profile = timed()
     if profile.exit_code:
         return profile  # no point counting a failed run; the caller reports the failure
-    count = count_command(argv, env=env, cwd=cwd, source=source, timeout=timeout)
+    # The timed run's output is the one kept; the counting run's is captured and dropped.
+    count = count_command(argv, env=env, cwd=cwd, source=source, timeout=timeout, capture_output=True)
     add_to_profile(profile, count)
+    if count.exit_code:
+        profile.annotations[METRIC]["notes"].append(f"the counting run exited with {count.exit_code}")
+        profile.target["exit_code"] = count.exit_code  # a run that failed either way is a failed run
     return profile
 
 
