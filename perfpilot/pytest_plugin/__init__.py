@@ -62,6 +62,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="calls per passing test function (default 1; 5 when saving or comparing)")
     group.addoption("--perfpilot-max-time", metavar="SECONDS", type=float, default=None,
                     help="time allowed per test for extra rounds (default 2)")
+    group.addoption("--perfpilot-instructions", action="store_true", default=False,
+                    help="count each test's call-phase instructions (hardware counters, else the session reruns "
+                         "under valgrind): deterministic figures for shared CI runners, compared with "
+                         "instructions:2%% by default (implies --perfpilot)")
     group.addoption("--perfpilot-json", metavar="PATH", default=None, help="write the measurements as JSON")
     group.addoption("--perfpilot-html", metavar="PATH", default=None, help="write an HTML report with plots")
     group.addoption("--perfpilot-slowest", metavar="N", type=int, default=None,
@@ -85,7 +89,16 @@ def _enabled(config: pytest.Config) -> bool:
     get = config.getoption
     return bool(get("perfpilot") or get("perfpilot_save") or get("perfpilot_compare")
                 or get("perfpilot_compare_fail") or get("perfpilot_baseline") or get("perfpilot_json")
-                or get("perfpilot_html") or get("perfpilot_suggest"))
+                or get("perfpilot_html") or get("perfpilot_suggest") or get("perfpilot_instructions"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if not config.getoption("perfpilot_instructions", False):
+        return None
+    from perfpilot.pytest_plugin.instructions import relaunch
+
+    return relaunch(config)  # without hardware counters: the whole session again, under valgrind
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,9 +111,17 @@ def pytest_configure(config: pytest.Config) -> None:
         options = _options(config)
     except PerfpilotError as exc:
         raise pytest.UsageError(f"perfpilot: {exc}") from None
+    from perfpilot.pytest_plugin import instructions
+    from perfpilot.pytest_plugin.compare import DEFAULT_THRESHOLDS
     from perfpilot.pytest_plugin.session import PLUGIN_NAME, PerfpilotSession, XdistMerge
 
+    counts = instructions.counting(config)
+    if counts is not None:
+        options = instructions.adjust_options(options, counts, spec_given=options.thresholds != DEFAULT_THRESHOLDS)
     session = PerfpilotSession(config, options)
+    if counts is not None:
+        session.counting = counts
+        session.notes.append(counts.note())
     if options.suggest and not hasattr(config, "workerinput"):
         # Built before any test runs, so a missing backend or key costs nothing but a line.
         from perfpilot.pytest_plugin.suggest import Suggester

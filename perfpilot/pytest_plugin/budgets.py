@@ -31,6 +31,7 @@ BUDGET_METRICS: dict[str, tuple[str, str]] = {
     "io_write": ("size", "B"),
     "energy": ("energy", "J"),
     "gpu_memory": ("size", "B"),
+    "instructions": ("count", ""),
 }
 
 UNITS: dict[str, dict[str, float]] = {
@@ -38,6 +39,7 @@ UNITS: dict[str, dict[str, float]] = {
     "size": {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
              "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30, "tib": 2.0**40},
     "energy": {"mj": 1e-3, "j": 1.0, "kj": 1e3, "mwh": 3.6, "wh": 3600.0, "kwh": 3.6e6},
+    "count": {"k": 1e3, "m": 1e6, "g": 1e9},
 }
 
 NEAR_LIMIT = 0.8  # a figure at or above this share of its budget is "near the limit"
@@ -54,7 +56,7 @@ def parse_quantity(metric: str, value: Any) -> float:
     if metric not in BUDGET_METRICS:
         raise BudgetError(f"unknown budget metric {metric!r}", hint=f"use one of {', '.join(BUDGET_METRICS)}")
     kind, base = BUDGET_METRICS[metric]
-    examples = {"time": "'200 ms'", "size": "'50 MB' or '1 GiB'", "energy": "'2 J'"}[kind]
+    examples = {"time": "'200 ms'", "size": "'50 MB' or '1 GiB'", "energy": "'2 J'", "count": "'5 M' or 5e6"}[kind]
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise BudgetError(f"{metric}={value!r} is not a quantity", hint=f"write it like {examples}")
     if isinstance(value, (int, float)):

@@ -210,6 +210,11 @@ def compare_record(nodeid: str, base: Mapping[str, Any], current: Mapping[str, A
     base_rounds: Mapping[str, list[float]] = base.get("rounds") or {}
     rounds: Mapping[str, list[float]] = current.get("rounds") or {}
     for metric, threshold in thresholds.items():
+        if metric == "instructions":  # exact counts: judged by their ratio (pytest_plugin/instructions.py)
+            from perfpilot.pytest_plugin.instructions import finding
+
+            findings.append(finding(nodeid, base_rounds.get(metric), rounds.get(metric), threshold))
+            continue
         if metric not in rounds or metric not in base_rounds:
             continue
         source = "measured"

@@ -168,7 +168,7 @@ def terminal_lines(doc: dict[str, Any], *, slowest: int) -> list[tuple[str, dict
     meta = doc["meta"]
     measured = [r for r in records if r.rounds.get("wall")]
     measuring = meta.get("measuring", {})
-    out.append((f"measured {len(measured)} tests in-process, {meta.get('rounds', 1)} round(s) each "
+    out.append((f"measured {sum(1 for r in records if r.rounds)} tests in-process, {meta.get('rounds', 1)} round(s) each "
                 f"(peak rss: {measuring.get('peak_rss', '?')}; energy: {measuring.get('energy', '?')})", {}))
     for note in meta.get("notes", []):
         out.append((f"note: {note}", {"yellow": True}))
@@ -179,6 +179,10 @@ def terminal_lines(doc: dict[str, Any], *, slowest: int) -> list[tuple[str, dict
                      f", energy; ~ = estimate):", {"bold": True}))
         for record in sorted(measured, key=lambda r: r.figure("wall") or 0.0, reverse=True)[:slowest]:
             out.append((f"  {_line(record)}  {record.nodeid}", {}))
+    if any(r.rounds.get("instructions") for r in records):
+        from perfpilot.pytest_plugin.instructions import summary_lines
+
+        out.extend(summary_lines(records, slowest))
     budgeted = [(r, b) for r in records for b in r.budget_results if b.get("status") in {"over", "near", "over-estimate"}]
     if budgeted:
         out.append(("", {}))

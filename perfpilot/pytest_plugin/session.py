@@ -134,6 +134,7 @@ class PerfpilotSession:
         self._current: TestRecord | None = None
         self.suggester: Any = None  # perfpilot.pytest_plugin.suggest.Suggester, set by the plugin (controller only)
         self._profiled: list[float] = []  # worst ratios of the regressed tests profiled so far
+        self.counting: Any = None  # perfpilot.pytest_plugin.instructions.Counting, with --perfpilot-instructions
 
     # ---------------------------------------------------------------- session
 
@@ -215,13 +216,20 @@ class PerfpilotSession:
         self._current = record
         meter = self.meter
         start = meter.start()
+        counting = self.counting
+        if counting is not None:
+            counting.start()  # last, so that only the call itself is counted
         try:
             result = yield
         except BaseException as exc:
+            if counting is not None:
+                counting.stop(record)
             self._record(record, meter.stop(start))
             self._current = None
             record.outcome = _outcome_of(exc)
             raise
+        if counting is not None:
+            counting.stop(record)
         self._record(record, meter.stop(start))
         try:
             self._extra_rounds(item, record)
@@ -240,7 +248,7 @@ class PerfpilotSession:
         return result
 
     def _record(self, record: TestRecord, sample: Any) -> None:
-        record.add(sample.metrics())
+        record.add(sample.metrics() if self.counting is None else self.counting.keep(sample.metrics()))
         record.energy_source = sample.energy_source
         if not record.energy_note and sample.energy:
             record.energy_note = "; ".join(e.get("note", "") for e in sample.energy.values())
@@ -415,7 +423,7 @@ class PerfpilotSession:
 
     def _save(self) -> None:
         passed = {nodeid: r.baseline_entry() for nodeid, r in self.records.items()
-                  if r.outcome == "passed" and r.rounds.get("wall")}
+                  if r.outcome == "passed" and (r.rounds.get("wall") or r.rounds.get("instructions"))}
         if not passed:
             self.notes.append("no passing measured tests: no baseline saved")
             return
