@@ -45,7 +45,10 @@ HELPER_C = r"""
 int perfpilot_on_valgrind(void) { return RUNNING_ON_VALGRIND; }
 void perfpilot_region_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
 void perfpilot_region_stop(const char *label) { CALLGRIND_STOP_INSTRUMENTATION; CALLGRIND_DUMP_STATS_AT(label); }
+void perfpilot_collect_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_TOGGLE_COLLECT; }
+void perfpilot_collect_stop(const char *label) { CALLGRIND_TOGGLE_COLLECT; CALLGRIND_DUMP_STATS_AT(label); }
 """
+MODE_ENV = "PERFPILOT_CALLGRIND_MODE"  # "instrument" (default) or "collect"
 
 
 class HelperBuildFailed(PerfpilotError):
@@ -84,9 +87,11 @@ def valgrind_command(argv: Sequence[str], folder: Path, env: Mapping[str, str]) 
     if valgrind is None:
         raise instructions.InstructionsUnavailable("valgrind is not installed", hint="apt-get install valgrind")
     helper = build_helper(folder)
-    full = {**env, **instructions.pinned_env(env), HELPER_ENV: str(helper), DUMPS_ENV: str(folder)}
+    mode = env.get(MODE_ENV, "instrument")
+    full = {**env, **instructions.pinned_env(env), HELPER_ENV: str(helper), DUMPS_ENV: str(folder), MODE_ENV: mode}
     real, _notes = instructions.resolve_command(argv, full)
-    command = [valgrind, "--tool=callgrind", "--instr-atstart=no", "--trace-children=no", "--dump-line=no",
+    atstart = ["--instr-atstart=no"] if mode == "instrument" else ["--instr-atstart=yes", "--collect-atstart=no"]
+    command = [valgrind, "--tool=callgrind", *atstart, "--trace-children=no", "--dump-line=no",
                "--compress-strings=no", "--compress-pos=no", f"--callgrind-out-file={folder}/cg.%p",
                f"--log-file={folder}/valgrind.log", *real]
     return command, full
@@ -99,7 +104,10 @@ class CallgrindRegions:
 
     def __init__(self, helper: str, folder: str) -> None:
         self.lib = ctypes.CDLL(helper)
-        self.lib.perfpilot_region_stop.argtypes = [ctypes.c_char_p]
+        instrument = os.environ.get(MODE_ENV, "instrument") == "instrument"
+        self._start = self.lib.perfpilot_region_start if instrument else self.lib.perfpilot_collect_start
+        self._stop = self.lib.perfpilot_region_stop if instrument else self.lib.perfpilot_collect_stop
+        self._stop.argtypes = [ctypes.c_char_p]
         self.folder = Path(folder)
         self.pattern = f"cg.{os.getpid()}.*"
 
@@ -109,10 +117,10 @@ class CallgrindRegions:
     def start(self) -> None:
         for stale in self.folder.glob(self.pattern):
             stale.unlink()
-        self.lib.perfpilot_region_start()
+        self._start()
 
     def stop(self, label: str) -> int:
-        self.lib.perfpilot_region_stop(label.encode("utf-8", "replace")[:500])
+        self._stop(label.encode("utf-8", "replace")[:500])
         total = 0
         for dump in self.folder.glob(self.pattern):
             total += _dump_total(dump)

@@ -61,7 +61,8 @@ def test_one():
     result = pytester.runpytest_subprocess("--strict-markers")
     result.assert_outcomes(passed=1)
     state = json.loads((pytester.path / "state.json").read_text())
-    assert state["hooks"] == ["pytest_addoption", "pytest_configure"]
+    # pytest_cmdline_main runs once per session (the --perfpilot-instructions relaunch), never per test
+    assert state["hooks"] == ["pytest_addoption", "pytest_cmdline_main", "pytest_configure"]
     assert not state["session"]
     # perfpilot/__init__ pulls in errors and hookspecs (pluggy, already loaded by pytest)
     assert set(state["imported"]) <= {"perfpilot", "perfpilot.errors", "perfpilot.hookspecs", "perfpilot.pytest_plugin"}
