@@ -52,6 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--perfpilot-compare-fail", metavar="SPEC", default=None,
                     help="metrics and thresholds that fail when significantly worse, e.g. 'wall:10%%,peak_rss:20%%' "
                          "(default wall:10%%; implies --perfpilot-compare)")
+    group.addoption("--perfpilot-require-baseline", action="store_true", default=False,
+                    help="with --perfpilot-compare: fail the session (exit 1) when there is no baseline to compare "
+                         "with, instead of passing with a warning")
     group.addoption("--perfpilot-baseline", metavar="PATH", default=None,
                     help="compare with this baseline file instead of the machine's latest")
     group.addoption("--perfpilot-dir", metavar="DIR", default=None,
@@ -195,6 +198,7 @@ def _options(config: pytest.Config) -> Any:
         suggest=suggest,
         suggest_max=suggest_max,
         suggest_profile=suggest_profile,
+        require_baseline=bool(config.getoption("perfpilot_require_baseline")),
     )
 
 

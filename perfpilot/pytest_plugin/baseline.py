@@ -153,6 +153,9 @@ class BaselineStore:
 
     def save(self, meta: dict[str, Any], tests: dict[str, dict[str, Any]], *, keep: int = DEFAULT_KEEP) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():  # as .pytest_cache does: baselines are per machine, not for the repository
+            ignore.write_text("# Created by perfpilot automatically.\n*\n", encoding="utf-8")
         # microseconds: names must sort in save order, even for saves within one second
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         commit = (meta.get("commit") or "nogit")[:10]

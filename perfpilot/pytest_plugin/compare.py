@@ -82,10 +82,21 @@ class Finding:
 
 
 def judge(a: Sequence[float], b: Sequence[float], *, metric: str, threshold: float | None, source: str) -> Any:
-    """The one place the plugin calls the statistics engine (imported lazily: numpy/scipy)."""
+    """The one place the plugin calls the statistics engine (imported lazily: numpy/scipy).
+
+    It runs inside the test's call hook, where the user's warning filters apply: numpy's
+    ``RuntimeWarning``s about perfpilot's own arithmetic (a bootstrap over rounds of 0 B
+    peak RSS subtracts inf from inf) must not fail a test under ``filterwarnings = error``.
+    """
+    import warnings
+
+    import numpy as np
+
     from perfpilot.profilers.stats import verdict
 
-    return verdict(a, b, metric=metric, threshold=threshold, source=source)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return verdict(a, b, metric=metric, threshold=threshold, source=source)
 
 
 def engine_threshold(threshold: float) -> float:

@@ -217,7 +217,7 @@ def _comparison_lines(doc: dict[str, Any], baseline: dict[str, Any]) -> list[tup
     findings = [Finding(**{k: f[k] for k in ("nodeid", "metric", "kind", "verdict", "reason", "subject")})
                 for f in doc["findings"]]
     groups = [("regression", "significant regressions (these tests fail):", {"red": True}),
-              ("noise", "worse but within noise (not significant, or a busier machine; do not fail):",
+              ("noise", "worse, but not failed (not significant, below the noise floor, or a busier machine):",
                {"yellow": True}),
               ("improved", "significant improvements:", {"green": True})]
     for kind, title, markup in groups:

@@ -60,6 +60,7 @@ class Options:
     suggest: bool = False
     suggest_max: int = 3
     suggest_profile: float = 1.0  # seconds of py-spy per regressed test; 0: send its source only
+    require_baseline: bool = False  # comparing without a baseline fails the session
 
 
 def budget_for(item: pytest.Item) -> Budget | None:
@@ -379,6 +380,8 @@ class PerfpilotSession:
                               "contention between workers")
         if self.baseline_missing:
             self.notes.append(self.baseline_missing)
+            if self.options.require_baseline and session.exitstatus == 0:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         rounds_of = [len(r.rounds.get("wall", [])) for r in self.records.values() if r.rounds.get("wall")]
         if self.options.save:
             self._save()
@@ -454,6 +457,11 @@ class PerfpilotSession:
         if document is None:
             return
         terminalreporter.write_sep("=", "perfpilot")
+        if self.baseline_missing:  # a CI job must not pass silently believing it was compared
+            fails = "the session fails (--perfpilot-require-baseline)" if self.options.require_baseline else \
+                "pass --perfpilot-require-baseline to fail instead"
+            terminalreporter.write_line(f"perfpilot: NOT COMPARED: {self.baseline_missing}; {fails}",
+                                        red=True, bold=True)
         lines = terminal_lines(document, slowest=self.options.slowest)
         if "suggestions" in document:
             from perfpilot.pytest_plugin.suggest import terminal_lines as suggestion_lines
