@@ -215,9 +215,11 @@ class PerfpilotSession:
             record.budget = dict(budget.spec)
         self.records[item.nodeid] = record
         self._current = record
-        meter = self.meter
-        start = meter.start()
         counting = self.counting
+        # Under valgrind only the count means anything (time, memory and io are valgrind's),
+        # and the meter's own code would be re-translated after every test: it stays off.
+        meter = None if counting is not None and counting.under_valgrind else self.meter
+        start = meter.start() if meter is not None else None
         if counting is not None:
             counting.start()  # last, so that only the call itself is counted
         try:
@@ -225,13 +227,15 @@ class PerfpilotSession:
         except BaseException as exc:
             if counting is not None:
                 counting.stop(record)
-            self._record(record, meter.stop(start))
+            if meter is not None:
+                self._record(record, meter.stop(start))
             self._current = None
             record.outcome = _outcome_of(exc)
             raise
         if counting is not None:
             counting.stop(record)
-        self._record(record, meter.stop(start))
+        if meter is not None:
+            self._record(record, meter.stop(start))
         try:
             self._extra_rounds(item, record)
             if budget is not None:
