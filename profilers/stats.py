@@ -147,6 +147,12 @@ class Verdict:
         return self.verdict
 
     @property
+    def source_suffix(self) -> str:
+        """`` (valgrind)``: a collector's own source label, shown beside the metric name
+        (estimates and mixed sources are marked in :attr:`label` instead)."""
+        return "" if self.source in {"measured", "estimate"} or self.source.startswith(MIXED) else f" ({self.source})"
+
+    @property
     def interval_name(self) -> str:
         """How to name [ci_low, ci_high] in text: ``98.3% CI`` or ``noise bound``."""
         return "noise bound" if self.rule == DETERMINISTIC_RULE else ci_name(self.confidence)
