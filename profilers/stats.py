@@ -97,6 +97,8 @@ DETERMINISTIC_MAX_SPREAD = 0.005
 DETERMINISTIC_THRESHOLD = 0.01
 DETERMINISTIC_MIN_RUNS = 2
 DETERMINISTIC_LOOK = 3
+# Futility stops look at the central 50% bootstrap interval: see the module docstring.
+FUTILITY_CONFIDENCE = 0.5
 RANK_RULE = "rank test"
 DETERMINISTIC_RULE = "deterministic"
 MIXED = "mixed: "
@@ -509,9 +511,16 @@ class StoppingPlan:
         return v.verdict in {"faster", "slower", "smaller", "larger"} or inside
 
     @staticmethod
-    def is_futile(v: Verdict) -> bool:
-        """B cannot be better by the threshold: the whole CI lies above ``1 - t``."""
-        return v.ci_low > 1 - v.threshold and not v.improved
+    def futility_bound(v: Verdict) -> float:
+        """The low end of the futility interval: the :data:`FUTILITY_CONFIDENCE` bootstrap
+        CI (a one-sided 75% lower bound), or a near-deterministic verdict's noise bound."""
+        if v.rule == DETERMINISTIC_RULE or len(v.samples_a) < 2 or len(v.samples_b) < 2:
+            return v.ci_low
+        return ratio_ci(np.asarray(v.samples_a), np.asarray(v.samples_b), FUTILITY_CONFIDENCE, seed=0)[0]
+
+    def is_futile(self, v: Verdict) -> bool:
+        """B cannot be better by the threshold: its futility interval lies above ``1 - t``."""
+        return not v.improved and self.futility_bound(v) > 1 - v.threshold
 
     def stop_reason(self, v: Verdict, runs: int) -> str | None:
         """``clear``, ``futility``, ``max runs`` or None (go on) for a verdict at ``runs``."""
@@ -534,9 +543,10 @@ class StoppingPlan:
         v = verdict(a, b, confidence=self.confidence_at(runs), **kwargs)
         reason = self.stop_reason(v, runs)
         if reason == "futility":
-            v.notes.append(f"stopped for futility after {runs} runs per side: the {v.interval_name} "
-                           f"[{v.ci_low:.3f}, {v.ci_high:.3f}] lies above {1 - v.threshold:.3f}, so B cannot be "
-                           f"better by the {v.threshold:.1%} threshold")
+            what = "noise bound" if v.rule == DETERMINISTIC_RULE else f"{ci_name(FUTILITY_CONFIDENCE)} (futility rule)"
+            v.notes.append(f"stopped for futility after {runs} runs per side: the {what} of the ratio starts at "
+                           f"{self.futility_bound(v):.3f}, above {1 - v.threshold:.3f}, so B is not better by the "
+                           f"{v.threshold:.1%} threshold")
         return v, reason is not None
 
     def describe(self) -> str:
