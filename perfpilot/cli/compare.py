@@ -91,6 +91,8 @@ def _value(metric: str, value: float, source: str) -> str:
         return human_seconds(value)
     if kind == "size":
         return human_bytes(value)
+    if kind == "count" and abs(value) >= 1e6:
+        return f"{value / 1e9:.4g}G" if abs(value) >= 1e10 else f"{value / 1e6:.2f}M"
     if metric == "energy" or metric.startswith("energy."):
         return f"{value:.3g} J" + ("*" if source == "estimate" else "")
     return f"{value:.4g}"
@@ -121,7 +123,7 @@ def verdict_table(verdicts: dict[str, Verdict], primary: str) -> Table:
     for column, justify in (("metric", "left"), ("median A", "right"), ("median B", "right"),
                             (header, "right"), ("p", "right"), ("runs", "right"), ("noise A/B", "right"),
                             ("verdict", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(escape(column), justify=justify)  # type: ignore[arg-type]
     for name, v in verdicts.items():
         style = "yellow" if v.source == "estimate" else STYLES.get(v.verdict, "")
         table.add_row(
