@@ -245,10 +245,11 @@ def _compare_commands(args: Sequence[str], settings: Settings, required: list[st
 @click.option("--warmup", type=int, default=1, show_default=True, help="Discarded warm-up runs per side.")
 @click.option("--metric", "metric", default=None, metavar="NAMES",
               help="Comma list: wall, cpu, peak_rss, io, io_read, io_write, energy, energy.<domain>, gpu_memory, "
-                   "gpu_util, any summary key (reported.loss) or series metric. The first decides when to stop. "
+                   "gpu_util, instructions, any summary key (reported.loss) or series metric. The first decides when to stop. "
                    "Default: wall, plus cpu, peak_rss and energy where measured.")
 @click.option("--threshold", default=None, metavar="PCT",
-              help="Smallest change that counts, e.g. 2%. Default: an eighth of the noise (robust CV), at least 2%, at most 10%.")
+              help="Smallest change that counts, e.g. 2%. Default: an eighth of the noise (robust CV), at least 2%, at most 10%; "
+                   "1% for a near-deterministic metric (instructions).")
 @click.option("--confidence", type=float, default=None, help="Overall confidence (default 0.95).")
 @click.option("--cpus", default=None, metavar="LIST", help="Pin every run to these CPUs (taskset), e.g. 0 or 2-3.")
 @click.option("--shell", is_flag=True, help="Run each command through sh -c (pipes, &&, redirections).")
@@ -289,6 +290,10 @@ def compare(runs: int | None, min_runs: int | None, warmup: int, metric: str | N
     their runs (a weighted Bonferroni: 0.0167 at 5, 0.0333 at 10), so the chance
     that any look calls a false win stays at most 1 - confidence. A look stops the
     runs when the verdict is clear; otherwise they go on to --runs.
+
+    A near-deterministic metric (instructions) whose runs agree within 0.5%
+    is decided on the ratio with that spread as its noise bound, against a 1%
+    threshold, from 3 runs per side (an extra look that spends no alpha).
 
     A run that exits non-zero stops the comparison with an error naming it.
     Energy that is only an estimate is labelled so and never decides a verdict.
