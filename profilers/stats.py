@@ -425,7 +425,9 @@ def verdict(
     median_a, median_b = float(np.median(xa)), float(np.median(xb))
     ratio = _point_ratio(median_a, median_b)
     words = WORDS[metric_kind(metric)]
-    bound = deterministic_bound(xa, xb) if (is_deterministic(metric) if deterministic is None else deterministic) else None
+    if deterministic is None:
+        deterministic = is_deterministic(metric)
+    bound = deterministic_bound(xa, xb) if deterministic else None
     notes: list[str] = []
     if bound is not None:
         t = DETERMINISTIC_THRESHOLD if threshold is None else float(threshold)
