@@ -164,7 +164,8 @@ class Verdict:
         return "noise bound" if self.rule == DETERMINISTIC_RULE else ci_name(self.confidence)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _json_safe(v) for k, v in asdict(self).items()}
+        """The fields, JSON-safe, plus ``interval``: :attr:`interval_name` (``98.3% CI``), for printers."""
+        return {**{k: _json_safe(v) for k, v in asdict(self).items()}, "interval": self.interval_name}
 
 
 def ci_name(confidence: float) -> str:

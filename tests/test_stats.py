@@ -336,3 +336,4 @@ def test_ci_name_is_the_computed_level() -> None:
     assert ci_name(0.95) == "95% CI"
     v, _ = plan.decide([1.0, 1.1, 1.05, 0.95, 1.0], [0.5, 0.55, 0.52, 0.48, 0.5])
     assert v.confidence == plan.confidence_at(5) and v.interval_name == "98.3% CI"
+    assert v.to_dict()["interval"] == "98.3% CI" and v.to_dict()["rule"] == "rank test"
