@@ -5,7 +5,8 @@ Endpoints::
     /metrics            Prometheus text format (prometheus_client.generate_latest)
     /healthz            200 {"status": "ok", ...} while sampling keeps up, else 503
     /api/latest         latest host, collector and per-watch values (with per-process rows)
-    /api/hotspots       rolling hot spots per watch and process (?watch=name:gunicorn)
+    /api/hotspots       rolling hot spots per watch and process (?watch=name:gunicorn); with
+                        ?stacks=1 also each process's collapsed stacks (daemon hotspots --from)
     /api/findings       active findings, then recently resolved ones
     /api/proposals      proposals made for findings with --propose (?id=N: one, with the
                         messages that were sent); stored for a person to judge, never applied

@@ -357,7 +357,9 @@ class Daemon:
                          "watches": watches}
         if path == "/api/hotspots":
             watch = (query.get("watch") or [None])[0]
-            return 200, {"hotspots": self.snapshots.hotspots(watch)}
+            stacks = (query.get("stacks") or ["0"])[0].lower() in {"1", "true", "yes"}
+            return 200, {"hotspots": self.snapshots.hotspots(watch, stacks=stacks),
+                         "rate_hz": self.config.snapshots.rate}
         if path == "/api/findings":
             return 200, {"findings": self.findings.listing(), "kinds": list(KINDS)}
         if path == "/api/proposals":
