@@ -285,9 +285,18 @@ def test_from_syntax_takes_a_token_file_or_variable_per_daemon(tmp_path: Path) -
     assert (own.url, own.label, own.token_from) == ("https://web2:10464", "web2:10464", "file:/run/web2.token")
     env = fleet.parse_source("http://[::1]:10464@env:GPU_TOKEN")
     assert (env.url, env.label, env.token_from) == ("http://[::1]:10464", "[::1]:10464", "env:GPU_TOKEN")
+    proxied = fleet.parse_source("https://proxy/perfpilot/web3/")
+    assert (proxied.url, proxied.label) == ("https://proxy/perfpilot/web3", "proxy/perfpilot/web3")
     for bad in ("ftp://web1:10464", "http://:10464", "http://web1:10464@"):
         with pytest.raises(PerfpilotError):
             fleet.parse_source(bad)
+
+
+def test_a_daemon_given_twice_is_asked_once() -> None:
+    port = free_port()  # closed again: nothing listens there
+    twice = [fleet.parse_source(f"127.0.0.1:{port}"), fleet.parse_source(f"http://127.0.0.1:{port}/")]
+    daemons, errors = fleet.fetch_all(twice, timeout=2)
+    assert daemons == [] and len(errors) == 1 and str(errors[0]).startswith(f"127.0.0.1:{port}: cannot connect")
 
 
 def test_merge_counts_a_process_under_two_watches_once_and_labels_hosts() -> None:

@@ -72,7 +72,8 @@ def parse_source(text: str, default_token: str | None = None) -> Source:
     if at and not token:
         raise PerfpilotError(f"--from {text!r}: nothing after '@'", hint="give a token file: URL@/path/to/token")
     token_from = (token if token.startswith("env:") else f"file:{token}") if token else default_token
-    return Source(url=url.rstrip("/"), label=parts.netloc, token_from=token_from)
+    # host:port names a daemon; a path too when daemons sit behind one reverse proxy
+    return Source(url=url.rstrip("/"), label=parts.netloc + parts.path.rstrip("/"), token_from=token_from)
 
 
 def default_token(token_file: Path | None) -> str | None:
@@ -147,7 +148,12 @@ def _parse(source: Source, body: Any) -> DaemonStacks:
 
 def fetch_all(sources: list[Source], *, watch: str | None = None,
               timeout: float = 10.0) -> tuple[list[DaemonStacks], list[SourceError]]:
-    """Every daemon at once; the ones that answered, in the order given, and the errors."""
+    """Every daemon at once; the ones that answered, in the order given, and the errors.
+    A daemon given twice is asked once (its samples must not count twice)."""
+    unique: dict[str, Source] = {}
+    for source in sources:
+        unique.setdefault(source.url, source)
+    sources = list(unique.values())
     def one(source: Source) -> DaemonStacks | SourceError:
         try:
             return fetch(source, watch=watch, timeout=timeout)
