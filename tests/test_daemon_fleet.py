@@ -343,3 +343,13 @@ def test_dashboard_is_valid_json_and_reads_only_recorded_or_exported_series() ->
             assert all(name.startswith(("perfpilot_", "up", "ALERTS"))
                        for name in re.findall(r"(?<![:\w])([A-Za-z_]\w*)\{", target["expr"])), target["expr"]
     assert used <= recorded and len(used) >= 8  # the recording rules are what the fleet panels draw
+
+
+def test_bad_from_or_no_daemon_reachable_is_one_line_and_exit_125() -> None:
+    bad = hotspots_cli("--from", "ftp://web1:10464")
+    assert bad.returncode == 125 and bad.stderr.count("\n") == 1 and "--from 'ftp://web1:10464'" in bad.stderr
+    port = free_port()
+    none = hotspots_cli("--from", f"127.0.0.1:{port}")
+    lines = none.stderr.strip().splitlines()
+    assert none.returncode == 125 and len(lines) == 2 and "Traceback" not in none.stderr, none.stderr
+    assert lines[0].startswith(f"perfpilot: error: 127.0.0.1:{port}: cannot connect") and "none of the 1" in lines[1]
