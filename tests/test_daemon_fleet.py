@@ -244,7 +244,7 @@ def _check_merged_hotspots(urls: list[str], token_file: Path) -> None:
     wait_for(all_sampled, timeout=20, step=0.25)
     collapsed = token_file.parent / "fleet.txt"
     full = hotspots_cli("--token-file", str(token_file), *[a for u in urls for a in ("--from", u)],
-                        "--json", "--collapsed", str(collapsed))
+                        "--json", "--collapsed", str(collapsed), "--html", str(collapsed.with_suffix(".html")))
     assert full.returncode == 0, full.stderr
     doc = json.loads(full.stdout)
     hosts = [u.removeprefix("http://") for u in urls]
@@ -257,6 +257,8 @@ def _check_merged_hotspots(urls: list[str], token_file: Path) -> None:
         stack, _, count = line.rpartition(" ")
         lines[stack.split(";")[0]] += int(count)
     assert lines == {f"host {h}": n for h, n in zip(hosts, per_host)}  # the flame graph, labelled by host
+    page = collapsed.with_suffix(".html").read_text()
+    assert all(f"host {h}" in page and f"<td>{h}</td>" in page for h in hosts)
     for name, host in zip(("alpha", "beta", "gamma"), hosts):
         row = next(r for r in doc["hotspots"] if r["function"] == f"burn_{name}")
         assert list(row["hosts"]) == [host]  # each target's function, from its own daemon only
@@ -319,6 +321,10 @@ def test_merge_counts_a_process_under_two_watches_once_and_labels_hosts() -> Non
 
     assert sum(int(line.rsplit(" ", 1)[1]) for line in collapsed.render(profile).splitlines()) == 45
     assert speedscope.build(profile)["profiles"][0]["endValue"] == pytest.approx(0.45)
+    from perfpilot.profilers.renderers import fleet_html
+
+    page = fleet_html.render(profile)
+    assert "<td>a:1 30, b:1 5</td>" in page and "host a:1" in page and "pid 7 app" in page
 
 
 def test_a_daemon_without_stacks_or_not_a_daemon_is_one_clear_error() -> None:

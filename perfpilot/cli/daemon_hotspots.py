@@ -104,6 +104,15 @@ def _print(merged: Any, rows: list[dict[str, Any]]) -> None:
 
 def _write(profile: Any, *, html: Path | None, speedscope: Path | None, collapsed: Path | None) -> None:
     from perfpilot.cli.profile import write_renderings
+    from perfpilot.errors import PerfpilotError
+    from perfpilot.profilers.renderers import fleet_html
 
-    written = write_renderings(profile, html=html, speedscope=speedscope, collapsed=collapsed)
+    written = write_renderings(profile, speedscope=speedscope, collapsed=collapsed)
+    if html is not None:
+        try:
+            fleet_html.write(profile, html)
+        except OSError as exc:
+            raise PerfpilotError(f"cannot write {html}: {exc.strerror or exc}",
+                                 hint="check the directory exists") from None
+        written.insert(0, str(html))
     Console(stderr=True).print(f"[dim]wrote {', '.join(written)}[/]")
