@@ -56,3 +56,23 @@ def test_every_alert_has_a_test_a_severity_and_says_what_to_do() -> None:
 def test_the_example_prometheus_config_is_valid() -> None:
     result = promtool("check", "config", "--syntax-only", "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+AMTOOL = shutil.which("amtool") or "/usr/bin/amtool"
+
+
+@pytest.mark.skipif(not Path(AMTOOL).exists(), reason=f"no amtool at {AMTOOL} (Debian: prometheus-alertmanager)")
+def test_the_example_alertmanager_config_routes_on_the_alerts_severity() -> None:
+    def amtool(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=RULES)
+
+    check = amtool("check-config", "alertmanager.yml")
+    assert check.returncode == 0, check.stdout + check.stderr
+    severities = {rule["labels"]["severity"] for group in yaml.safe_load((RULES / "perfpilot-alerts.yml").read_text())
+                  ["groups"] for rule in group["rules"]}
+    expected = {"critical": "on-call", "warning": "team-chat", "info": "null"}
+    assert severities == set(expected)
+    for severity, receiver in expected.items():
+        routed = amtool("config", "routes", "test", "--config.file=alertmanager.yml", f"severity={severity}",
+                        "alertname=PerfpilotRestarts", "instance=web1:10464")
+        assert routed.stdout.strip() == receiver, (severity, routed.stdout, routed.stderr)
