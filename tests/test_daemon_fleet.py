@@ -178,6 +178,7 @@ def test_three_daemons_one_prometheus_rules_alert_dashboard_and_merged_hotspots(
         _check_recording_rules(prom_url, labels)
         _check_memory_alert_fires(prom_url, labels, grower=urls[2])
         _check_dashboard_queries(prom_url)
+        _check_real_metrics_are_clean(urls[0])
         _check_merged_hotspots(urls, token_file)
     finally:
         stop(procs)
@@ -231,6 +232,18 @@ def _check_dashboard_queries(prom: str) -> None:
         result = wait_for(lambda: (r := promql(prom, query)) is not None and (r or title in hostless) and [r],
                           timeout=15, step=0.25)
         assert result[0] or title in hostless, (title, query)
+
+
+def _check_real_metrics_are_clean(url: str) -> None:
+    request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": "Bearer s3cret-fleet-token"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read()
+    assert b"# TYPE perfpilot_daemon_io_read_chars_bytes_total counter" in text  # the daemon's own I/O
+    assert b"# TYPE perfpilot_daemon_io_write_syscalls_total counter" in text
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    if Path(promtool).exists():
+        lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
 
 
 def _check_merged_hotspots(urls: list[str], token_file: Path) -> None:
