@@ -74,3 +74,16 @@ def test_promtool_finds_nothing_to_fix_in_the_counters() -> None:
     result = subprocess.run([PROMTOOL, "check", "metrics"], input=ours, capture_output=True, timeout=30)
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
         (result.stdout + result.stderr).decode()
+
+
+def test_collector_errors_keep_counting_past_the_kept_messages() -> None:
+    # The status keeps the first few messages only; the counter must not stop there.
+    from perfpilot.profilers.collector import MAX_ERRORS_KEPT, CollectorSlot
+
+    slot = CollectorSlot(collector=None, name="flaky", available=True)
+    for i in range(MAX_ERRORS_KEPT + 15):
+        slot.record("sample", RuntimeError(f"boom {i}"))
+    state = {"collector_status": {"flaky": slot.status()}}
+    parsed = {s.name: s for f in text_string_to_metric_families(_render(state)[0].decode()) for s in f.samples}
+    assert len(slot.status()["errors"]) == MAX_ERRORS_KEPT
+    assert parsed["perfpilot_collector_errors_total"].value == MAX_ERRORS_KEPT + 15

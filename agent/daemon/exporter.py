@@ -191,7 +191,7 @@ def _families(s: dict[str, Any]) -> Iterator[Family]:
                  ("collector",), [((name,), 1.0 if st.get("available") and not st.get("disabled") else 0.0)
                                   for name, st in status.items()])
     yield Family("perfpilot_collector_errors", "counter", "Errors raised by a collector.", ("collector",),
-                 [((name,), float(len(st.get("errors", [])))) for name, st in status.items()])
+                 [((name,), float(st.get("error_count", len(st.get("errors", []))))) for name, st in status.items()])
 
     active = s.get("findings_active", {})
     raised = s.get("findings_raised", {})
