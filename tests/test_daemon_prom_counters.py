@@ -87,3 +87,16 @@ def test_collector_errors_keep_counting_past_the_kept_messages() -> None:
     parsed = {s.name: s for f in text_string_to_metric_families(_render(state)[0].decode()) for s in f.samples}
     assert len(slot.status()["errors"]) == MAX_ERRORS_KEPT
     assert parsed["perfpilot_collector_errors_total"].value == MAX_ERRORS_KEPT + 15
+
+
+def test_a_collector_skipping_a_tick_keeps_its_figures_in_metrics() -> None:
+    # io reads /proc every 0.5 s; at a 0.25 s interval every other tick had no io.* at all,
+    # so its counters left /metrics on every other scrape (stale series in Prometheus).
+    from perfpilot.agent.daemon.exporter import HeldValues
+
+    held = HeldValues(keep_s=5.0)
+    assert held.update(0.0, {"io.read_bytes": 10.0, "cpu.utilization_pct": 3.0}) == \
+        {"io.read_bytes": 10.0, "cpu.utilization_pct": 3.0}
+    assert held.update(0.25, {"cpu.utilization_pct": 4.0}) == {"io.read_bytes": 10.0, "cpu.utilization_pct": 4.0}
+    assert held.update(0.5, {"io.read_bytes": 12.0, "cpu.utilization_pct": 5.0})["io.read_bytes"] == 12.0
+    assert held.update(6.0, {"cpu.utilization_pct": 6.0}) == {"cpu.utilization_pct": 6.0}  # gone for > 5 s

@@ -84,6 +84,26 @@ COUNTER_METRICS = frozenset({
 _COUNTER_PATTERN = re.compile(r"^(gpu\d+\.energy_j|[^.]+\.[a-z0-9_]+_total)$")
 
 
+class HeldValues:
+    """Collector figures as of their latest reading. A collector with its own pace (io
+    reads /proc every 0.5 s) returns nothing on the ticks in between; without this its
+    families vanished from every other scrape, and Prometheus marked the series stale
+    each time. A figure not read for ``keep_s`` (a collector disabled, a GPU gone) is dropped."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self._values: dict[str, tuple[float, float]] = {}
+
+    def update(self, now: float, fresh: dict[str, float]) -> dict[str, float]:
+        values = self._values
+        for metric, value in fresh.items():
+            values[metric] = (now, value)
+        if len(fresh) != len(values):
+            for metric in [m for m, (ts, _v) in values.items() if now - ts > self.keep_s]:
+                del values[metric]
+        return {metric: value for metric, (_ts, value) in values.items()}
+
+
 def is_counter(metric: str) -> bool:
     """Whether a collector figure is cumulative (exported as a ``_total`` counter)."""
     return metric in COUNTER_METRICS or bool(_COUNTER_PATTERN.match(metric))
