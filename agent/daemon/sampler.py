@@ -28,6 +28,7 @@ import psutil
 from perfpilot.agent.daemon.watch import Watcher
 from perfpilot.profilers import procfs
 from perfpilot.profilers.collector import CollectorSet
+from perfpilot.profilers.hardware import NvmlDevices, nvml_start_problem
 from perfpilot.profilers.target import Target
 
 HOST_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -300,47 +301,44 @@ class HostProbe:
 class GpuProbe:
     """Per-device utilization and per-process GPU memory through NVML, if present.
 
-    ``nvml`` is the ``pynvml`` module, or a fake with the same functions where there
-    is no GPU (``perfpilot.testing`` ships one).
+    ``nvml`` is a pynvml-like module to use instead of loading one (tests pass a
+    :class:`perfpilot.testing.FakeNVML`'s); otherwise NVML comes from
+    :func:`perfpilot.profilers.hardware.load_nvml`, the loader every collector uses.
     """
 
     def __init__(self, nvml: Any = None) -> None:
         self.nvml = nvml
         self.reason = ""
-        self.handles: list[Any] = []
+        self.devices: NvmlDevices | None = None
 
     def start(self) -> bool:
-        try:
-            if self.nvml is None:
-                if os.environ.get("PERFPILOT_FAKE_NVML"):
-                    # A test's scripted GPU (perfpilot.testing): never set on a real host.
-                    from perfpilot.testing.fake_nvml import from_environment
-
-                    from_environment()
-                import pynvml
-
-                self.nvml = pynvml
-            self.nvml.nvmlInit()
-            self.handles = [self.nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self.nvml.nvmlDeviceGetCount())]
-        except Exception as exc:  # noqa: BLE001 - no driver, no library, no GPU: all mean "none"
-            self.reason = f"NVML unavailable: {exc}"
-            self.handles = []
-            return False
-        if not self.handles:
-            self.reason = "no GPUs visible to NVML"
-        return bool(self.handles)
+        if self.nvml is None:
+            self.devices, why = NvmlDevices.open()
+        else:
+            try:
+                self.devices, why = NvmlDevices(self.nvml), ""
+            except Exception as exc:  # noqa: BLE001 - no driver, no library, no GPU: all mean "none"
+                self.devices, why = None, nvml_start_problem(exc)
+        if self.devices is not None and not self.devices.handles:
+            self.devices, why = None, "NVML is working but sees no GPU"
+        self.reason = "" if self.devices is not None else f"NVML unavailable: {why}"
+        return self.devices is not None
 
     def sample(self) -> tuple[dict[str, float], dict[int, float]]:
         """(device metrics, pid -> GPU memory bytes over all devices)."""
         devices: dict[str, float] = {}
         per_pid: dict[int, float] = {}
-        for index, handle in enumerate(self.handles):
+        dev = self.devices
+        for index in range(len(dev.handles) if dev is not None else 0):
+            assert dev is not None
             try:
-                util = self.nvml.nvmlDeviceGetUtilizationRates(handle)
-                memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
-                devices[f"gpu{index}.utilization_pct"] = float(util.gpu)
-                devices[f"gpu{index}.memory_used_bytes"] = float(memory.used)
-                for proc in self.nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                util = dev.call(index, "nvmlDeviceGetUtilizationRates")
+                memory = dev.call(index, "nvmlDeviceGetMemoryInfo")
+                if util is not None:
+                    devices[f"gpu{index}.utilization_pct"] = float(util.gpu)
+                if memory is not None:
+                    devices[f"gpu{index}.memory_used_bytes"] = float(memory.used)
+                for proc in dev.call(index, "nvmlDeviceGetComputeRunningProcesses") or ():
                     used = getattr(proc, "usedGpuMemory", None) or 0
                     per_pid[int(proc.pid)] = per_pid.get(int(proc.pid), 0.0) + float(used)
             except Exception as exc:  # noqa: BLE001 - one bad read must not stop the tick
@@ -348,11 +346,14 @@ class GpuProbe:
         return devices, per_pid
 
     def stop(self) -> None:
-        if self.handles:
-            try:
-                self.nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001
-                pass
+        if self.devices is not None:
+            self.devices.close()
+
+
+def _estimate_name(metric: str) -> str:
+    """``power.cpu_w`` -> ``power.cpu_estimate_w``."""
+    stem, sep, unit = metric.rpartition("_")
+    return f"{stem}_estimate_{unit}" if sep else f"{metric}_estimate"
 
 
 class CollectorRunner:
@@ -371,7 +372,18 @@ class CollectorRunner:
     def sample(self) -> dict[str, float]:
         self.target.refresh()
         values = self.collectors.sample(time.monotonic() - self.t0)
-        return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        estimated = self._estimated_series()
+        return {(_estimate_name(k) if k in estimated else k): float(v) for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def _estimated_series(self) -> set[str]:
+        """Series a collector says are estimates (the power collector's CPU watts without
+        RAPL): a profile says so in its summary's energy source, but /metrics shows series
+        alone, so here they keep a name of their own."""
+        out: set[str] = set()
+        for slot in self.collectors.slots:
+            out |= set(getattr(slot.collector, "estimated_series", ()))
+        return out
 
     def stop(self) -> None:
         self.collectors.stop()
