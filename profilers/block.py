@@ -46,9 +46,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
-from perfpilot.profilers.hardware import NvmlDevices, estimate_note, find_rapl_zones
+from perfpilot.profilers.hardware import POWERCAP, NvmlDevices, estimate_note, find_rapl_zones
 from perfpilot.profilers.procfs import PAGE_SIZE, parse_io
 
 CLEAR_REFS = "/proc/self/clear_refs"
@@ -275,8 +276,8 @@ class _Rapl:
     """The CPU domain's RAPL zones (the packages: :mod:`perfpilot.profilers.hardware`'s
     zone rule), read as raw counters so that nested blocks need no shared state."""
 
-    def __init__(self) -> None:
-        zones, _ = find_rapl_zones()
+    def __init__(self, root: Path | str = POWERCAP) -> None:
+        zones, _ = find_rapl_zones(root)
         self.zones = [z for z in zones if z.domain == "cpu"]
 
     def read(self) -> list[int]:
@@ -323,12 +324,12 @@ class BlockMeter:
     """Measures blocks in this process. Build one per session: it probes once what works."""
 
     def __init__(self, *, cpu_tdp_w: float | None = None, energy: bool = True,
-                 estimate: tuple[float, str] | None = None) -> None:
+                 estimate: tuple[float, str] | None = None, powercap_root: Path | str = POWERCAP) -> None:
         self.proc = _ProcFiles()
         self.hwm_resettable = self.proc.reset_hwm() and self.proc.vm_hwm() is not None
         self.proc_io = self.proc.io() is not None
         self.run_queue = _RunQueue()
-        self.rapl = _Rapl() if energy else None
+        self.rapl = _Rapl(powercap_root) if energy else None
         self.nvml = _Nvml() if energy else None
         self.energy = energy
         self.watts_per_core, self.estimate_note = estimate or estimate_note(cpu_tdp_w)
