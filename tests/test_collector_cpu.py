@@ -19,6 +19,9 @@ from perfpilot.profilers.procfs import ProcFiles
 from perfpilot.profilers.session import RunOptions, profile_command
 from perfpilot.profilers.snapshot import ProcSample, TreeSnapshot
 from perfpilot.profilers.target import Target
+from perfpilot.registry import build_plugin_manager
+
+PLUGINS = build_plugin_manager()  # the caller hands the session its collectors
 
 # Burns 0.3 s, says "ready", waits for a line, burns 0.2 s more, says "done", waits.
 STEPPED = textwrap.dedent(
@@ -129,7 +132,7 @@ def test_launched_tree_cpu_time_is_what_its_processes_used(tmp_path) -> None:
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         open({str(report)!r}, "w").write(repr(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime))
     """)
-    profile = profile_command([sys.executable, "-c", code], Settings(stacks=False), RunOptions(capture_output=True))
+    profile = profile_command([sys.executable, "-c", code], Settings(stacks=False), RunOptions(plugin_set=PLUGINS, capture_output=True))
     inside = float(report.read_text())
     total = profile.summary["cpu_user_s"] + profile.summary["cpu_system_s"]
     assert inside >= 0.4
@@ -146,7 +149,7 @@ def test_context_switches_are_exact_from_rusage(tmp_path) -> None:
         "ru = resource.getrusage(resource.RUSAGE_SELF)\n"
         f"open({str(report)!r}, 'w').write(repr((ru.ru_nvcsw, ru.ru_nivcsw)))\n"
     )
-    profile = profile_command([sys.executable, "-c", code], Settings(stacks=False), RunOptions(capture_output=True))
+    profile = profile_command([sys.executable, "-c", code], Settings(stacks=False), RunOptions(plugin_set=PLUGINS, capture_output=True))
     vol, invol = eval(report.read_text())  # noqa: S307 - our own repr
     assert vol >= 200
     assert vol <= profile.summary["cpu_ctx_switches_voluntary"] <= vol + 50

@@ -15,6 +15,9 @@ import pytest
 from perfpilot.config import Settings
 from perfpilot.plugins.io import IoCollector, net_bytes, parse_io, physical_disks
 from perfpilot.profilers.session import RunOptions, profile_command, profile_pid
+from perfpilot.registry import build_plugin_manager
+
+PLUGINS = build_plugin_manager()  # the caller hands the session its collectors
 
 MiB = 1 << 20
 SETTINGS = Settings(stacks=False)
@@ -55,7 +58,7 @@ def test_reads_that_miss_the_page_cache_are_storage_reads(tmp_path: Path) -> Non
         os.fsync(fh.fileno())
         os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # evict: the child must hit the disk
     code = f"f = open({str(data)!r}, 'rb', buffering=0)\nwhile f.read(1 << 20): pass\n"
-    profile = profile_command([sys.executable, "-c", code], SETTINGS, RunOptions(capture_output=True))
+    profile = profile_command([sys.executable, "-c", code], SETTINGS, RunOptions(plugin_set=PLUGINS, capture_output=True))
     s = profile.summary
     if s["io_read_bytes"] == 0:
         pytest.skip("this filesystem does not account storage reads")
@@ -72,7 +75,7 @@ def test_orphans_io_is_counted(tmp_path: Path) -> None:
     writer_file.write_text(writer)
     script = f"({sys.executable} {writer_file} &); while [ ! -s {done} ]; do sleep 0.05; done; sleep 0.2"
     # The writer may live less than one tick; as in the CLI, unseen orphans are claimed.
-    profile = profile_command(["sh", "-c", script], SETTINGS, RunOptions(capture_output=True, claim_unseen_orphans=True))
+    profile = profile_command(["sh", "-c", script], SETTINGS, RunOptions(plugin_set=PLUGINS, capture_output=True, claim_unseen_orphans=True))
     assert 4 * MiB <= profile.summary["io_write_chars"] <= 4 * MiB + 256 * 1024
     assert profile.summary["io_write_syscalls"] >= 64
 
@@ -97,7 +100,7 @@ def test_attached_tree_does_not_double_count_what_a_parent_reaps() -> None:
 
     try:
         assert root.stdout is not None and root.stdout.readline().endswith("ready\n")
-        profile = profile_pid(root.pid, None, SETTINGS, RunOptions(on_tick=go_after_attaching))
+        profile = profile_pid(root.pid, None, SETTINGS, RunOptions(plugin_set=PLUGINS, on_tick=go_after_attaching))
     finally:
         root.kill()
         root.wait()
@@ -133,7 +136,7 @@ def test_storage_writes_and_memory_are_measured_with_the_cpu_collector_disabled(
             f"with open({str(out)!r}, 'wb') as fh:\n    fh.write(os.urandom({8 * MiB}))\n"
             "    fh.flush()\n    os.fsync(fh.fileno())\n")
     settings = Settings(stacks=False, disable_plugins=["cpu"])
-    profile = profile_command([sys.executable, "-c", code], settings, RunOptions(capture_output=True))
+    profile = profile_command([sys.executable, "-c", code], settings, RunOptions(plugin_set=PLUGINS, capture_output=True))
     s = profile.summary
     assert "cpu" not in profile.collectors and "cpu_user_s" not in s
     assert profile.collectors["io"]["errors"] == [] and profile.collectors["memory"]["errors"] == []

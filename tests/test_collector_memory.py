@@ -15,6 +15,9 @@ from perfpilot.config import Settings
 from perfpilot.plugins.memory import SMAPS_MIN_INTERVAL_S, MemoryCollector, proc_smaps_rollup, system_memory
 from perfpilot.profilers.session import RunOptions, profile_command, profile_pid
 from perfpilot.profilers.target import Target, own_hwm_bytes
+from perfpilot.registry import build_plugin_manager
+
+PLUGINS = build_plugin_manager()  # the caller hands the session its collectors
 
 MiB = 1 << 20
 
@@ -76,7 +79,7 @@ def test_page_faults_are_exact_from_rusage(tmp_path) -> None:
         "ru = resource.getrusage(resource.RUSAGE_SELF)\n"
         f"open({str(report)!r}, 'w').write(repr(ru.ru_minflt))\n"
     )
-    profile = profile_command([sys.executable, "-c", code], Settings(stacks=False), RunOptions(capture_output=True))
+    profile = profile_command([sys.executable, "-c", code], Settings(stacks=False), RunOptions(plugin_set=PLUGINS, capture_output=True))
     own = int(report.read_text())
     assert own >= size // 4096
     assert own <= profile.summary["memory_minor_faults"] <= own + 2000
@@ -91,7 +94,7 @@ def test_attached_peak_rss_is_sampled_and_faults_count_from_attach() -> None:
     try:
         assert child.stdout is not None
         faults_before = int(child.stdout.readline())
-        profile = profile_pid(child.pid, 0.35, Settings(stacks=False))
+        profile = profile_pid(child.pid, 0.35, Settings(stacks=False), RunOptions(plugin_set=PLUGINS))
     finally:
         child.kill()
         child.wait()

@@ -22,6 +22,8 @@ from perfpilot.profilers.target import Target
 from perfpilot.registry import build_plugin_manager
 from perfpilot.testing import FakeClock, FakeNVML
 
+PLUGINS = build_plugin_manager()  # the caller hands the session its collectors
+
 MAX_RANGE = 262_143_328_850  # a real package's max_energy_range_uj
 
 
@@ -243,7 +245,7 @@ def test_this_machine_gets_an_honest_labelled_estimate(tmp_path: Path) -> None:
         pytest.skip("this machine has readable RAPL counters")
     code = "import time\nwhile time.process_time() < 0.3: pass\n"
     settings = Settings(stacks=False, cpu_tdp_w=20.0)
-    profile = profile_command([sys.executable, "-c", code], settings, RunOptions(capture_output=True))
+    profile = profile_command([sys.executable, "-c", code], settings, RunOptions(plugin_set=PLUGINS, capture_output=True))
     entry = profile.summary["energy"]["cpu"]
     cpu_s = profile.summary["cpu_user_s"] + profile.summary["cpu_system_s"]
     assert entry["source"] == "estimate" and entry["scope"] == "target"

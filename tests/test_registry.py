@@ -163,3 +163,20 @@ def test_a_later_plugin_overrides_a_builtin_of_the_same_name():
     collectors = build_plugin_manager(extra_plugins=[(_OverrideCpu(), "my_cpu")]).collectors()
     assert collectors["cpu"].factory is _QuietCpu
     assert collectors["cpu"].plugin == "my_cpu"
+
+
+def test_the_engine_never_builds_the_registry_callers_hand_it_in() -> None:
+    # Dependency direction: perfpilot (front door) -> agent -> profilers <- plugins.
+    import ast
+
+    engine = Path(__file__).resolve().parent.parent / "profilers"
+    importers = []
+    for path in engine.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if any(n.startswith(("perfpilot.registry", "perfpilot.plugins")) for n in names):
+                importers.append(path.name)
+    assert importers == []
+    with pytest.raises(ValueError, match="plugin_set is required"):
+        profile_command(["true"], Settings(stacks=False), RunOptions())
