@@ -37,6 +37,7 @@ from typing import Any
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
+from perfpilot.profilers.counters import TreeCounters, rates
 from perfpilot.profilers.cputime import TreeCpu, tree_cpu_totals
 from perfpilot.profilers.procfs import STAT_STARTTIME, ProcFiles, proc_stat, read_file
 from perfpilot.profilers.target import Target
@@ -88,8 +89,7 @@ class CpuCollector:
         self._t_start = 0.0
         self._last_now: float | None = None
         self._sys_prev: list[list[int]] | None = None
-        self._ctx_prev: dict[int, tuple[int, int, int]] = {}
-        self._ctx_total = [0, 0]
+        self._ctx_counts = TreeCounters(2, baseline_existing=False)
         self._ctx_last_now: float | None = None
         self._util: list[float] = []
         self._busy: list[float] = []
@@ -106,6 +106,7 @@ class CpuCollector:
     def start(self, target: Target) -> None:
         self.target = target
         self.tree = TreeCpu(baseline_existing=not target.launched)
+        self._ctx_counts = TreeCounters(2, baseline_existing=not target.launched)
         self._t_start = target.started_at if target.started_at is not None else time.monotonic()
         self._sys_prev = _system_times(target.proc_files)
 
@@ -157,36 +158,18 @@ class CpuCollector:
 
     def _ctx(self, now: float, pids: list[int]) -> dict[str, float]:
         assert self.target is not None
-        vol = invol = 0
-        first = self._ctx_last_now is None
         files = self.target.proc_files
-        seen: set[int] = set()
+        read: dict[int, tuple[int, tuple[int, int]]] = {}
         for pid in pids:
             rec = self.tree.procs.get(pid)
             ctx = proc_status_ctx(pid, files)
-            if rec is None or ctx is None:
-                continue
-            seen.add(pid)
-            prev = self._ctx_prev.get(pid)
-            if prev is None or prev[0] != rec.starttime:
-                # Attached: what already ran counts from now. Anything else was born
-                # during the run, so every switch since its birth is ours.
-                base = ctx if (first and not self.target.launched) else (0, 0)
-                prev = (rec.starttime, *base)
-            vol += ctx[0] - prev[1]
-            invol += ctx[1] - prev[2]
-            self._ctx_prev[pid] = (rec.starttime, *ctx)
-        for pid in [p for p in self._ctx_prev if p not in seen]:
-            del self._ctx_prev[pid]
-        self._ctx_total[0] += vol
-        self._ctx_total[1] += invol
-        out: dict[str, float] = {}
-        if not first and now > self._ctx_last_now:  # type: ignore[operator]
-            dt = now - self._ctx_last_now  # type: ignore[operator]
-            out["cpu.ctx_switches_voluntary_per_s"] = round(vol / dt, 1)
-            out["cpu.ctx_switches_involuntary_per_s"] = round(invol / dt, 1)
-        self._ctx_last_now = now
-        return out
+            if rec is not None and ctx is not None:
+                read[pid] = (rec.starttime, ctx)
+        delta = self._ctx_counts.update(read)
+        last, self._ctx_last_now = self._ctx_last_now, now
+        if last is None:
+            return {}
+        return rates(("cpu.ctx_switches_voluntary_per_s", "cpu.ctx_switches_involuntary_per_s"), delta, now - last)
 
     def stop(self) -> dict[str, Any]:
         assert self.target is not None
@@ -214,8 +197,8 @@ class CpuCollector:
             out["cpu_ctx_switches_voluntary"] = int(vol)
             out["cpu_ctx_switches_involuntary"] = int(invol)
         else:
-            out["cpu_ctx_switches_voluntary"] = int(self._ctx_total[0])
-            out["cpu_ctx_switches_involuntary"] = int(self._ctx_total[1])
+            out["cpu_ctx_switches_voluntary"] = int(self._ctx_counts.total[0])
+            out["cpu_ctx_switches_involuntary"] = int(self._ctx_counts.total[1])
         if self._util:
             out["cpu_utilization_peak_pct"] = max(self._util)
         if self._busy:

@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
+from perfpilot.profilers.counters import TreeCounters, rates
 from perfpilot.profilers.procfs import STAT_MAJFLT, STAT_MINFLT, STAT_STARTTIME, ProcFiles, proc_stat, read_file
 from perfpilot.profilers.snapshot import ProcSample
 from perfpilot.profilers.target import Target
@@ -99,8 +100,7 @@ class MemoryCollector:
         self._pss_peak: int | None = None
         self._smaps_next = 0.0
         self._smaps_ok = os.path.exists("/proc/self/smaps_rollup")
-        self._faults: dict[int, tuple[int, int, int, int, int]] = {}  # pid -> start, first, last
-        self._faults_gone = [0, 0]
+        self._faults = TreeCounters(2, baseline_existing=False)
         self._faults_last_now: float | None = None
         self._system_last_now: float | None = None
         self._avail_min: int | None = None
@@ -117,6 +117,7 @@ class MemoryCollector:
         self.target = target
         # Only needed when the launcher's own peak may hide the target's (see stop()).
         self._watch_root_hwm = target.launched
+        self._faults = TreeCounters(2, baseline_existing=not target.launched)
 
     def sample(self, now: float) -> dict[str, float]:
         assert self.target is not None
@@ -156,32 +157,13 @@ class MemoryCollector:
         return {"memory.uss_bytes": float(uss), "memory.pss_bytes": float(pss)}
 
     def _page_faults(self, now: float, stats: Mapping[int, ProcSample]) -> dict[str, float]:
-        assert self.target is not None
-        first = self._faults_last_now is None
-        minor = major = 0
-        seen: set[int] = set()
-        for pid, proc in stats.items():
-            seen.add(pid)
+        for pid in stats:
             self._hwm_peak = max(self._hwm_peak, proc_hwm(pid) or 0)
-            mn, mj = proc.minor_faults, proc.major_faults
-            rec = self._faults.get(pid)
-            if rec is None or rec[0] != proc.starttime:
-                base = (mn, mj) if (first and not self.target.launched) else (0, 0)
-                rec = (proc.starttime, base[0], base[1], base[0], base[1])
-            minor += mn - rec[3]
-            major += mj - rec[4]
-            self._faults[pid] = (rec[0], rec[1], rec[2], mn, mj)
-        for pid in [p for p in self._faults if p not in seen]:
-            rec = self._faults.pop(pid)
-            self._faults_gone[0] += rec[3] - rec[1]
-            self._faults_gone[1] += rec[4] - rec[2]
-        out: dict[str, float] = {}
-        if not first and now > self._faults_last_now:  # type: ignore[operator]
-            dt = now - self._faults_last_now  # type: ignore[operator]
-            out["memory.minor_faults_per_s"] = round(minor / dt, 1)
-            out["memory.major_faults_per_s"] = round(major / dt, 1)
-        self._faults_last_now = now
-        return out
+        delta = self._faults.update({pid: (p.starttime, (p.minor_faults, p.major_faults)) for pid, p in stats.items()})
+        last, self._faults_last_now = self._faults_last_now, now
+        if last is None:
+            return {}
+        return rates(("memory.minor_faults_per_s", "memory.major_faults_per_s"), delta, now - last)
 
     def _system(self, now: float) -> dict[str, float]:
         self._system_last_now = now
@@ -218,14 +200,13 @@ class MemoryCollector:
             minor, major = exact["minflt"], exact["majflt"]
             for pid in alive:
                 fields = proc_stat(pid)
-                known = self._faults.get(pid)
-                if fields is not None and (known is None or int(fields[STAT_STARTTIME]) == known[0]):
+                known = self._faults.starttime(pid)
+                if fields is not None and (known is None or int(fields[STAT_STARTTIME]) == known):
                     minor += int(fields[STAT_MINFLT])
                     major += int(fields[STAT_MAJFLT])
                     peak = max(peak, proc_hwm(pid) or 0)
         else:
-            minor = self._faults_gone[0] + sum(r[3] - r[1] for r in self._faults.values())
-            major = self._faults_gone[1] + sum(r[4] - r[2] for r in self._faults.values())
+            minor, major = self._faults.total
             peak = max(peak, self._hwm_peak)
         out["peak_rss_bytes"] = int(peak)
         out["peak_rss_source"] = source
