@@ -15,15 +15,15 @@ the other per-process or machine-wide files a collector reads (``status``, ``io`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 from perfpilot.profilers.procfs import (CLK_TCK, PAGE_SIZE, STAT_MAJFLT, STAT_MINFLT, STAT_PPID, STAT_RSS,
                                        STAT_STARTTIME, STAT_STIME, STAT_UTIME, ProcFiles, stat_fields)
 
 
-@dataclass(frozen=True, slots=True)
-class ProcSample:
-    """One process of the tree at one tick (``/proc/<pid>/stat``)."""
+class ProcSample(NamedTuple):
+    """One process of the tree at one tick (``/proc/<pid>/stat``). A NamedTuple: one is
+    built per process per tick, and a tuple is the cheapest typed record to build."""
 
     pid: int
     ppid: int
