@@ -4,6 +4,11 @@ on one loop, reap the target for exact totals, and assemble the Profile.
 One sampler thread ticks at ``settings.interval`` on a monotonic schedule; the calling
 thread blocks in ``os.wait4`` so the target's exit is seen at once (wall time is not
 rounded up to the next tick).
+
+The collectors come from the caller: ``RunOptions.plugin_set`` is a
+:class:`~perfpilot.profilers.collector.CollectorSource` (the front door's
+``perfpilot.registry.build_plugin_manager()``); the engine never builds the registry.
+A launched run and an attached one share their start and finish (:class:`_Observation`).
 """
 
 from __future__ import annotations
