@@ -265,8 +265,9 @@ class CompareOptions:
     """How :func:`compare` measures and judges; every field is also a keyword of it.
 
     ``extra_metrics`` are judged too when every run has them (silently skipped
-    otherwise); ``cpus`` pins every run to those CPUs; ``plugin_set`` reuses a
-    :func:`perfpilot.registry.build_plugin_manager` result. ``on_run(side, index,
+    otherwise); ``cpus`` pins every run to those CPUs; ``plugin_set`` (required for
+    commands) is the caller's :func:`perfpilot.registry.build_plugin_manager` result.
+    ``on_run(side, index,
     profile)`` is called after every run: side ``"A"``/``"B"``, index 0 for a warm-up,
     1.. for measured runs. ``stop_for_futility``: stop as soon as B cannot be better by
     the threshold (:class:`~perfpilot.profilers.stats.StoppingPlan`), for a search that
@@ -332,11 +333,9 @@ class InterleavedRuns:
     """
 
     def __init__(self, a: Arm, b: Arm, options: CompareOptions, metrics: Sequence[str], primary: str) -> None:
-        from perfpilot.registry import build_plugin_manager
-
         self.options, self.metrics, self.primary = options, list(metrics), primary
         self.settings = (options.settings or Settings()).replace(stacks=False)
-        self.plugin_set = options.plugin_set if options.plugin_set is not None else build_plugin_manager()
+        self.plugin_set = options.plugin_set
         self.arms = {"A": a, "B": b}
         self.argvs = {side: pinned(arm.argv(), options.cpus) for side, arm in self.arms.items()}
         self.reused = list(options.reuse_a)[-options.max_runs:] if options.reuse_a else []
@@ -572,11 +571,9 @@ def measure(
         return results
 
     from perfpilot.profilers.session import RunOptions, profile_command
-    from perfpilot.registry import build_plugin_manager
 
     arm = target if isinstance(target, Arm) else Arm(command=target)  # type: ignore[arg-type]
     settings = (settings or Settings()).replace(stacks=False)
-    plugin_set = plugin_set if plugin_set is not None else build_plugin_manager()
     argv = pinned(arm.argv(), cpus)
     profiles: list[Profile] = []
     for index in range(-warmup + 1, runs + 1):

@@ -203,6 +203,7 @@ def _compare_commands(args: Sequence[str], settings: Settings, required: list[st
                       warmup: int, cpus: str | None, shell: bool, show: bool, err: Console) -> Comparison:
     """Run and judge the two commands, with a progress bar on a terminal."""
     from perfpilot.profilers import measure
+    from perfpilot.registry import build_plugin_manager
 
     if len(args) != 2:
         raise UsageProblem(f"expected two commands (A and B), got {len(args)} arguments",
@@ -228,7 +229,7 @@ def _compare_commands(args: Sequence[str], settings: Settings, required: list[st
     options = measure.CompareOptions(
         metrics=required, extra_metrics=extra, settings=settings, max_runs=settings.runs, min_runs=settings.min_runs,
         warmup=warmup, threshold=settings.threshold, confidence=settings.confidence, on_run=on_run,
-        capture_output=True, cpus=pinned_cpus)
+        capture_output=True, cpus=pinned_cpus, plugin_set=build_plugin_manager())
     with progress:
         comparison = measure.compare(arms[0], arms[1], options)
         progress.update(task, completed=total)
