@@ -68,3 +68,21 @@ def test_compare_instructions_decides_slow_fast_in_three_runs_and_aa_is_no_chang
     saved = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").rglob("*.json"))]
     assert len(saved) == 2 * faster["runs"]
     assert all("wall_s" not in p["summary"] and p["summary"]["instructions_source"] == "valgrind" for p in saved)
+
+
+def test_profile_instructions_without_any_source_is_one_line_before_the_run(perfpilot_cli, tmp_path: Path) -> None:
+    if instructions_pmu_ok():
+        pytest.skip("hardware counters here: a source is always available")
+    out = tmp_path / "run.json"
+    result = perfpilot_cli("profile", "--instructions", "--no-stacks", "-o", str(out), "--",
+                           sys.executable, "-c", "open('ran', 'w')", cwd=tmp_path, env={"PATH": str(tmp_path)})
+    assert result.returncode == 125, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot count instructions here" in lines[0] and "valgrind" in lines[0], lines
+    assert not (tmp_path / "ran").exists() and not out.exists()  # refused before the timed run
+
+
+def instructions_pmu_ok() -> bool:
+    from perfpilot.profilers.instructions import pmu_status
+
+    return pmu_status()[0]
