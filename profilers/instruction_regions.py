@@ -151,7 +151,7 @@ class PmuRegions:
         self.before = 0
 
     def _read(self) -> int:
-        value, _enabled, _running = struct.unpack("QQQ", os.pread(self.fd, 24, 0))
+        value, _enabled, _running = struct.unpack("QQQ", os.read(self.fd, 24))  # position is ignored
         return value
 
     def start(self) -> None:
