@@ -143,10 +143,10 @@ class PmuRegions:
     source = "pmu"
 
     def __init__(self) -> None:
-        flags = instructions._FLAG_INHERIT | instructions._FLAG_EXCLUDE_KERNEL | instructions._FLAG_EXCLUDE_HV
-        fd = instructions._perf_event_open(0, flags)
+        flags = instructions.FLAG_INHERIT | instructions.FLAG_EXCLUDE_KERNEL | instructions.FLAG_EXCLUDE_HV
+        fd = instructions.perf_event_open(0, flags)
         if fd < 0:
-            raise instructions.InstructionsUnavailable(instructions._pmu_refusal(-fd))
+            raise instructions.InstructionsUnavailable(instructions.pmu_refusal(-fd))
         self.fd = fd
         self.before = 0
 

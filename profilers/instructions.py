@@ -87,12 +87,12 @@ class InstructionCount:
 _PERF_TYPE_HARDWARE = 0
 _PERF_COUNT_HW_INSTRUCTIONS = 1
 _ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5
-_FLAG_DISABLED, _FLAG_INHERIT, _FLAG_EXCLUDE_KERNEL, _FLAG_EXCLUDE_HV, _FLAG_ENABLE_ON_EXEC = 1, 2, 32, 64, 4096
+FLAG_DISABLED, FLAG_INHERIT, FLAG_EXCLUDE_KERNEL, FLAG_EXCLUDE_HV, FLAG_ENABLE_ON_EXEC = 1, 2, 32, 64, 4096
 _READ_TIMES = 1 | 2  # PERF_FORMAT_TOTAL_TIME_ENABLED | PERF_FORMAT_TOTAL_TIME_RUNNING
 _SYSCALL = {"x86_64": 298, "aarch64": 241, "ppc64le": 319, "s390x": 331, "riscv64": 241}
 
 
-def _perf_event_open(pid: int, flags: int) -> int:
+def perf_event_open(pid: int, flags: int) -> int:
     """An instructions counter on ``pid`` (0: this process); the fd, or -errno."""
     number = _SYSCALL.get(platform.machine())
     if number is None:
@@ -106,7 +106,7 @@ def _perf_event_open(pid: int, flags: int) -> int:
     return fd if fd >= 0 else -ctypes.get_errno()
 
 
-def _pmu_refusal(err: int) -> str:
+def pmu_refusal(err: int) -> str:
     if err == errno.ENOENT or err == errno.EOPNOTSUPP:
         return "perf_event_open: this CPU or VM exposes no hardware instructions counter (ENOENT)"
     if err in (errno.EACCES, errno.EPERM):
@@ -119,9 +119,9 @@ def _pmu_refusal(err: int) -> str:
 
 def pmu_status() -> tuple[bool, str]:
     """Whether hardware counters can count this user's instructions, and why not (one line)."""
-    fd = _perf_event_open(0, _FLAG_DISABLED | _FLAG_EXCLUDE_KERNEL | _FLAG_EXCLUDE_HV)
+    fd = perf_event_open(0, FLAG_DISABLED | FLAG_EXCLUDE_KERNEL | FLAG_EXCLUDE_HV)
     if fd < 0:
-        return False, _pmu_refusal(-fd)
+        return False, pmu_refusal(-fd)
     os.close(fd)
     return True, "hardware counters (perf_event_open), user space, children inherited"
 
@@ -139,13 +139,13 @@ def _count_pmu(argv: list[str], env: Mapping[str, str], cwd: str | None, timeout
                                  pass_fds=(read_end,), stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe)
     finally:
         os.close(read_end)
-    flags = _FLAG_DISABLED | _FLAG_INHERIT | _FLAG_EXCLUDE_KERNEL | _FLAG_EXCLUDE_HV | _FLAG_ENABLE_ON_EXEC
-    fd = _perf_event_open(child.pid, flags)
+    flags = FLAG_DISABLED | FLAG_INHERIT | FLAG_EXCLUDE_KERNEL | FLAG_EXCLUDE_HV | FLAG_ENABLE_ON_EXEC
+    fd = perf_event_open(child.pid, flags)
     if fd < 0:
         child.kill()
         child.wait()
         os.close(write_end)
-        raise InstructionsUnavailable(_pmu_refusal(-fd), hint=f"set {SOURCE_ENV}=valgrind")
+        raise InstructionsUnavailable(pmu_refusal(-fd), hint=f"set {SOURCE_ENV}=valgrind")
     try:
         os.write(write_end, b"x")
         os.close(write_end)
