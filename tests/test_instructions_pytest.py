@@ -82,3 +82,19 @@ def test_call_phase_counts_are_saved_and_ten_percent_more_work_fails_only_that_t
     assert kinds == {"test_uses_the_library": "regression", "test_unrelated": "unchanged",
                      "test_with_heavy_fixture": "unchanged"}, kinds
     assert "1 failed, 2 passed" in compared.stdout
+
+
+def test_an_exact_count_is_judged_by_its_ratio_and_a_missing_count_is_said() -> None:
+    from perfpilot.pytest_plugin.instructions import finding
+
+    assert finding("t", [1_000_000], [1_021_000], 0.02).kind == "regression"
+    assert finding("t", [1_000_000], [1_019_000], 0.02).kind == "unchanged"
+    assert finding("t", [1_000_000], [970_000], 0.02).kind == "improved"
+    missing = finding("t", None, [1_000_000], 0.02)
+    assert missing.kind == "insufficient" and "baseline has no instruction count" in missing.reason
+
+
+def test_thresholds_take_instructions() -> None:
+    from perfpilot.pytest_plugin.budgets import parse_thresholds
+
+    assert parse_thresholds("instructions:2%,wall:10%") == {"instructions": 0.02, "wall": 0.10}
