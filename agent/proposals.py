@@ -169,6 +169,7 @@ def validate(item: Any, index: int = 0) -> tuple[Proposal | None, str | None]:
     rationale = item.get("rationale", "")
     if not isinstance(title, str) or not isinstance(rationale, str):
         return None, f"{where}: title and rationale must be strings"
+    title = "".join(ch if ch.isprintable() else " " for ch in title)  # it becomes a commit message and a line
     proposal = Proposal(kind=kind, title=title.strip()[:MAX_TITLE], rationale=rationale.strip()[:MAX_RATIONALE])
     if kind == "patch":
         diff = item["diff"]
@@ -214,6 +215,8 @@ def parse_reply(text: str, *, source: str = "llm") -> ParsedReply:
     """Parse an untrusted reply; never raises for bad content."""
     if not isinstance(text, str) or not text.strip():
         return ParsedReply([], ["the reply was empty"])
+    # A lone surrogate cannot be written as UTF-8 (to git, a report, a terminal): U+FFFD instead.
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     data, error = _load_json(text)
     if error is not None:
         return ParsedReply([], [error])
