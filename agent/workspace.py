@@ -179,6 +179,7 @@ def diff_paths(diff: str) -> tuple[list[str], int]:
             raw.append("b/" + line.split(" ", 2)[2].strip())
     if not raw:
         return [], 1
+    raw = [p[1:-1] if len(p) > 1 and p.startswith('"') and p.endswith('"') else p for p in raw]
     level = 1 if all(p.startswith(("a/", "b/")) for p in raw) else 0
     paths = []
     for path in raw:
@@ -307,14 +308,14 @@ class Workspace:
         exists = (self.base / rel).exists() or (self.base / rel).is_symlink()
         if declared:
             return
-        glob = matches(rel, self.protected)
-        if glob is not None:
-            raise Refused(f"{rel}: protected (matches {glob!r}: tests, the run/test harness and perfpilot's "
-                          "config are not for candidates to change)")
         try:
             policy.check_file(rel, exists=exists)
         except policy.NotAllowed as exc:
             raise Refused(str(exc)) from None
+        glob = matches(rel, self.protected)
+        if glob is not None:
+            raise Refused(f"{rel}: protected (matches {glob!r}: tests, the run/test harness and perfpilot's "
+                          "config are not for candidates to change)")
         if exists and self.tracked is not None and rel not in self.tracked:
             raise Refused(f"{rel}: not tracked by the project (git ls-files); perfpilot only edits tracked files")
         if not exists and not creating and not (self.candidate_dir / rel).exists():
@@ -409,27 +410,25 @@ class Workspace:
         return True
 
     def git_paths(self, diff: str, level: int) -> list[str]:
-        """The paths ``git apply`` will touch, as git decodes them (quoted names included)."""
-        listed = _git(["apply", f"-p{level}", "--numstat", "-z", "-"], self.candidate_dir, check=False, input=diff)
-        if listed.returncode != 0:
-            reason = " ".join(listed.stderr.strip().splitlines()[:2]) or "git apply could not read it"
-            raise DidNotApply(f"patch is not a diff git can apply: {reason}")
+        """The paths ``git apply`` will touch, as git decodes them (quoted names included).
+
+        ``--numstat`` names a rename's or copy's destination only; the same diff read in
+        reverse (``-R``) names its source, so both sides are judged.
+        """
+        paths: list[str] = []
+        for reverse in ([], ["-R"]):
+            listed = _git(["apply", *reverse, f"-p{level}", "--numstat", "-z", "-"], self.candidate_dir,
+                          check=False, input=diff)
+            if listed.returncode != 0:
+                reason = " ".join(listed.stderr.strip().splitlines()[:2]) or "git apply could not read it"
+                raise DidNotApply(f"patch is not a diff git can apply: {reason}")
+            for entry in listed.stdout.split("\0"):
+                fields = entry.split("\t", 2)
+                if len(fields) == 3 and fields[2] and fields[2] not in paths:
+                    paths.append(fields[2])
         summary = _git(["apply", f"-p{level}", "--summary", "-"], self.candidate_dir, check=False, input=diff).stdout
         if re.search(r"mode 120000", summary):
             raise Refused("the patch creates a symlink; perfpilot edits regular files only")
-        paths: list[str] = []
-        fields = listed.stdout.split("\0")
-        i = 0
-        while i < len(fields):
-            entry = fields[i]
-            i += 1
-            if not entry:
-                continue
-            path = entry.split("\t", 2)[2] if entry.count("\t") >= 2 else ""
-            names = [path] if path else fields[i:i + 2]  # a rename/copy: source and destination follow
-            if not path:
-                i += 2
-            paths += [n for n in names if n and n not in paths]
         return paths
 
     def _applicable(self, diff: str, cwd: Path) -> tuple[str, int]:
