@@ -51,16 +51,19 @@ class CollectorSlot:
     errors: list[str] = field(default_factory=list)
     disabled: bool = False
     started: bool = False
+    error_count: int = 0  # every error, also those past MAX_ERRORS_KEPT (a Prometheus counter)
     _consecutive: int = 0
 
     def record(self, where: str, exc: BaseException) -> None:
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         place = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
+        self.error_count += 1
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(f"{where}: {type(exc).__name__}: {exc}{place}")
 
     def status(self) -> dict[str, Any]:
-        return {"available": self.available, "reason": self.reason, "errors": list(self.errors), "disabled": self.disabled}
+        return {"available": self.available, "reason": self.reason, "errors": list(self.errors), "disabled": self.disabled,
+                "error_count": self.error_count}
 
 
 class CollectorSet:
