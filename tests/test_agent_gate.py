@@ -202,3 +202,31 @@ def test_timing_lines_pass_the_projects_own_output_check(project):
                     run=f"{PY} run.py", output_check="command:python same_output.py", test=None).run()
     assert [(o.status, o.reason) for o in own.outcomes] == [("rejected", "output changed"), ("accepted", "improved")]
     assert "same_output.py" in own.outcomes[0].detail and "+a b b" in own.outcomes[0].detail
+
+
+def test_pytest_randomly_gets_the_seed_and_a_project_that_turns_it_off_keeps_its_order(project, tmp_path,
+                                                                                        monkeypatch):
+    from perfpilot.agent.gate import TestRun, failed_tests, has_pytest_randomly, randomly_refused, with_order_seed
+
+    assert with_order_seed({"PYTEST_ADDOPTS": "-x"}, 7)["PYTEST_ADDOPTS"] == "-x --randomly-seed=7"
+    assert with_order_seed({}, None) == {}
+    assert TestRun(5, False, 0.1, 5).reproduce("pytest -q") == "PYTHONHASHSEED=5 PYTEST_ADDOPTS=--randomly-seed=5 pytest -q"
+    assert failed_tests("FAILED tests/t.py::test_a - assert 0\nERROR tests/t.py::test_b\nFAILED tests/t.py::test_a") \
+        == ["tests/t.py::test_a", "tests/t.py::test_b"]
+    # A module named pytest_randomly that is no pytest plugin: found, then refused by pytest.
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "pytest_randomly.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(stub))
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    (project / "tests" / "test_app.py").write_text(CHECK.replace("assert", "def test_order():\n    assert"))
+    test = f"{PY} -m pytest -q -p no:cacheprovider tests/test_app.py"
+    assert has_pytest_randomly(test.split(), project, dict(os.environ))
+    opt = optimizer(project, test=test, test_repeats=1)
+    opt.workspace = ws = Workspace.create(project, commands=[opt.settings.run, test])
+    try:
+        runs = opt._baseline_tests()
+    finally:
+        ws.cleanup()
+    assert not opt._order and [r.order_seed for r in runs] == [None] and runs[0].passed
+    assert randomly_refused("error: unrecognized arguments: --randomly-seed=3")
