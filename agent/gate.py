@@ -21,14 +21,19 @@ the test command per candidate (measured on examples/slow_python: see README).
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
+
+from perfpilot.errors import ConfigError
 
 DEFAULT_REPEATS = 3
 MAX_SEED = 4294967295  # PYTHONHASHSEED's range
@@ -123,6 +128,52 @@ def run_gate(run_once: RunOnce, seeds: Sequence[int], *, order: bool, stop_on_fa
         if not run.passed and stop_on_failure:
             break
     return GateResult(runs)
+
+
+def run_test_command(argv: Sequence[str], cwd: Path, env: Mapping[str, str],
+                     timeout: float | None) -> tuple[bool, str, float]:
+    """(passed, output, seconds) of one run of the test command."""
+    t0 = time.monotonic()
+    try:
+        # Its own process group: on a timeout (or Ctrl-C) the whole tree goes, not just the
+        # test runner; a hung child left running would skew every later measurement.
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, errors="replace", stdin=subprocess.DEVNULL, start_new_session=True)
+    except FileNotFoundError:
+        raise ConfigError(f"test command not found: {argv[0]}", hint="check `test` (is it on PATH?)") from None
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        stdout, stderr = _drain(proc)
+        return False, (f"{stdout}{stderr}\n(the tests did not finish within {timeout:.0f}s; "
+                       "they and every process they started were stopped)"), time.monotonic() - t0
+    except BaseException:
+        _kill_group(proc.pid)
+        _drain(proc)
+        raise
+    _kill_group(proc.pid)  # whatever the tests left running in the background
+    return proc.returncode == 0, (stdout or "") + (stderr or ""), time.monotonic() - t0
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _drain(proc: subprocess.Popen) -> tuple[str, str]:
+    """What a killed process wrote; gives up on pipes that a process which left the group holds."""
+    try:
+        stdout, stderr = proc.communicate(timeout=5)
+        return stdout or "", stderr or ""
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+        return "", ""
 
 
 def failed_tests(output: str) -> list[str]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import ast
 import os
 import shlex
-import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from perfpilot.agent.backends.errors import BackendError, BackendExhausted
 from perfpilot.agent.context import Context
 from perfpilot.agent.figures import ci_label, human_value
 from perfpilot.agent.gate import (GateResult, SeedSource, TestRun, failed_tests, flaky_summary, has_pytest_randomly,
-                                  randomly_refused, run_gate, with_order_seed)
+                                  randomly_refused, run_gate, run_test_command, with_order_seed)
 from perfpilot.agent.knobs import Knob, parse_knobs
 from perfpilot.agent.outcomes import Outcome
 from perfpilot.agent.output_check import OutputCheck, first_variation, parse_output_check, stdout_of
@@ -250,28 +248,7 @@ class Optimizer:
             raise ConfigError(f"test command: {exc}") from None
         env = {**os.environ, **self._env(state), **(extra or {})}
         env.pop("PERFPILOT_METRICS_FILE", None)
-        timeout = self._test_timeout
-        t0 = time.monotonic()
-        try:
-            # Its own process group: on a timeout (or Ctrl-C) the whole tree goes, not just the
-            # test runner; a hung child left running would skew every later measurement.
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, errors="replace", stdin=subprocess.DEVNULL, start_new_session=True)
-        except FileNotFoundError:
-            raise ConfigError(f"test command not found: {argv[0]}", hint="check `test` (is it on PATH?)") from None
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            stdout, stderr = _drain(proc)
-            return False, (f"{stdout}{stderr}\n(the tests did not finish within {timeout:.0f}s; "
-                           "they and every process they started were stopped)"), time.monotonic() - t0
-        except BaseException:
-            _kill_group(proc.pid)
-            _drain(proc)
-            raise
-        _kill_group(proc.pid)  # whatever the tests left running in the background
-        return proc.returncode == 0, (stdout or "") + (stderr or ""), time.monotonic() - t0
+        return run_test_command(argv, cwd, env, self._test_timeout)
 
     def _test_once(self, cwd: Path, state: State, seed: int, order_seed: int | None) -> TestRun:
         env = with_order_seed({**os.environ, **self._env(state)}, order_seed)
@@ -745,26 +722,6 @@ def _no_effect(verdict: Mapping[str, Any]) -> bool:
     if not all(isinstance(x, (int, float)) for x in (low, high, ratio, t)):
         return False
     return low <= 1 <= high and abs(ratio - 1) <= t
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _drain(proc: subprocess.Popen) -> tuple[str, str]:
-    """What a killed process wrote; gives up on pipes that a process which left the group holds."""
-    try:
-        stdout, stderr = proc.communicate(timeout=5)
-        return stdout or "", stderr or ""
-    except subprocess.TimeoutExpired:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()
-        return "", ""
 
 
 def _list_files(root: Path, limit: int = 500) -> list[str]:

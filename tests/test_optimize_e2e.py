@@ -87,7 +87,7 @@ def test_accepted_speedup_is_measured_with_a_confidence_interval(scripted_run):
     assert report["cumulative"]["verdict"]["ratio"] == cpu["ratio"]
     assert report["verification_runs"] == 2 * sum(p["runs"] for p in report["proposals"])
     assert "cpu ×" in done.stderr and "accepted" in done.stderr  # live verdict lines
-    print(f"\nslow_python: cpu ratio {cpu['ratio']:.3f} (95% CI {cpu['ci_low']:.3f}-{cpu['ci_high']:.3f}), "
+    print(f"\nslow_python: cpu ratio {cpu['ratio']:.3f} ({cpu['confidence']:.1%} CI {cpu['ci_low']:.3f}-{cpu['ci_high']:.3f}), "
           f"{report['verification_runs']} verification runs, loop {report['duration_s']:.1f}s, wall {elapsed:.1f}s")
 
 
@@ -134,7 +134,8 @@ def test_apply_on_a_clean_git_tree(tmp_path):
     git("init", "-q", cwd=project)
     git("add", "-A", cwd=project)
     git("commit", "-qm", "init", cwd=project)
-    done = optimize(project, "--backend", "mock", "--mock-replies", "only_good.json", "--runs", "6", "--apply")
+    done = optimize(project, "--backend", "mock", "--mock-replies", "only_good.json", "--runs", "6", "--apply",
+                    "--test-repeats", "1")
     assert done.returncode == 0, done.stderr
     assert "counts.get(word, 0) + 1" in (project / "wordstats" / "textstats.py").read_text()
     assert "applied 1 accepted change" in done.stderr
@@ -164,7 +165,8 @@ def test_tests_failing_at_baseline_stop_and_show_their_output(tmp_path):
 
 def test_run_command_failing_at_baseline(tmp_path):
     project = copy_example(tmp_path / "p")
-    done = optimize(project, "--backend", "mock", "--run", "python -c 'import sys; sys.exit(\"boom\")'")
+    done = optimize(project, "--backend", "mock", "--run", "python -c 'import sys; sys.exit(\"boom\")'",
+                    "--test-repeats", "1")
     assert done.returncode == 125
     assert "run command exited with 1" in one_line_error(done)
     assert "boom" in done.stderr
@@ -175,7 +177,7 @@ def test_backend_unreachable(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    done = optimize(project, "--backend", "openai", "--base-url", f"http://127.0.0.1:{port}/v1",
+    done = optimize(project, "--backend", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--test-repeats", "1",
                     env={"PERFPILOT_LLM_RETRIES": "0"})
     assert done.returncode == 125
     assert f"cannot reach http://127.0.0.1:{port}/v1" in one_line_error(done)
@@ -183,7 +185,7 @@ def test_backend_unreachable(tmp_path):
 
 def test_budget_exhausted(tmp_path):
     project = copy_example(tmp_path / "p")
-    done = optimize(project, "--backend", "mock", "--budget", "2")
+    done = optimize(project, "--backend", "mock", "--budget", "2", "--test-repeats", "1")
     assert done.returncode == 0, done.stderr
     report = json.loads((project / ".perfpilot" / "optimize-report.json").read_text())
     assert report["stop_reason"] == "budget spent (2 proposals)" and len(report["proposals"]) == 2
@@ -202,7 +204,7 @@ def test_ctrl_c_cleans_the_workspace_and_writes_a_partial_report(tmp_path):
     project = copy_example(tmp_path / "p")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc = subprocess.Popen([EXE, "optimize", "--backend", "mock", "--runs", "10"], cwd=project,
+    proc = subprocess.Popen([EXE, "optimize", "--backend", "mock", "--runs", "10", "--test-repeats", "1"], cwd=project,
                             env={**ENV, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True)
     seen = []
