@@ -14,7 +14,9 @@ deny-list of known tricks:
 * **No dotfile or dot-folder**, new or existing (``.gitignore``, ``.gitattributes``,
   ``.github/``, ``.env``...): they configure tools, not the program.
 * **New files only of source kinds** (``NEW_FILE_SUFFIXES``): a candidate may add a
-  module, not a config file some tool would discover.
+  module, not a config file some tool would discover; and no new module that would shadow
+  the test runner (``pytest.py`` beats the real pytest under ``python -m pytest``) at any
+  depth, nor a standard or installed module at the project's top level.
 * **Env proposals only for a declared knob's variable or a performance variable** in
   ``PERF_ENV`` (thread counts, allocator settings), with a value of the shape that
   variable takes: nothing that changes what runs (``PYTHONPATH``, ``PYTEST_ADDOPTS``,
@@ -23,7 +25,10 @@ deny-list of known tricks:
 
 from __future__ import annotations
 
+import functools
+import pkgutil
 import re
+import sys
 from pathlib import PurePosixPath
 from typing import Iterable
 
@@ -46,6 +51,9 @@ NEW_FILE_SUFFIXES = frozenset({
 # Config edits by key (kind "config") in these files are refused: they hold test config.
 TEST_CONFIG_FILES = frozenset({"pyproject.toml", "setup.cfg", "tox.ini", "pytest.ini", ".pytest.ini", "pytest.toml"})
 
+# Modules a test run imports: a project file of that name could stand in for them.
+TEST_RUNNER_MODULES = frozenset({"pytest", "_pytest", "pluggy", "py", "unittest", "doctest", "nose", "nose2",
+                                 "hypothesis", "coverage", "xdist", "pytest_randomly", "site", "runpy", "importlib"})
 MAX_ENV_VALUE = 256
 _COUNT = r"[1-9][0-9]{0,3}"
 _BYTES = r"[0-9]{1,12}"
@@ -76,8 +84,11 @@ class NotAllowed(Exception):
     """A change outside the policy; the message says which rule."""
 
 
-def check_file(rel: str, *, exists: bool) -> None:
-    """Raise :class:`NotAllowed` when a candidate may not create or change ``rel``."""
+def check_file(rel: str, *, exists: bool, top_exists: bool = False) -> None:
+    """Raise :class:`NotAllowed` when a candidate may not create or change ``rel``.
+
+    ``top_exists``: the project already has ``rel``'s top-level folder or module.
+    """
     path = PurePosixPath(rel)
     for part in path.parts[:-1]:
         if part.startswith("."):
@@ -92,6 +103,26 @@ def check_file(rel: str, *, exists: bool) -> None:
     if not exists and path.suffix.lower() not in NEW_FILE_SUFFIXES:
         raise NotAllowed(f"{rel}: a new file of a kind candidates may not add (new files may be source files: "
                          f"{', '.join(sorted(NEW_FILE_SUFFIXES))})")
+    if not exists:
+        _check_shadowing(rel, path, top_exists)
+
+
+def _check_shadowing(rel: str, path: PurePosixPath, top_exists: bool) -> None:
+    names = [*path.parts[:-1], path.stem if path.suffix in {".py", ".pyi", ".pyx"} else ""]
+    for name in names:
+        if name in TEST_RUNNER_MODULES:
+            raise NotAllowed(f"{rel}: would shadow the module {name!r} that runs the tests")
+    top = names[0]
+    if top and not top_exists and top in installed_top_level():
+        raise NotAllowed(f"{rel}: a new top-level module {top!r} would shadow the standard or installed module "
+                         "of that name")
+
+
+@functools.lru_cache(maxsize=1)
+def installed_top_level() -> frozenset[str]:
+    """Top-level names of the standard library and of installed packages (not the project's own)."""
+    paths = [p for p in sys.path if p and ("site-packages" in p or "dist-packages" in p)]
+    return frozenset(sys.stdlib_module_names) | {m.name for m in pkgutil.iter_modules(paths)}
 
 
 def check_config_edit(rel: str) -> None:

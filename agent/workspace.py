@@ -309,7 +309,9 @@ class Workspace:
         if declared:
             return
         try:
-            policy.check_file(rel, exists=exists)
+            top = parts[0]
+            top_exists = (self.base / top).exists() or (self.base / f"{top.removesuffix('.py')}.py").exists()
+            policy.check_file(rel, exists=exists, top_exists=top_exists and len(parts) > 1)
         except policy.NotAllowed as exc:
             raise Refused(str(exc)) from None
         glob = matches(rel, self.protected)

@@ -58,6 +58,8 @@ BYPASSES = [
     ("CI file", new_file(".github/workflows/ci.yml", "on: push"), "dot-folder"),
     (".gitattributes", new_file(".gitattributes", "*.py -diff"), "dotfile"),
     ("a config file some tool discovers", new_file("pkg/pytest.cfg", "[pytest]"), "new file of a kind"),
+    ("a pytest.py that stands in for pytest", new_file("pytest.py", "raise SystemExit(0)"), "shadow the module 'pytest'"),
+    ("a package that shadows the stdlib", new_file("json/__init__.py", "x = 1"), "shadow the standard"),
     ("a symlink", "diff --git a/link.py b/link.py\nnew file mode 120000\n--- /dev/null\n+++ b/link.py\n"
                   "@@ -0,0 +1 @@\n+/etc/passwd\n\\ No newline at end of file\n", "symlink"),
 ]
