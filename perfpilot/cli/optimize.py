@@ -154,5 +154,7 @@ def _summary(console: Console, result: Any, written: dict[str, Path]) -> None:
                       f"{result.duration_s:.1f} s")
     else:
         console.print(f"no change was proven better ({len(result.outcomes)} proposals, {result.duration_s:.1f} s)")
+    for note in result.notes:  # output not compared, a dropped change, ...: said once, here
+        console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(f"[dim]stopped: {escape(result.stop_reason or '-')}; wrote "
                   + ", ".join(escape(str(p)) for p in written.values()) + "[/]")
