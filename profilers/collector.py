@@ -40,6 +40,20 @@ class Collector(Protocol):
     def stop(self) -> dict[str, Any]: ...
 
 
+class CollectorSource(Protocol):
+    """What a profiling session needs from the caller's plugin registry
+    (:class:`perfpilot.registry.PluginSet` is one). ``profilers`` never builds a registry:
+    the front door, the agent and the daemon build one and hand it in."""
+
+    def make_collectors(self, settings: Any) -> list[Any]:
+        """Fresh collectors for one run, selected by ``settings.plugins`` / ``disable_plugins``."""
+        ...
+
+    def profile_finished(self, profile: Any) -> None:
+        """Tell the plugins that a Profile is complete."""
+        ...
+
+
 @dataclass
 class CollectorSlot:
     """One collector plus its health record (becomes ``profile.collectors[name]``)."""
