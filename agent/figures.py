@@ -10,7 +10,11 @@ _SIZE_UNITS = (("TiB", 2.0**40), ("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0
 
 
 def ci_label(verdict: Mapping[str, Any] | None, default: float = 0.95) -> str:
-    """``"97.7% CI"``: the level the interval was computed at (``Verdict.confidence``)."""
+    """``"97.7% CI"``: the level the interval was computed at (``Verdict.confidence``), or the
+    engine's own name for the interval (``interval``: "noise bound" for a deterministic metric)."""
+    named = (verdict or {}).get("interval")
+    if isinstance(named, str) and named:
+        return named
     level = (verdict or {}).get("confidence")
     if not isinstance(level, (int, float)) or not 0 < level < 1:
         level = default

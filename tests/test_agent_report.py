@@ -85,3 +85,9 @@ def test_no_measurable_effect_reads_no_change_not_more_runs(tmp_path):
     outcome = opt._decide(Proposal(kind="patch", title="t"), 1, Verification({"cpu": v.to_dict()}, 5, [], []), Cand())
     assert outcome.reason == "no change" and "no measurable effect" in outcome.detail
     assert "runs per side" not in outcome.detail and "98.3% CI" in outcome.detail
+
+
+def test_the_engines_name_for_the_interval_wins():
+    assert ci_label({"confidence": 0.9833, "interval": "noise bound"}) == "noise bound"
+    result, level = result_with(5)
+    assert result.outcomes[0].verdicts["cpu"]["interval"] == "98.3% CI" == ci_label({"confidence": level})
