@@ -608,7 +608,10 @@ class Optimizer:
         text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate must not break the report
         result.error = text if len(text) <= 500 else text[:499] + "…"
         result.stop_reason = f"stopped early: {result.error}"
-        if step != "_loop":
+        if step == "_final_retest":
+            result.notes.append("stopped while re-testing the accepted changes together: run the tests on "
+                                "perfpilot.patch before using it")
+        elif step != "_loop":
             result.notes.append(f"stopped during {step.strip('_').replace('_', ' ')}; what was accepted before is kept")
 
     def _final_retest(self) -> None:
