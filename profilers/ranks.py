@@ -16,6 +16,10 @@ into ``annotations["ranks"]``:
                rank with the smallest collective share; without stacks, the one with the
                most CPU seconds. Absent with fewer than two ranks or when nothing tells
                them apart (shares within ``TIE_PCT`` points, CPU within ``TIE_CPU``).
+``note``       when a rank was gone ``GONE_S`` or more before the last one (a crash, a
+               kill, an out-of-memory), which one went first and when: the launcher then
+               stops the rest, so the first to go is where to look. When the run failed,
+               a lead of one sampling tick is enough (``FAILED_GONE_S``).
 
 Python stacks see a collective only where Python calls it (``dist.all_reduce``,
 ``barrier``, DDP's buffer sync); the all-reduces that DDP starts from C++ autograd hooks
@@ -36,6 +40,8 @@ COLLECTIVE = re.compile(r"torch/distributed/|c10d|gloo|nccl|all_reduce|allreduce
                         r"broadcast|barrier", re.I)
 TIE_PCT = 5.0
 TIE_CPU = 0.05
+GONE_S = 0.5
+FAILED_GONE_S = 0.05
 TOP = 3
 
 
@@ -88,10 +94,23 @@ def rank_view(profile: Profile) -> dict[str, Any] | None:
         spots = aggregate(stacks, top=TOP, lines_per_function=1, cwd=cwd, with_source=False) if stacks else []
         ranks.append({"rank": int(proc["rank"]), "pid": int(proc["pid"]), "cpu_s": float(proc.get("cpu_s") or 0.0),
                       "peak_rss_bytes": int(proc.get("peak_rss_bytes") or 0), "samples": sum(stacks.values()),
-                      "collective_pct": round(_collective_pct(stacks), 1),
+                      "collective_pct": round(_collective_pct(stacks), 1), "ended_s": float(proc.get("ended_s", proc.get("last_s")) or 0.0),
                       "hotspots": [{"function": s["function"], "file": s["short_file"], "line": s["line"],
                                     "self_pct": s["self_pct"]} for s in spots]})
-    return {"ranks": ranks, "straggler": _straggler(ranks)}
+    return {"ranks": ranks, "straggler": _straggler(ranks), "note": _first_gone(ranks, profile.exit_code)}
+
+
+def _first_gone(ranks: list[dict[str, Any]], exit_code: int | None) -> str | None:
+    if len(ranks) < 2:
+        return None
+    first = min(ranks, key=lambda r: r["ended_s"])
+    last = max(r["ended_s"] for r in ranks)
+    # After a failure the launcher stops the others within a tick or two: any lead counts.
+    if last - first["ended_s"] < (FAILED_GONE_S if exit_code else GONE_S):
+        return None
+    failed = f"the run failed (exit {exit_code}); " if exit_code else ""
+    return (f"{failed}rank {first['rank']} (pid {first['pid']}) was the first to go, at "
+            f"{first['ended_s']:.1f} s, {last - first['ended_s']:.1f} s before the last rank")
 
 
 def annotate(profile: Profile) -> None:

@@ -26,13 +26,20 @@ pin_memory               --pin-memory               DataLoader page-locked batch
 compile                  --compile                  ``torch.compile`` the model (slow first step)
 checkpoint_every         --checkpoint-every         save model + optimizer every N steps (0: never)
 async_checkpoint         --async-checkpoint         snapshot in memory, write + fsync in a thread
+bucket_cap_mb            --bucket-cap-mb            DDP gradient bucket size, MB (under torchrun)
+gradient_as_bucket_view  --gradient-as-bucket-view  DDP gradients alias the all-reduce buckets
 ======================== ========================== ===================================================
+
+Under ``torchrun --nproc_per_node N`` the script trains with DistributedDataParallel
+(``ddp.py``: gloo on CPU, NCCL on GPUs), each rank taking 1/N of the effective batch;
+``--slow-rank R --slow-rank-ms MS`` gives rank R extra CPU work each step (a straggler,
+for trying out ``perfpilot profile``'s per-rank view).
 
 Environment names are ``TRAIN_<KNOB>`` in upper case (``TRAIN_AMP=bf16``); other settings
 (``--width``, ``--depth``, ``--steps``, ``--effective-batch``, ``--threads``...) work the same way. ``train.toml``
 keys: ``train.amp``, ``train.activation_checkpointing``, ``train.offload_optimizer``,
 ``train.batch_size``, ``train.compile``, ``data.num_workers``, ``data.pin_memory``,
-``checkpoint.every``, ``checkpoint.async``.
+``checkpoint.every``, ``checkpoint.async``, ``ddp.bucket_cap_mb``, ``ddp.gradient_as_bucket_view``.
 
 Output: ``final_loss: <float>`` on stdout (eval loss in fp32 on a fixed held-out set, so it
 can be compared with a tolerance across knobs), and per-run figures through
@@ -127,6 +134,8 @@ class Config:
     # distributed (under torchrun; see ddp.py)
     bucket_cap_mb: float = 25.0
     gradient_as_bucket_view: bool = False
+    slow_rank: int = -1  # a rank that does slow_rank_ms of extra CPU work each step: a straggler to find
+    slow_rank_ms: float = 0.0
     # safety
     memory_limit_mb: int = 0
 
@@ -151,6 +160,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "effective_batch": (1, 1 << 20), "lr": (0.0, 10.0), "samples": (1, 1 << 26), "eval_samples": (1, 1 << 24),
     "batch_size": (0, 1 << 20), "num_workers": (0, 64), "checkpoint_every": (0, 10_000_000),
     "memory_limit_mb": (0, 1 << 24), "threads": (0, 1024), "seed": (0, 2**63 - 1), "bucket_cap_mb": (0.001, 4096),
+    "slow_rank": (-1, 1 << 20), "slow_rank_ms": (0, 60_000),
 }
 
 AMP_VALUES = {"off": "off", "0": "off", "none": "off", "fp32": "off", "false": "off",
@@ -516,6 +526,13 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
+def _busy(seconds: float) -> None:
+    """Burn CPU on this thread for ``seconds`` (a straggler rank's extra work)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sum(i * i for i in range(1000))
+
+
 def train(config: Config) -> tuple[dict[str, float], str]:
     import torch
 
@@ -599,6 +616,8 @@ def train(config: Config) -> tuple[dict[str, float], str]:
             if step == 1:
                 first_loss += float(loss.detach())
         optimizer.step()
+        if world.rank == config.slow_rank:
+            _busy(config.slow_rank_ms / 1000.0)
         if writer is not None and step % config.checkpoint_every == 0:
             writer.save(model, optimizer, step)
         if device.type == "cuda":
