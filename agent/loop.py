@@ -31,6 +31,7 @@ from perfpilot.agent.knobs import Knob, parse_knobs
 from perfpilot.agent.outcomes import Outcome
 from perfpilot.agent.output_check import OutputCheck, parse_output_check
 from perfpilot.agent.proposals import Proposal
+from perfpilot.agent.secrets import Masker
 from perfpilot.agent.workspace import Candidate, DidNotApply, Refused, State, Workspace
 from perfpilot.config import Settings, parse_percent
 from perfpilot.errors import ConfigError, PerfpilotError
@@ -122,6 +123,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     final_state: State = field(default_factory=State)
     workspace_dirs: list[str] = field(default_factory=list)  # to show profile paths relative to the project
+    masker: Masker | None = field(default=None, repr=False)  # the session's secrets, for the report
 
     @property
     def accepted(self) -> list[Outcome]:
@@ -210,7 +212,8 @@ class Optimizer:
         self.run_argv = shlex.split(settings.run)
         self.workspace: Workspace | None = None
         self.result = Result(settings=settings, project=self.project, started_at=time.time(),
-                             objective=self.objective, guards=self.guards, proposer=proposer_name)
+                             objective=self.objective, guards=self.guards, proposer=proposer_name,
+                             masker=Masker.for_project(self.project))
         self._baseline_output: Profile | None = None
         self._context_profile: Profile | None = None
         self._test_timeout = settings.test_timeout
@@ -442,7 +445,7 @@ class Optimizer:
             project=ws.base, profile=self._context_profile, objective=self.objective, guards=self.settings.guards,
             run=shlex.join(self._argv(ws.state)), test=self.settings.test or "", knobs=self.knobs,
             knob_values={**self._knob_defaults(), **ws.state.knobs}, env=ws.state.env, history=self.result.outcomes,
-            files=files, budget_tokens=self.settings.context_tokens,
+            files=files, budget_tokens=self.settings.context_tokens, masker=self.result.masker,
         )
 
     def _knob_defaults(self) -> dict[str, Any]:
