@@ -121,6 +121,7 @@ class Settings:
     llm_timeout: float = field(default=120.0, metadata={"kind": "duration"})
     llm_retries: int = field(default=3, metadata={"kind": "int"})
     test_timeout: float | None = field(default=None, metadata={"kind": "duration"})
+    sandbox: str = "auto"  # auto / on / off: candidates under bubblewrap (perfpilot.agent.sandbox)
     # other modes
     daemon: dict[str, Any] = field(default_factory=dict, metadata={"kind": "table"})
     pytest: dict[str, Any] = field(default_factory=dict, metadata={"kind": "table"})
