@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -129,6 +130,10 @@ class Sandbox:
         """A line to add to a sandboxed command's failure output when the sandbox caused it."""
         if self.bwrap is None:
             return ""
+        missing = re.search(r"No such file or directory: '(/tmp/[^']+)'", output)
+        if missing:
+            return (f"\n(perfpilot sandbox: {missing.group(1)} is outside its copy of the project, and /tmp is "
+                    "private to the sandbox. --sandbox off runs candidates unconfined)")
         for needle, why in _ERRORS.items():
             if needle in output:
                 return (f"\n(perfpilot sandbox: {why} — \"{needle}\"; only the project's copy is writable and "
