@@ -44,6 +44,21 @@ def parse_duration(value: Any, *, name: str = "duration") -> float:
         seconds = float(match.group(1)) * _DURATION_SCALE[match.group(2)]
     if not seconds > 0:
         raise ConfigError(f"{name}: must be greater than zero, got {value!r}")
+    if not seconds <= MAX_DURATION_S:  # also NaN/inf: a timer that large overflows the OS's wait
+        raise ConfigError(f"{name}: {value!r} is too long; the most is 365 days")
+    return seconds
+
+
+MAX_DURATION_S = 365 * 86400.0
+# Below this a sampler spends its time reading /proc, not sleeping (1ns cost 1.6 s of CPU a
+# second); py-spy's and /proc's own resolution is coarser anyway.
+MIN_INTERVAL_S = 0.01
+
+
+def check_interval(seconds: float, *, name: str = "interval") -> float:
+    if seconds < MIN_INTERVAL_S:
+        raise ConfigError(f"{name} {seconds * 1000:g}ms is below the minimum of 10ms: sampling that often "
+                          "costs more CPU than it measures", hint="use 10ms or more")
     return seconds
 
 
@@ -196,6 +211,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}", hint="fix the file or pass --config") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files must be UTF-8",
+                          hint="re-save it as UTF-8 or pass --config") from None
 
 
 def find_config_file(start: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -259,4 +277,5 @@ def load_settings(
     settings = _apply(settings, env_values(os.environ if environ is None else environ), "environment")
     if overrides:
         settings = _apply(settings, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    check_interval(settings.interval)
     return settings

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from perfpilot.config import parse_bool, parse_duration, parse_percent
+from perfpilot.config import check_interval, parse_bool, parse_duration, parse_percent
 from perfpilot.errors import ConfigError
 
 DEFAULT_PORT = 10464
@@ -156,16 +156,36 @@ class DaemonConfig:
 
     def resolved_token(self) -> str | None:
         if self.token:
-            return self.token
+            return _strong_token(self.token, "daemon token")
         if self.token_file is not None:
             try:
-                text = self.token_file.read_text().strip()
+                mode = self.token_file.stat().st_mode
+                text = self.token_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(f"daemon token_file {self.token_file}: cannot read: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"daemon token_file {self.token_file} is not UTF-8 text",
+                                  hint="write a random token into it: openssl rand -hex 32") from None
+            if mode & 0o077:
+                # As ssh does with private keys: a secret others can read is no secret.
+                raise ConfigError(f"daemon token_file {self.token_file} is readable by other users "
+                                  f"(mode {mode & 0o777:o})", hint=f"chmod 600 {self.token_file}")
             if not text:
                 raise ConfigError(f"daemon token_file {self.token_file} is empty", hint="write a random token into it")
-            return text
-        return os.environ.get(TOKEN_ENV) or None
+            return _strong_token(text, f"daemon token_file {self.token_file}")
+        value = os.environ.get(TOKEN_ENV) or None
+        return _strong_token(value, TOKEN_ENV) if value else None
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def _strong_token(token: str, origin: str) -> str:
+    """A bearer token short enough to guess is refused, not accepted silently."""
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{origin}: the token has {len(token)} characters; at least {MIN_TOKEN_CHARS} are needed",
+                          hint="use a random one: openssl rand -hex 32")
+    return token
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -277,6 +297,7 @@ def validate(config: DaemonConfig) -> None:
     split_listen(config.listen)
     for text in config.watch:
         Selector(text)  # a typo in a selector is an error now, not an empty group later
+    check_interval(config.interval, name="daemon interval")
     if config.flush_interval < config.interval:
         # Writing more often than sampling buys nothing and costs fsyncs.
         config.flush_interval = config.interval
