@@ -16,13 +16,13 @@ from rich.live import Live
 from rich.text import Text
 
 from perfpilot.cli.options import collector_options, settings_from
-from perfpilot.errors import PerfpilotError
+from perfpilot.errors import EXIT_PERFPILOT_FAILURE, PerfpilotError
 from perfpilot.profilers.profile import Profile
 from perfpilot.profilers.renderers import terminal
 from perfpilot.profilers.session import ProfileInterrupted, RunOptions, profile_command, profile_pid
 
 DEFAULT_OUTPUT = "perfpilot-profile.json"
-EXPORT_FAILED = 1  # exit code of a clean run whose --html/--speedscope/--collapsed could not be written
+EXPORT_FAILED = EXIT_PERFPILOT_FAILURE  # a clean run whose --html/--speedscope/--collapsed was not written
 
 
 class LiveLine:
@@ -132,10 +132,10 @@ def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope:
         except NoStacksError as exc:
             console.print(f"[yellow]perfpilot: {path} not written: {exc}[/]")
         except PerfpilotError as exc:
-            console.print(f"[red]perfpilot: error: {exc}[/]")
+            console.print(f"[red]perfpilot: error: {exc}[/]", soft_wrap=True)  # one line, never wrapped
             ok = False
         except Exception as exc:  # noqa: BLE001 - a renderer's bug must not lose the Profile already written
-            console.print(f"[red]perfpilot: error: {path} not written: {type(exc).__name__}: {exc}[/]")
+            console.print(f"[red]perfpilot: error: {path} not written: {type(exc).__name__}: {exc}[/]", soft_wrap=True)
             ok = False
     console.print(f"[dim]wrote {', '.join(written)}[/]")
     return ok
