@@ -250,7 +250,8 @@ class Optimizer:
         try:
             # Its own process group: on a timeout (or Ctrl-C) the whole tree goes, not just the
             # test runner; a hung child left running would skew every later measurement.
-            proc = subprocess.Popen(self.sandbox.wrap(argv, cwd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            proc = subprocess.Popen(self.sandbox.wrap(argv, cwd), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE,
                                     text=True, errors="replace", stdin=subprocess.DEVNULL, start_new_session=True)
         except FileNotFoundError:
             raise ConfigError(f"test command not found: {argv[0]}", hint="check `test` (is it on PATH?)") from None

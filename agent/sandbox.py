@@ -74,6 +74,12 @@ def _flags(bwrap: str, writable: Path) -> list[str]:
     return flags
 
 
+def _findable(command: str, cwd: Path) -> bool:
+    if "/" in command:
+        return os.access(cwd / command, os.X_OK)  # an absolute path replaces cwd in the join
+    return shutil.which(command) is not None
+
+
 @lru_cache(maxsize=4)
 def probe(bwrap: str) -> str | None:
     """None when ``bwrap`` can build this sandbox here, else why not (one line)."""
@@ -118,7 +124,9 @@ class Sandbox:
 
     def wrap(self, argv: Sequence[str], writable: Path) -> list[str]:
         """``argv`` launched inside the sandbox, with ``writable`` (its copy of the project) writable."""
-        if self.bwrap is None:
+        if self.bwrap is None or not _findable(argv[0], Path(writable)):
+            # Not found: launched as is, so the caller's own "command not found" error says so
+            # (inside bwrap it would be an exit status 1 and a line on stderr).
             return list(argv)
         flags = shlex.join(_flags(self.bwrap, Path(writable)))
         # exec twice over: the PID the caller started ends up bwrap's, whose child is the command.

@@ -324,12 +324,14 @@ class Daemon:
             stats = self.store.stats
             # Degraded, not down: telemetry and /metrics still work while the store drops rows,
             # and a restart would not free the disk. 200, so liveness probes do not kill it.
-            degraded = stats.failing_since is not None
+            degraded = []
+            if stats.failing_since is not None:
+                since = time.strftime("%H:%M:%S", time.localtime(stats.failing_since))
+                degraded.append(f"store: writes failing since {since} ({stats.dropped_while_failing} rows dropped): "
+                                f"{stats.last_error}")
             return (200 if healthy else 503), {
                 "status": "stale" if not healthy else "degraded" if degraded else "ok",
-                "degraded": ([f"store: writes failing since {time.strftime('%H:%M:%S', time.localtime(stats.failing_since))}"
-                              f" ({stats.dropped_while_failing} rows dropped): {stats.last_error}"]
-                             if degraded and stats.failing_since is not None else []),
+                "degraded": degraded,
                 "version": __version__,
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started_at, 3),
