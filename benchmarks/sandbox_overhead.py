@@ -24,6 +24,7 @@ from pathlib import Path
 from perfpilot.agent.sandbox import Sandbox
 from perfpilot.config import Settings
 from perfpilot.profilers.measure import Arm, compare
+from perfpilot.registry import build_plugin_manager
 
 WORK = "import sys; n = int(sys.argv[1]); sum(i * i for i in range(n))"
 
@@ -39,7 +40,8 @@ def main() -> None:
         comparison = compare(Arm(argv, cwd=tmp, label="plain"), Arm(sandbox.wrap(argv, Path(tmp)), cwd=tmp,
                                                                    label="sandboxed"),
                              metrics=["wall", "cpu"], primary="wall", settings=Settings(stacks=False, plugins=["cpu"]),
-                             max_runs=args.runs, min_runs=args.runs, threshold=0.01)
+                             max_runs=args.runs, min_runs=args.runs, threshold=0.01,
+                             plugin_set=build_plugin_manager())
         startup = _startup_ms(sandbox, Path(tmp))
     out = {"runs": comparison.runs, "n": args.n, "startup_ms": startup}
     for metric, v in comparison.verdicts.items():

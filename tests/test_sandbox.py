@@ -99,7 +99,9 @@ CPU_WORK = "import sys; n = int(sys.argv[1]); sum(i * i for i in range(n))"
 def test_verdicts_match_with_and_without_the_sandbox_and_stacks_still_seen(tmp_path):
     from perfpilot.profilers.measure import Arm, compare
     from perfpilot.profilers.session import RunOptions, profile_command
+    from perfpilot.registry import build_plugin_manager
 
+    plugin_set = build_plugin_manager()
     settings = Settings(stacks=False, plugins=["cpu"], interval=0.05)
     verdicts = {}
     for mode in ("off", "auto"):
@@ -107,7 +109,8 @@ def test_verdicts_match_with_and_without_the_sandbox_and_stacks_still_seen(tmp_p
         arm = lambda n, label: Arm(box.wrap([PY, "-c", CPU_WORK, str(n)], tmp_path), cwd=str(tmp_path),  # noqa: E731
                                    label=label)
         comparison = compare(arm(900_000, "a"), arm(300_000, "b"), metrics=["cpu"], primary="cpu",
-                             settings=settings, max_runs=4, min_runs=3, warmup=0, threshold=0.05, confidence=0.95)
+                             settings=settings, max_runs=4, min_runs=3, warmup=0, threshold=0.05, confidence=0.95,
+                             plugin_set=plugin_set)
         verdicts[mode] = comparison.verdicts["cpu"]
     assert verdicts["off"].verdict == verdicts["auto"].verdict == "faster"
     assert verdicts["off"].improved and verdicts["auto"].improved
@@ -116,6 +119,6 @@ def test_verdicts_match_with_and_without_the_sandbox_and_stacks_still_seen(tmp_p
     script.write_text("def hot_loop_in_sandbox():\n    return sum(i * i for i in range(3_000_000))\n\n"
                       "hot_loop_in_sandbox()\n")
     profile = profile_command(SANDBOX.wrap([PY, str(script)], tmp_path), Settings(stacks=True, plugins=["cpu"]),
-                              RunOptions(cwd=str(tmp_path), capture_output=True))
+                              RunOptions(cwd=str(tmp_path), capture_output=True, plugin_set=plugin_set))
     assert profile.exit_code == 0
     assert any("hot_loop_in_sandbox" in str(spot.get("function")) for spot in profile.hotspots), profile.hotspots

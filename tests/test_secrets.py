@@ -65,7 +65,7 @@ def hot(n):
         total += i * i
     return total
 '''
-BENCH = "from app import DSN, hot\n\nprint(hot(300000), DSN.split('@')[1])\n"
+BENCH = "from app import DSN, hot\n\nprint(hot(2000000), DSN.split('@')[1])\n"
 TEST = '''\
 import os
 
