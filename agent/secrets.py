@@ -50,7 +50,8 @@ _URL_CREDENTIALS = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://([^\s:/@'\"]*)
 _TOKEN = re.compile(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{20,}={0,2}")
 _HEX_TOKEN = re.compile(r"\b[0-9a-fA-F]{32,}\b")
 _KEY_SHAPES = [
-    re.compile(r"\b(?:sk|rk|pk)[-_](?:live|test|proj)?[-_]?[A-Za-z0-9_\-]{16,}"),  # OpenAI/Stripe-style
+    # OpenAI/Stripe-style; a digit required, or sk_learn_model_selection would be a key
+    re.compile(r"\b(?:sk|rk|pk)[-_](?:live|test|proj)?[-_]?(?=[A-Za-z_\-]*\d)[A-Za-z0-9_\-]{16,}"),
     re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
     re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}\b"),
     re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"),
