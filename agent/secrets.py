@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping
 MASK = "***"
 MIN_VALUE = 6  # shorter values are too common to replace everywhere
 MAX_ENV_FILES = 20
+MAX_DIRS = 2000  # folders looked into for .env files
 
 _SECRET_NAME = re.compile(
     r"(?i)(key|secret|token|passw|passwd|pwd|credential|auth|dsn|database_url|db_url|private|cookie|session|"
@@ -172,15 +173,17 @@ def env_file_values(project: Path) -> set[str]:
 
 
 def _env_files(project: Path) -> list[Path]:
+    """``.env`` / ``.env.*`` up to 3 folders deep; bounded, since a daemon's "project" can be ``/``."""
     found: list[Path] = []
-    skip = {".git", "node_modules", ".venv", "venv", "__pycache__", ".tox", ".nox"}
+    skip = {".git", "node_modules", ".venv", "venv", "__pycache__", ".tox", ".nox", "site-packages", "proc", "sys"}
+    visited = 0
     try:
         for root, dirs, files in os.walk(project):
-            dirs[:] = [d for d in dirs if d not in skip]
+            visited += 1
             found.extend(Path(root) / f for f in files if f == ".env" or f.startswith(".env."))
-            if len(found) >= MAX_ENV_FILES or Path(root) != project and len(Path(root).relative_to(project).parts) > 3:
-                dirs[:] = []
-            if len(found) >= MAX_ENV_FILES:
+            depth = len(Path(root).relative_to(project).parts)
+            dirs[:] = [] if depth >= 3 else sorted(d for d in dirs if d not in skip)
+            if len(found) >= MAX_ENV_FILES or visited >= MAX_DIRS:
                 break
     except (OSError, ValueError):
         pass
