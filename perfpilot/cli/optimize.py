@@ -105,7 +105,7 @@ def optimize(run_command: str | None, test_command: str | None, objective: str |
     optimizer = Optimizer(settings, project, chosen, progress=progress, plugin_set=plugin_set,
                           proposer_name=description)
     if optimizer.sandbox.note:
-        console.print(f"[yellow]note:[/] {escape(optimizer.sandbox.note)}")
+        console.print(f"[yellow]note:[/] {escape(optimizer.sandbox.note)}", soft_wrap=True)
     if not quiet:
         console.print(f"[bold cyan]perfpilot optimize[/] {escape(str(project))}: objective [bold]{settings.objective}[/]"
                       + (f", guards {settings.guards}" if settings.guards else "")
