@@ -278,7 +278,7 @@ def test_a_full_disk_is_logged_once_and_healthz_says_degraded(tmp_path: Path) ->
     config = tmp_path / "d.toml"
     config.write_text(f'[daemon]\nlisten = "127.0.0.1:{port}"\ndb = "{tmp_path / "pp.db"}"\ninterval = "0.05s"\n'
                       'flush_interval = "0.1s"\n[daemon.snapshots]\nenabled = false\n')
-    limit = 320 * 1024
+    limit = 160 * 1024
     log = tmp_path / "daemon.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "perfpilot", "daemon", "--config", str(config)], stdout=out,
