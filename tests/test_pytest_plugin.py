@@ -123,12 +123,12 @@ class TestClassBudget:
 
 
 BAD_MARKERS = {
-    "test_unit": ('wall="200 parsecs"', "wall='200 parsecs': unknown time unit 'parsecs'"),
-    "test_nounit": ('peak_rss="50"', "peak_rss='50' has no unit"),
+    "test_unit": ('wall="200 parsecs"', "wall: unknown duration unit 'parsecs' in '200 parsecs'"),
+    "test_nounit": ('peak_rss="50"', "peak_rss: '50' has no unit"),
     "test_positional": ('"200 ms"', "takes keyword arguments only"),
     "test_metric": ('speed="1 s"', "unknown budget metric 'speed'"),
-    "test_negative": ('energy="-2 J"', "energy='-2 J' is not a quantity"),
-    "test_zero": ('cpu="0 ms"', "cpu='0 ms' must be a positive quantity"),
+    "test_negative": ('energy="-2 J"', "energy: must be greater than zero, got '-2 J'"),
+    "test_zero": ('cpu="0 ms"', "cpu: must be greater than zero, got '0 ms'"),
 }
 
 

@@ -119,11 +119,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _options(config: pytest.Config) -> Any:
-    from perfpilot.config import load_settings, parse_duration
+    from perfpilot.config import load_settings
     from perfpilot.pytest_plugin.baseline import DEFAULT_KEEP
     from perfpilot.pytest_plugin.budgets import BudgetError, parse_thresholds
     from perfpilot.pytest_plugin.compare import DEFAULT_THRESHOLDS
     from perfpilot.pytest_plugin.session import Options
+    from perfpilot.units import parse_duration
 
     settings = load_settings(cwd=config.rootpath)
     table = dict(settings.pytest)
