@@ -262,12 +262,11 @@ def compare(
 
     Added to the contract: ``extra_metrics`` are judged too when every run has them
     (silently skipped otherwise); ``cpus`` pins every run to those CPUs; ``plugin_set``
-    reuses a :func:`perfpilot.registry.build_plugin_manager` result. ``on_run(side,
+    (required for commands) is the caller's :func:`perfpilot.registry.build_plugin_manager` result. ``on_run(side,
     index, profile)`` is called after every run: side ``"A"``/``"B"``, index 0 for a
     warm-up, 1.. for measured runs.
     """
     from perfpilot.profilers.session import RunOptions, profile_command
-    from perfpilot.registry import build_plugin_manager
 
     metrics = list(dict.fromkeys(metrics))
     check_metric_names([*metrics, *extra_metrics])
@@ -281,7 +280,6 @@ def compare(
         raise ConfigError(f"warm-up runs cannot be negative, got {warmup}")
     plan = StoppingPlan(min(min_runs, max_runs), max_runs, confidence)
     settings = (settings or Settings()).replace(stacks=False)
-    plugin_set = plugin_set if plugin_set is not None else build_plugin_manager()
     argvs = {"A": pinned(a.argv(), cpus), "B": pinned(b.argv(), cpus)}
     arms = {"A": a, "B": b}
     runs: dict[str, list[Profile]] = {"A": [], "B": []}
@@ -462,11 +460,9 @@ def measure(
         return results
 
     from perfpilot.profilers.session import RunOptions, profile_command
-    from perfpilot.registry import build_plugin_manager
 
     arm = target if isinstance(target, Arm) else Arm(command=target)  # type: ignore[arg-type]
     settings = (settings or Settings()).replace(stacks=False)
-    plugin_set = plugin_set if plugin_set is not None else build_plugin_manager()
     argv = pinned(arm.argv(), cpus)
     profiles: list[Profile] = []
     for index in range(-warmup + 1, runs + 1):

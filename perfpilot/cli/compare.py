@@ -227,6 +227,7 @@ def compare(runs: int | None, min_runs: int | None, warmup: int, metric: str | N
     Energy that is only an estimate is labelled so and never decides a verdict.
     """
     from perfpilot.profilers import measure
+    from perfpilot.registry import build_plugin_manager
 
     err = Console(stderr=True)
     settings = settings_from(config_file, interval=interval, plugins=plugins, disable=disable, timeout=timeout,
@@ -273,7 +274,8 @@ def compare(runs: int | None, min_runs: int | None, warmup: int, metric: str | N
             comparison = measure.compare(
                 arms[0], arms[1], metrics=required, extra_metrics=extra, settings=settings,
                 max_runs=settings.runs, min_runs=settings.min_runs, warmup=warmup, threshold=settings.threshold,
-                confidence=settings.confidence, on_run=on_run, capture_output=True, cpus=pinned_cpus)
+                confidence=settings.confidence, on_run=on_run, capture_output=True, cpus=pinned_cpus,
+                plugin_set=build_plugin_manager())
             progress.update(task, completed=total)
         if save_dir is not None:
             _save_runs(comparison, save_dir)

@@ -95,13 +95,9 @@ def _timeout_of(item: pytest.Item) -> float | None:
 
 def _energy_estimate(cpu_tdp_w: float | None) -> tuple[float, str] | None:
     """The power collector's basis for CPU energy estimates, so both agree."""
-    try:
-        from perfpilot.config import Settings
-        from perfpilot.plugins.power import watts_per_cpu
-    except ImportError:
-        return None
-    watts, basis = watts_per_cpu(Settings(cpu_tdp_w=cpu_tdp_w))
-    return watts, f"estimate: cpu seconds x {watts:.3g} W per busy logical CPU ({basis})"
+    from perfpilot.profilers.hardware import estimate_note
+
+    return estimate_note(cpu_tdp_w)
 
 
 def _outcome_of(exc: BaseException) -> str:
