@@ -43,6 +43,12 @@ WORKER_KEY = "perfpilot"
 BUDGET_KEY = pytest.StashKey[Budget | None]()
 
 
+# --perfpilot-suggest's defaults (README, [tool.perfpilot.pytest] suggest_max / suggest_profile)
+SUGGEST_MAX = 3  # regressed tests sent to the proposer, worst first
+SUGGEST_PROFILE_S = 1.0  # py-spy seconds per regressed test
+PROFILE_CAP_FACTOR = 3  # at most this many times suggest_max tests are profiled per process
+
+
 @dataclass
 class Options:
     save: bool
@@ -58,8 +64,8 @@ class Options:
     slowest: int
     cpu_tdp_w: float | None
     suggest: bool = False
-    suggest_max: int = 3
-    suggest_profile: float = 1.0  # seconds of py-spy per regressed test; 0: send its source only
+    suggest_max: int = SUGGEST_MAX
+    suggest_profile: float = SUGGEST_PROFILE_S  # seconds of py-spy per regressed test; 0: send its source only
 
 
 def budget_for(item: pytest.Item) -> Budget | None:
@@ -313,7 +319,7 @@ class PerfpilotSession:
         if self.options.suggest_profile <= 0 or function is None or not _repeatable(item):
             return False
         limit = self.options.suggest_max
-        if len(self._profiled) >= limit * 3:
+        if len(self._profiled) >= limit * PROFILE_CAP_FACTOR:
             return False
         ratio = float((finding.get("verdict") or {}).get("ratio") or 0.0)
         # Only a regression among the worst seen so far can be among those sent.
