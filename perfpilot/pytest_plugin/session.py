@@ -28,7 +28,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generator
+from typing import TYPE_CHECKING, Any, Generator
 
 import pytest
 
@@ -37,6 +37,9 @@ from perfpilot.pytest_plugin.baseline import Baseline, BaselineError, BaselineSt
 from perfpilot.pytest_plugin.budgets import MARKER, Budget, BudgetError, budget_from_marker, merge_budgets
 from perfpilot.pytest_plugin.compare import compare_record
 from perfpilot.pytest_plugin.report import TestRecord, build_document, check_budget, terminal_lines
+
+if TYPE_CHECKING:  # the proposer's modules load only with --perfpilot-suggest
+    from perfpilot.pytest_plugin.suggest import Suggester
 
 PLUGIN_NAME = "perfpilot-session"
 WORKER_KEY = "perfpilot"
@@ -134,7 +137,7 @@ class PerfpilotSession:
         self.saved: str | None = None
         self._host: dict[str, Any] | None = None
         self._current: TestRecord | None = None
-        self.suggester: Any = None  # perfpilot.pytest_plugin.suggest.Suggester, set by the plugin (controller only)
+        self.suggester: Suggester | None = None  # set by the plugin (controller only)
         self._profiled: list[float] = []  # worst ratios of the regressed tests profiled so far
 
     # ---------------------------------------------------------------- session
