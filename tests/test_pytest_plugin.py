@@ -219,7 +219,7 @@ def test_compare_without_a_baseline_says_so_and_does_not_fail(pytester: pytest.P
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--perfpilot-compare-fail=wall:abc"], "perfpilot: --perfpilot-compare-fail: 'abc' is not a percentage for wall"),
+        (["--perfpilot-compare-fail=wall:abc"], "perfpilot: --perfpilot-compare-fail: wall: expected a percentage or ratio like 10% or 1.1x, got 'abc'"),
         (["--perfpilot-compare-fail=speed:10%"], "perfpilot: --perfpilot-compare-fail: cannot read 'speed:10%'"),
         (["--perfpilot", "--perfpilot-rounds=0"], "perfpilot: --perfpilot-rounds must be at least 1, got 0"),
         (["--perfpilot-baseline=missing.json"], "perfpilot: cannot read baseline *missing.json*"),
