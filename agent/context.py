@@ -22,6 +22,7 @@ from perfpilot import prompts
 from perfpilot.agent.backends.openai_backend import KEY_VARIABLES
 from perfpilot.agent.knobs import Knob
 from perfpilot.agent.outcomes import Outcome
+from perfpilot.agent.project_paths import project_relative
 from perfpilot.agent.secrets import MASK, Masker, mask_secrets
 from perfpilot.profilers.profile import Profile
 
@@ -146,18 +147,7 @@ class Context:
 
     def relative(self, file: str) -> str | None:
         """A profile's file path as a project-relative path, or None if outside it."""
-        if not file or file.startswith("<"):
-            return None
-        path = Path(file)
-        roots = [self.project, *map(Path, self.extra_paths)]
-        if not path.is_absolute():
-            return path.as_posix() if (self.project / path).is_file() else None
-        for root in roots:
-            try:
-                return path.resolve().relative_to(root.resolve()).as_posix()
-            except (ValueError, OSError):
-                continue
-        return None
+        return project_relative(file, self.project, self.extra_paths)
 
     def summary_text(self) -> str:
         s = self.profile.summary

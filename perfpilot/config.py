@@ -1,7 +1,8 @@
 """Settings: ``[tool.perfpilot]`` / ``perfpilot.toml``, then ``PERFPILOT_*``, then flags.
 
 Each source overrides the one before. Unknown keys in a file are an error that names
-the key (a typo must never be silently ignored). Tables (``knobs``, ``guards``,
+the key (a typo must never be silently ignored). Durations and percentages are read by
+:mod:`perfpilot.units` (``interval = "100ms"``; ``threshold = 2``, ``"2%"`` and ``0.02`` are all 2%). Tables (``knobs``, ``guards``,
 ``daemon``, ``pytest``) are passed through as dicts and validated by their consumers.
 """
 
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from perfpilot.errors import ConfigError
+from perfpilot.units import check_interval, parse_bool, parse_duration, parse_percent
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,68 +26,6 @@ else:  # pragma: no cover
 ENV_PREFIX = "PERFPILOT_"
 # Environment variables that are not settings (read elsewhere, never an error).
 ENV_NOT_SETTINGS = {"PERFPILOT_LOAD_PLUGINS", "PERFPILOT_DISABLE_PLUGINS", "PERFPILOT_API_KEY"}
-
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ns|us|µs|ms|s|sec|m|min|h)?\s*$")
-_DURATION_SCALE = {None: 1.0, "s": 1.0, "sec": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9,
-                   "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: Any, *, name: str = "duration") -> float:
-    """``0.1``, ``"100ms"``, ``"1s"``, ``"2m"`` -> seconds (float, > 0)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}: expected a duration like 100ms or 1s, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ConfigError(f"{name}: expected a duration like 100ms or 1s, got {value!r}")
-        seconds = float(match.group(1)) * _DURATION_SCALE[match.group(2)]
-    if not seconds > 0:
-        raise ConfigError(f"{name}: must be greater than zero, got {value!r}")
-    if not seconds <= MAX_DURATION_S:  # also NaN/inf: a timer that large overflows the OS's wait
-        raise ConfigError(f"{name}: {value!r} is too long; the most is 365 days")
-    return seconds
-
-
-MAX_DURATION_S = 365 * 86400.0
-# Below this a sampler spends its time reading /proc, not sleeping (1ns cost 1.6 s of CPU a
-# second); py-spy's and /proc's own resolution is coarser anyway.
-MIN_INTERVAL_S = 0.01
-
-
-def check_interval(seconds: float, *, name: str = "interval") -> float:
-    if seconds < MIN_INTERVAL_S:
-        raise ConfigError(f"{name} {seconds * 1000:g}ms is below the minimum of 10ms: sampling that often "
-                          "costs more CPU than it measures", hint="use 10ms or more")
-    return seconds
-
-
-def parse_percent(value: Any, *, name: str = "threshold") -> float:
-    """``"2%"``, ``0.02``, ``2`` (taken as percent when > 1) -> fraction."""
-    try:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.endswith("%"):
-                return float(text[:-1]) / 100.0
-            value = float(text)
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a percentage like 2%, got {value!r}") from None
-    return number / 100.0 if number > 1 else number
-
-
-def parse_bool(value: Any, *, name: str = "value") -> bool:
-    """``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off`` -> bool."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}: expected true or false, got {value!r}")
-
 
 def _as_list(value: Any, name: str) -> list[str]:
     if isinstance(value, str):

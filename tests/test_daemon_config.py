@@ -77,7 +77,7 @@ def test_cli_bad_selector_is_one_line(perfpilot_cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("flags, message", [
     ({"interval": "0s"}, "--interval: must be greater than zero"),
-    ({"max_db_bytes": "12parsecs"}, "--max-db-size: expected a size"),
+    ({"max_db_bytes": "12parsecs"}, "--max-db-size: unknown size unit 'parsecs'"),
 ])
 def test_bad_flags_name_the_flag(flags: dict, message: str) -> None:
     # used to read "command line.interval" / "command line.max_db_bytes": no such option

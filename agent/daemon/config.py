@@ -27,7 +27,9 @@ such as ``plugins``/``disable_plugins`` apply too)::
     window = "60s"
     cpu_saturation_pct = 90
 
-Unknown keys are an error naming the key, like everywhere else in perfpilot.
+Unknown keys are an error naming the key, like everywhere else in perfpilot. Durations,
+sizes and percentages follow :mod:`perfpilot.units` (a bare number is seconds or bytes;
+a ``*_pct`` key takes ``90``, ``"90%"`` or ``0.9``).
 
 Default port 10464: the exporter range 9100-9999 is fully allocated on Prometheus's
 port-allocation page, 9464 is OpenTelemetry's Prometheus exporter default, and the issue
@@ -39,13 +41,12 @@ a well-known default of any exporter or Kubernetes component (those sit at 10250
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from perfpilot.config import check_interval, parse_bool, parse_duration, parse_percent
 from perfpilot.errors import ConfigError
+from perfpilot.units import check_interval, parse_bool, parse_duration, parse_percent, parse_size
 
 DEFAULT_PORT = 10464
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -55,40 +56,9 @@ PROPOSE_NEEDS_BACKEND = (
     "the config, or pass --backend openai --model NAME [--base-url URL], or --backend mock --mock-replies FILE"
 )
 
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_SIZE_SCALE = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-               "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
-               "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
-
-
-def parse_size(value: Any, *, name: str) -> int:
-    """``1048576``, ``"64MB"``, ``"512MiB"`` -> bytes (int, > 0)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}: expected a size like 64MiB, got {value!r}")
-    if isinstance(value, (int, float)):
-        size = int(value)
-    else:
-        match = _SIZE.match(str(value))
-        if not match:
-            raise ConfigError(f"{name}: expected a size like 64MiB, got {value!r}")
-        size = int(float(match.group(1)) * _SIZE_SCALE[(match.group(2) or "").lower()])
-    if size <= 0:
-        raise ConfigError(f"{name}: must be greater than zero, got {value!r}")
-    return size
-
-
-_DAYS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(d|day|days|w|week|weeks)\s*$", re.IGNORECASE)
-
-
-def parse_span(value: Any, *, name: str) -> float:
-    """perfpilot's durations plus days and weeks (``"30d"``), which retention needs."""
-    match = _DAYS.match(str(value)) if isinstance(value, str) else None
-    if match:
-        days = float(match.group(1)) * (7 if match.group(2).lower().startswith("w") else 1)
-        if days <= 0:
-            raise ConfigError(f"{name}: must be greater than zero, got {value!r}")
-        return days * 86400.0
-    return parse_duration(value, name=name)
+# `perfpilot daemon query --since 7d` imports it under this name; days and weeks, which retention needs,
+# are part of perfpilot.units' one grammar.
+parse_span = parse_duration
 
 
 def default_db_path() -> Path:
@@ -243,7 +213,7 @@ def _coerce(obj: Any, table: Mapping[str, Any], origin: str) -> None:
             raise ConfigError(f"{origin}: unknown key {key!r}", hint=f"known keys: {', '.join(known)}")
         current = getattr(obj, norm)
         if norm in _DURATIONS:
-            value = parse_span(value, name=name)
+            value = parse_duration(value, name=name)
         elif norm in _SIZES:
             value = parse_size(value, name=name)
         elif norm in _PERCENTS:

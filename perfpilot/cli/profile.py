@@ -176,7 +176,7 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     The target's output passes through untouched and its exit code becomes
     perfpilot's. Ctrl-C stops the target and still writes the Profile.
     """
-    from perfpilot.config import parse_duration
+    from perfpilot.units import parse_duration
 
     console = Console(stderr=True)
     if pid is not None and command:
