@@ -26,13 +26,14 @@ from perfpilot.config import Settings
 from perfpilot.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # the context module is heavy; proposers are registered at every start-up
+    from perfpilot.agent.backends import Backend
     from perfpilot.agent.context import Context
 
 
 class KnobProposer:
     name = "knobs"
 
-    def __init__(self, settings: Settings, backend: Any = None) -> None:
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.knobs: dict[str, Knob] = parse_knobs(settings.knobs)
         self.queue: list[Proposal] | None = None
         self.winners: dict[str, list[tuple[Any, float]]] = {}
