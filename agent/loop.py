@@ -32,6 +32,8 @@ from perfpilot.agent.knobs import Knob, parse_knobs
 from perfpilot.agent.outcomes import Outcome
 from perfpilot.agent.output_check import OutputCheck, first_variation, parse_output_check, stdout_of
 from perfpilot.agent.proposals import Proposal
+from perfpilot.agent.sandbox import Sandbox
+from perfpilot.agent.secrets import Masker
 from perfpilot.agent.workspace import Candidate, DidNotApply, Refused, State, Workspace
 from perfpilot.config import Settings, parse_percent
 from perfpilot.errors import ConfigError, PerfpilotError
@@ -130,6 +132,7 @@ class Result:
     workspace_dirs: list[str] = field(default_factory=list)  # to show profile paths relative to the project
     final_tests: list[dict[str, Any]] = field(default_factory=list)  # the combined result's re-test, fresh seeds
     output_check: str = ""  # what the output check did (auto decides at the baseline)
+    masker: Masker | None = field(default=None, repr=False)  # the session's secrets, for the report
 
     @property
     def accepted(self) -> list[Outcome]:
@@ -218,10 +221,14 @@ class Optimizer:
             plugin_set = build_plugin_manager()
         self.plugin_set = plugin_set
         self.verify = verify or engine_verifier(settings, plugin_set, self.progress.run_done)
+        self.sandbox = Sandbox.create(settings.sandbox)
         self.run_argv = shlex.split(settings.run)
         self.workspace: Workspace | None = None
         self.result = Result(settings=settings, project=self.project, started_at=time.time(),
-                             objective=self.objective, guards=self.guards, proposer=proposer_name)
+                             objective=self.objective, guards=self.guards, proposer=proposer_name,
+                             masker=Masker.for_project(self.project))
+        if self.sandbox.note:
+            self.result.notes.append(self.sandbox.note)
         self._baseline_output: Profile | None = None
         self._context_profile: Profile | None = None
         self._test_timeout = settings.test_timeout
@@ -234,6 +241,10 @@ class Optimizer:
     def _argv(self, state: State) -> list[str]:
         assert self.workspace is not None
         return [*self.run_argv, *self.workspace.run_args(state)]
+
+    def _launch(self, state: State, cwd: Path) -> list[str]:
+        """The run command as launched: in the sandbox, with only ``cwd`` (its copy) writable."""
+        return self.sandbox.wrap(self._argv(state), cwd)
 
     def _env(self, state: State) -> dict[str, str]:
         assert self.workspace is not None
@@ -248,7 +259,10 @@ class Optimizer:
             raise ConfigError(f"test command: {exc}") from None
         env = {**os.environ, **self._env(state), **(extra or {})}
         env.pop("PERFPILOT_METRICS_FILE", None)
-        return run_test_command(argv, cwd, env, self._test_timeout)
+        passed, output, seconds = run_test_command(self.sandbox.wrap(argv, cwd), cwd, env, self._test_timeout)
+        if not passed:
+            output += self.sandbox.explain(output)
+        return passed, output, seconds
 
     def _test_once(self, cwd: Path, state: State, seed: int, order_seed: int | None) -> TestRun:
         env = with_order_seed({**os.environ, **self._env(state)}, order_seed)
@@ -270,7 +284,7 @@ class Optimizer:
 
         options = RunOptions(env=self._env(state), cwd=str(cwd), capture_output=True, stdin_devnull=True,
                              plugin_set=self.plugin_set)
-        return profile_command(self._argv(state), self.settings.replace(stacks=stacks), options)
+        return profile_command(self._launch(state, cwd), self.settings.replace(stacks=stacks), options)
 
     # ------------------------------------------------------------ baseline
 
@@ -437,15 +451,17 @@ class Optimizer:
                     stderr = run.output[1].decode("utf-8", "replace") if run.output else ""
                     ws.reject()
                     return Outcome(index, proposal, "rejected", "run failed",
-                                   f"exit {run.exit_code}: {_tail(stderr, 1500)}", diff=candidate.diff)
+                                   f"exit {run.exit_code}: {_tail(stderr, 1500)}{self.sandbox.explain(stderr)}",
+                                   diff=candidate.diff)
                 assert self._baseline_output is not None
                 why = self.output_check.compare(self._baseline_output, run, cwd=ws.base)
                 if why:
                     ws.reject()
                     return Outcome(index, proposal, "rejected", "output changed", why, diff=candidate.diff)
             self.progress.stage(f"#{index} {title}: verifying (interleaved runs)")
-            base = RunSpec(self._argv(ws.state), self._env(ws.state), ws.base, "baseline")
-            cand = RunSpec(self._argv(candidate.state), self._env(candidate.state), ws.candidate_dir, "candidate")
+            base = RunSpec(self._launch(ws.state, ws.base), self._env(ws.state), ws.base, "baseline")
+            cand = RunSpec(self._launch(candidate.state, ws.candidate_dir), self._env(candidate.state),
+                           ws.candidate_dir, "candidate")
             try:
                 verification = self.verify(base, cand, self.metrics, self.objective)
             except PerfpilotError as exc:
@@ -535,7 +551,7 @@ class Optimizer:
             project=ws.base, profile=self._context_profile, objective=self.objective, guards=self.settings.guards,
             run=shlex.join(self._argv(ws.state)), test=self.settings.test or "", knobs=self.knobs,
             knob_values={**self._knob_defaults(), **ws.state.knobs}, env=ws.state.env, history=self.result.outcomes,
-            files=files, budget_tokens=self.settings.context_tokens,
+            files=files, budget_tokens=self.settings.context_tokens, masker=self.result.masker,
         )
 
     def _knob_defaults(self) -> dict[str, Any]:
@@ -709,8 +725,8 @@ class Optimizer:
         ws = self.workspace
         assert ws is not None
         self.progress.stage("verifying all accepted changes together against the original")
-        origin = RunSpec(self._argv(State()), self._env(State()), ws.origin(), "original")
-        final = RunSpec(self._argv(ws.state), self._env(ws.state), ws.base, "optimised")
+        origin = RunSpec(self._launch(State(), ws.origin()), self._env(State()), ws.origin(), "original")
+        final = RunSpec(self._launch(ws.state, ws.base), self._env(ws.state), ws.base, "optimised")
         try:
             v = self.verify(origin, final, self.metrics, self.objective)
         except PerfpilotError as exc:

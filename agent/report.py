@@ -29,6 +29,7 @@ from typing import Any
 from perfpilot.agent.figures import ci_label, human_value
 from perfpilot.agent.loop import Result
 from perfpilot.agent.outcomes import Outcome
+from perfpilot.agent.secrets import Masker
 from perfpilot.errors import PerfpilotError
 
 SCHEMA_VERSION = 1
@@ -169,7 +170,11 @@ def write(result: Result, output_dir: Path, *, own: bool = False) -> dict[str, P
             written["patch"] = patch
         elif patch.exists():
             patch.unlink()  # a stale patch from an earlier run would be a lie
-        data = build(result)
+        # Test output, diffs and commands can carry secrets: both report files are masked by value.
+        # perfpilot.patch is not: it is the user's own code, to be applied to their tree.
+        masker = result.masker or Masker.for_project(result.project)
+        data = masker.mask_obj(build(result))
+        data["secrets_masked"] = masker.count
         atomic_write(output_dir / JSON_NAME, json.dumps(data, indent=1, allow_nan=False) + "\n")
         written["json"] = output_dir / JSON_NAME
         atomic_write(output_dir / HTML_NAME, render_html(data))
@@ -265,7 +270,8 @@ def render_html(data: dict[str, Any]) -> str:
         parts.append("<p>No change was proven better; the project is unchanged.</p>")
     counts = ", ".join(f"{n} {esc(k)}" for k, n in data["counts"].items()) or "none"
     parts.append(f"<p>{len(data['proposals'])} proposals: {counts}. Verification used {data['verification_runs']} "
-                 f"measured runs. Patch: {esc(data['patch'] or 'none')}.</p>")
+                 f"measured runs. Patch: {esc(data['patch'] or 'none')}. "
+                 f"Secret values masked in prompts and this report: {data.get('secrets_masked', 0)}.</p>")
     baseline = data.get("baseline")
     if baseline:
         parts.append(f"<h2>Baseline</h2><p>{esc(objective)} over {len(baseline['values'])} runs: "

@@ -158,10 +158,10 @@ def test_the_final_retest_drops_a_change_that_passed_by_luck(project):
 
 def test_a_flaky_project_is_told_which_test_before_any_proposal(project, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # a bare pytest starts fast
-    counter = tmp_path / "runs"
+    # the counter lives in the workspace's copy (the one place a sandboxed test may write)
     (project / "tests" / "test_app.py").write_text(
         "from pathlib import Path\n\n\ndef test_steady():\n    assert True\n\n\n"
-        f"def test_every_other_run():\n    runs = Path({str(counter)!r})\n"
+        "def test_every_other_run():\n    runs = Path(__file__).with_name('runs.txt')\n"
         "    n = int(runs.read_text()) + 1 if runs.exists() else 1\n    runs.write_text(str(n))\n"
         "    assert n % 2, 'fails on every second run'\n")
     backend_replies = [reply(patch(RIGHT, "never tried"))]
