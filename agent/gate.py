@@ -99,9 +99,9 @@ class GateResult:
         passed = [r.describe() for r in self.runs if r.passed]
         head = (f"tests failed with {bad.describe()} (run {index} of up to {planned}"
                 + (f"; passed with {', '.join(passed)}" if passed else "") + ")"
-                + (f": {', '.join(bad.failed[:5])}" if bad.failed else "")
-                + f". Reproduce: {bad.reproduce(command)}")
-        return f"{head}\n{bad.output}"
+                + (f": {', '.join(bad.failed[:5])}" if bad.failed else ""))
+        # The first line is what the terminal shows; the line to reproduce it is the report's.
+        return f"{head}\nReproduce: {bad.reproduce(command)}\n{bad.output}"
 
 
 class SeedSource:
