@@ -240,6 +240,55 @@ def _chart(chart_id: str, labels: list[str], medians: list[float], runs: list[li
             f"<script>new Chart(document.getElementById('{chart_id}'), {json_for_script(spec)});</script>")
 
 
+def _baseline_html(data: dict[str, Any]) -> str:
+    """The baseline's runs, tests and hot spots, the output check, and the final re-test."""
+    esc, objective, parts = html.escape, data["objective"], []
+    baseline = data.get("baseline")
+    if baseline:
+        parts.append(f"<h2>Baseline</h2><p>{esc(objective)} over {len(baseline['values'])} runs: "
+                     + ", ".join(human_value(objective, x) for x in baseline["values"]) + "</p>")
+        if baseline.get("tests"):
+            parts.append(f"<p>Tests passed {len(baseline['tests'])} times, PYTHONHASHSEED "
+                         + ", ".join(str(t["seed"]) for t in baseline["tests"]) + "</p>")
+        if baseline["hotspots"]:
+            rows = "".join(f"<tr><td>{esc(str(h['function']))}</td><td>{esc(str(h['file']))}:{h['line']}</td>"
+                           f"<td class=num>{h['self_pct']}</td><td class=num>{h['total_pct']}</td></tr>"
+                           for h in baseline["hotspots"])
+            parts.append("<table><tr><th>function</th><th>where</th><th class=num>self %</th>"
+                         f"<th class=num>total %</th></tr>{rows}</table>")
+    if data.get("output_check"):
+        parts.append(f"<p>Output check: {esc(data['output_check'])}</p>")
+    if data.get("final_tests"):
+        ok = all(t["passed"] for t in data["final_tests"])
+        parts.append(f"<p>Accepted changes re-tested together with fresh seeds: {'passed' if ok else 'FAILED'} "
+                     f"(PYTHONHASHSEED {', '.join(str(t['seed']) for t in data['final_tests'])})</p>")
+    return "".join(parts)
+
+
+def _proposal_html(p: dict[str, Any]) -> str:
+    """One proposal: status, reason, rationale, detail, its test runs (seeds), verdicts, diff."""
+    esc = html.escape
+    block = [f"<div class=proposal><b>#{p['index']} {esc(p['title'])}</b> "
+             f"<span class='badge {esc(p['status'])}'>{esc(p['status'])}</span> {esc(p['reason'])}"
+             f" <span class=muted>({p['duration_s']:.1f} s)</span>"]
+    proposal = p.get("proposal") or {}
+    if proposal.get("rationale"):
+        block.append(f"<p class=muted>{esc(proposal['rationale'])}</p>")
+    if p["detail"]:
+        block.append(f"<pre>{esc(p['detail'])}</pre>")
+    if p.get("tests"):
+        block.append("<p class=muted>tests: " + ", ".join(
+            f"PYTHONHASHSEED={t['seed']} {'passed' if t['passed'] else 'FAILED'} ({t['seconds']:.1f} s)"
+            for t in p["tests"]) + "</p>")
+    block.append(_verdict_table(p["verdicts"]))
+    if p["diff"]:
+        block.append(f"<details><summary>diff</summary><pre>{esc(p['diff'])}</pre></details>")
+    if p.get("raw_reply"):
+        block.append(f"<details><summary>raw reply</summary><pre>{esc(p['raw_reply'])}</pre></details>")
+    block.append("</div>")
+    return "".join(block)
+
+
 def render_html(data: dict[str, Any]) -> str:
     from perfpilot.profilers.renderers.htmlpage import page
 
@@ -272,25 +321,7 @@ def render_html(data: dict[str, Any]) -> str:
     parts.append(f"<p>{len(data['proposals'])} proposals: {counts}. Verification used {data['verification_runs']} "
                  f"measured runs. Patch: {esc(data['patch'] or 'none')}. "
                  f"Secret values masked in prompts and this report: {data.get('secrets_masked', 0)}.</p>")
-    baseline = data.get("baseline")
-    if baseline:
-        parts.append(f"<h2>Baseline</h2><p>{esc(objective)} over {len(baseline['values'])} runs: "
-                     + ", ".join(human_value(objective, x) for x in baseline["values"]) + "</p>")
-        if baseline.get("tests"):
-            parts.append(f"<p>Tests passed {len(baseline['tests'])} times, PYTHONHASHSEED "
-                         + ", ".join(str(t["seed"]) for t in baseline["tests"]) + "</p>")
-    if data.get("output_check"):
-        parts.append(f"<p>Output check: {esc(data['output_check'])}</p>")
-    if data.get("final_tests"):
-        ok = all(t["passed"] for t in data["final_tests"])
-        parts.append(f"<p>Accepted changes re-tested together with fresh seeds: {'passed' if ok else 'FAILED'} "
-                     f"(PYTHONHASHSEED {', '.join(str(t['seed']) for t in data['final_tests'])})</p>")
-        if baseline["hotspots"]:
-            rows = "".join(f"<tr><td>{esc(str(h['function']))}</td><td>{esc(str(h['file']))}:{h['line']}</td>"
-                           f"<td class=num>{h['self_pct']}</td><td class=num>{h['total_pct']}</td></tr>"
-                           for h in baseline["hotspots"])
-            parts.append("<table><tr><th>function</th><th>where</th><th class=num>self %</th>"
-                         f"<th class=num>total %</th></tr>{rows}</table>")
+    parts.append(_baseline_html(data))
     accepted = [p for p in data["proposals"] if p["status"] == "accepted"]
     if accepted:
         parts.append("<h2>Accepted steps</h2>")
@@ -300,26 +331,7 @@ def render_html(data: dict[str, Any]) -> str:
             parts.append(_chart(f"step{p['index']}", ["before", "after"], [v.get("median_a", 0), v.get("median_b", 0)],
                                 [p["values_a"], p["values_b"]], objective))
     parts.append("<h2>Every proposal</h2>")
-    for p in data["proposals"]:
-        block = [f"<div class=proposal><b>#{p['index']} {esc(p['title'])}</b> "
-                 f"<span class='badge {esc(p['status'])}'>{esc(p['status'])}</span> {esc(p['reason'])}"
-                 f" <span class=muted>({p['duration_s']:.1f} s)</span>"]
-        proposal = p.get("proposal") or {}
-        if proposal.get("rationale"):
-            block.append(f"<p class=muted>{esc(proposal['rationale'])}</p>")
-        if p["detail"]:
-            block.append(f"<pre>{esc(p['detail'])}</pre>")
-        if p.get("tests"):
-            block.append("<p class=muted>tests: " + ", ".join(
-                f"PYTHONHASHSEED={t['seed']} {'passed' if t['passed'] else 'FAILED'} ({t['seconds']:.1f} s)"
-                for t in p["tests"]) + "</p>")
-        block.append(_verdict_table(p["verdicts"]))
-        if p["diff"]:
-            block.append(f"<details><summary>diff</summary><pre>{esc(p['diff'])}</pre></details>")
-        if p.get("raw_reply"):
-            block.append(f"<details><summary>raw reply</summary><pre>{esc(p['raw_reply'])}</pre></details>")
-        block.append("</div>")
-        parts.append("".join(block))
+    parts.extend(_proposal_html(p) for p in data["proposals"])
     if data["notes"]:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in data["notes"]) + "</ul>")
     return page("perfpilot optimize", "\n".join(parts), extra_css=_CSS)

@@ -55,7 +55,10 @@ def test_the_printed_confidence_is_the_computed_one(runs):
 
 def test_sizes_read_in_binary_units():
     result, _ = result_with(5)
+    result.baseline.profile.hotspots = [{"function": "frequencies", "file": "w.py", "line": 3, "self_pct": 80.0,
+                                         "total_pct": 90.0}]
     page = report.render_html(report.build(result))
+    assert "frequencies" in page and "w.py:3" in page  # the baseline's hot spots, with or without a final re-test
     assert "12.6 MiB" in page and "1.323e+07" not in page
     assert human_bytes(13_233_472) == "12.6 MiB" and human_bytes(512) == "512 B" and human_bytes(3 * 2**30) == "3 GiB"
     assert ci_label({"confidence": 0.95}) == "95% CI" and ci_label({}) == "95% CI"

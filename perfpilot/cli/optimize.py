@@ -89,31 +89,12 @@ def optimize(run_command: str | None, test_command: str | None, objective: str |
                                      output_check=output_check, context_tokens=context_tokens, test_repeats=test_repeats,
                                      sandbox=sandbox,
                                      mock_replies=str(mock_replies.resolve()) if mock_replies else None)
-    settings = load_settings(config_file=config_file, overrides=overrides)
-    if guards:
-        parsed = dict(settings.guards)
-        for guard in guards:
-            metric, sep, limit = guard.partition("=")
-            if not sep or not metric.strip() or not limit.strip():
-                raise click.BadParameter(f"expected METRIC=LIMIT like peak_rss=+10%, got {guard!r}", param_hint="--guard")
-            parsed[metric.strip()] = limit.strip()
-        settings = settings.replace(guards=parsed)
-    if protect:
-        settings = settings.replace(protected=[*settings.protected, *protect])
-    if settings.mock_replies and not Path(settings.mock_replies).is_absolute() and settings.source:
-        settings = settings.replace(mock_replies=str(Path(settings.source).parent / settings.mock_replies))
+    settings = _with_flags(load_settings(config_file=config_file, overrides=overrides), guards, protect)
     project = _project_dir(settings, config_file)
     out_dir = (output_dir or project / report.DEFAULT_DIR).resolve()
     report.prepare_dir(out_dir, own=output_dir is None)  # an unwritable folder is found before any run
-
     if apply_result:
-        dirty = git_dirty(project)
-        if dirty is None:
-            raise ConfigError(f"--apply needs a git work tree, and {project} is not one",
-                              hint="run without --apply and use perfpilot.patch")
-        if dirty:
-            raise ConfigError(f"--apply needs a clean git tree, but {project} has {len(dirty)} uncommitted "
-                              f"change(s) (e.g. {dirty[0][3:]})", hint="commit or stash them, or run without --apply")
+        _check_clean(project)
 
     plugin_set = build_plugin_manager()
     chosen, description = choose_proposer(settings, plugin_set, proposer)
@@ -129,7 +110,7 @@ def optimize(run_command: str | None, test_command: str | None, objective: str |
     with progress:
         result = optimizer.run()
     written = report.write(result, out_dir, own=output_dir is None)
-    _summary(console, result, written)
+    _summary(console, result, written, said=(optimizer.sandbox.note,))
     if result.interrupted:
         console.print("[yellow]interrupted: the workspace was removed; partial report written[/]")
         sys.exit(130)
@@ -148,7 +129,36 @@ def optimize(run_command: str | None, test_command: str | None, objective: str |
         console.print(f"[bold]to keep the gain, run:[/] {escape(report.build(result)['final']['command'])}")
 
 
-def _summary(console: Console, result: Any, written: dict[str, Path]) -> None:
+def _with_flags(settings: Settings, guards: tuple[str, ...], protect: tuple[str, ...]) -> Settings:
+    """The settings with --guard and --protect added, and mock replies found next to the config."""
+    if guards:
+        parsed = dict(settings.guards)
+        for guard in guards:
+            metric, sep, limit = guard.partition("=")
+            if not sep or not metric.strip() or not limit.strip():
+                raise click.BadParameter(f"expected METRIC=LIMIT like peak_rss=+10%, got {guard!r}", param_hint="--guard")
+            parsed[metric.strip()] = limit.strip()
+        settings = settings.replace(guards=parsed)
+    if protect:
+        settings = settings.replace(protected=[*settings.protected, *protect])
+    if settings.mock_replies and not Path(settings.mock_replies).is_absolute() and settings.source:
+        settings = settings.replace(mock_replies=str(Path(settings.source).parent / settings.mock_replies))
+    return settings
+
+
+def _check_clean(project: Path) -> None:
+    from perfpilot.agent.workspace import git_dirty
+
+    dirty = git_dirty(project)
+    if dirty is None:
+        raise ConfigError(f"--apply needs a git work tree, and {project} is not one",
+                          hint="run without --apply and use perfpilot.patch")
+    if dirty:
+        raise ConfigError(f"--apply needs a clean git tree, but {project} has {len(dirty)} uncommitted "
+                          f"change(s) (e.g. {dirty[0][3:]})", hint="commit or stash them, or run without --apply")
+
+
+def _summary(console: Console, result: Any, written: dict[str, Path], said: tuple[str | None, ...] = ()) -> None:
     from perfpilot.agent.figures import ci_label
 
     cumulative = result.cumulative
@@ -160,6 +170,7 @@ def _summary(console: Console, result: Any, written: dict[str, Path]) -> None:
     else:
         console.print(f"no change was proven better ({len(result.outcomes)} proposals, {result.duration_s:.1f} s)")
     for note in result.notes:  # output not compared, a dropped change, ...: said once, here
-        console.print(f"[yellow]note:[/] {escape(note)}")
+        if note not in said:
+            console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(f"[dim]stopped: {escape(result.stop_reason or '-')}; wrote "
                   + ", ".join(escape(str(p)) for p in written.values()) + "[/]")
