@@ -55,6 +55,18 @@ SOURCE_ENV = "PERFPILOT_INSTRUCTIONS_SOURCE"  # auto | pmu | valgrind
 PINNED_ENV = {"PYTHONHASHSEED": "0"}
 
 
+@dataclass(frozen=True)
+class Confine:
+    """How a caller confines the runs it launches (the optimiser's sandbox): the counting run goes in too.
+
+    ``wrap(argv)`` is the launched command; valgrind runs inside it. ``scratch`` is a folder
+    writable inside it, for valgrind's files (a sandbox's /tmp is private to it).
+    """
+
+    wrap: Callable[[list[str]], list[str]]
+    scratch: str | None = None
+
+
 class InstructionsUnavailable(PerfpilotError):
     """Neither hardware counters nor valgrind can count instructions here."""
 
@@ -130,12 +142,14 @@ _GATE = "import os,sys; os.read(int(sys.argv[1]),1); os.execvp(sys.argv[2], sys.
 
 
 def _count_pmu(argv: list[str], env: Mapping[str, str], cwd: str | None, timeout: float | None,
-               capture: bool) -> tuple[int, int, list[str], tuple[bytes, bytes] | None]:
+               capture: bool, confine: Confine | None) -> tuple[int, int, list[str], tuple[bytes, bytes] | None]:
     """Run ``argv`` behind a gate, open the counter on it, then let it exec (counted from there)."""
     read_end, write_end = os.pipe()
     pipe = subprocess.PIPE if capture else None
     try:
-        child = subprocess.Popen([sys.executable, "-c", _GATE, str(read_end), *argv], env=dict(env), cwd=cwd,
+        # Confined, the sandbox's own launcher is counted too (the same few instructions for A and B).
+        launched = confine.wrap(list(argv)) if confine is not None else list(argv)
+        child = subprocess.Popen([sys.executable, "-c", _GATE, str(read_end), *launched], env=dict(env), cwd=cwd,
                                  pass_fds=(read_end,), stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe)
     finally:
         os.close(read_end)
@@ -185,14 +199,18 @@ def _parse_cachegrind(path: Path) -> tuple[int | None, str]:
 
 
 def _count_valgrind(argv: list[str], env: Mapping[str, str], cwd: str | None, timeout: float | None,
-                    capture: bool) -> tuple[int, int, list[dict[str, Any]], list[str], tuple[bytes, bytes] | None]:
+                    capture: bool, confine: Confine | None
+                    ) -> tuple[int, int, list[dict[str, Any]], list[str], tuple[bytes, bytes] | None]:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise InstructionsUnavailable("valgrind is not installed", hint="apt-get install valgrind")
-    with tempfile.TemporaryDirectory(prefix="perfpilot-cg-") as tmp:
+    scratch = confine.scratch if confine is not None else None
+    with tempfile.TemporaryDirectory(prefix=".perfpilot-cg-", dir=scratch) as tmp:
         command = [valgrind, "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes",
                    f"--cachegrind-out-file={tmp}/cg.%p", f"--log-file={tmp}/vg.%p.log", *argv]
         pipe = subprocess.PIPE if capture else None
+        if confine is not None:
+            command = confine.wrap(command)
         child = subprocess.Popen(command, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe)
         try:
             out, err = child.communicate(timeout=timeout)
@@ -350,7 +368,7 @@ def pinned_env(env: Mapping[str, str]) -> dict[str, str]:
 
 def count_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
                   source: str | None = None, timeout: float | None = None,
-                  capture_output: bool = False) -> InstructionCount:
+                  capture_output: bool = False, confine: Confine | None = None) -> InstructionCount:
     """Count the user-space instructions of ``argv`` and all its descendants.
 
     ``env`` is added to ``os.environ`` (like :class:`perfpilot.profilers.session.RunOptions`).
@@ -368,9 +386,9 @@ def count_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, 
         raise CountingFailed(f"command not found: {real[0]}", hint="check the spelling, or give a full path")
     processes: list[dict[str, Any]] = []
     if chosen == "pmu":
-        total, code, more, output = _count_pmu(real, full_env, cwd, timeout, capture_output)
+        total, code, more, output = _count_pmu(real, full_env, cwd, timeout, capture_output, confine)
     else:
-        total, code, processes, more, output = _count_valgrind(real, full_env, cwd, timeout, capture_output)
+        total, code, processes, more, output = _count_valgrind(real, full_env, cwd, timeout, capture_output, confine)
     return InstructionCount(
         instructions=int(total), source=chosen, exit_code=code if code >= 0 else 128 - code,
         signal=-code if code < 0 else None, pinned_env=pins, processes=processes, command=real,
@@ -387,10 +405,11 @@ def add_to_profile(profile: Profile, count: InstructionCount) -> None:
 
 def counting_profile(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
                      source: str | None = None, timeout: float | None = None,
-                     capture_output: bool = False) -> Profile:
+                     capture_output: bool = False, confine: Confine | None = None) -> Profile:
     """A Profile of one counting run: ``instructions`` only (no ``wall_s``: under valgrind it means nothing)."""
     started = time.time()
-    count = count_command(argv, env=env, cwd=cwd, source=source, timeout=timeout, capture_output=capture_output)
+    count = count_command(argv, env=env, cwd=cwd, source=source, timeout=timeout, capture_output=capture_output,
+                          confine=confine)
     profile = Profile(
         target={"command": [str(a) for a in argv], "cwd": cwd or os.getcwd(), "pid": None,
                 "exit_code": count.exit_code, "signal": count.signal, "attached": False, "counting_run": True},
@@ -407,13 +426,15 @@ def counting_profile(argv: Sequence[str], *, env: Mapping[str, str] | None = Non
 
 
 def with_count(timed: Callable[[], Profile], argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-               cwd: str | None = None, source: str | None = None, timeout: float | None = None) -> Profile:
+               cwd: str | None = None, source: str | None = None, timeout: float | None = None,
+               confine: Confine | None = None) -> Profile:
     """A timed run (``timed()``) followed by a counting run of the same command, merged into one Profile."""
     profile = timed()
     if profile.exit_code:
         return profile  # no point counting a failed run; the caller reports the failure
     # The timed run's output is the one kept; the counting run's is captured and dropped.
-    count = count_command(argv, env=env, cwd=cwd, source=source, timeout=timeout, capture_output=True)
+    count = count_command(argv, env=env, cwd=cwd, source=source, timeout=timeout, capture_output=True,
+                          confine=confine)
     add_to_profile(profile, count)
     if count.exit_code:
         profile.annotations[METRIC]["notes"].append(f"the counting run exited with {count.exit_code}")
@@ -444,9 +465,22 @@ def needs_count(metrics: Sequence[str]) -> bool:
     return METRIC in metrics
 
 
+def launcher_confine(argv: Sequence[str], cwd: str | None) -> tuple[list[str], Confine | None]:
+    """``sh -c '... "$@"' NAME CMD...`` (a launcher that execs its arguments, e.g. the optimiser's
+    bubblewrap sandbox) -> ``(CMD, Confine)``: valgrind must run inside such a launcher, not around
+    it (outside, it cannot follow into the sandbox's namespaces and private /tmp). Its files go
+    to ``cwd``, the one folder a sandboxed run may write. Any other command: ``(argv, None)``.
+    """
+    argv = [str(a) for a in argv]
+    if len(argv) > 4 and Path(argv[0]).name in ("sh", "bash", "dash") and argv[1] == "-c" and '"$@"' in argv[2]:
+        prefix = argv[:4]
+        return argv[4:], Confine(wrap=lambda command: [*prefix, *command], scratch=cwd)
+    return argv, None
+
+
 def measured_run(metrics: Sequence[str], argv: Sequence[str], *, timed: Callable[[], Profile],
                  env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 capture_output: bool = False) -> Profile:
+                 capture_output: bool = False, confine: Confine | None = None) -> Profile:
     """One run of a comparison or baseline that must yield ``metrics``.
 
     Without ``instructions``: the timed run alone. With only ``instructions``: a counting
@@ -455,9 +489,11 @@ def measured_run(metrics: Sequence[str], argv: Sequence[str], *, timed: Callable
     """
     if not needs_count(metrics):
         return timed()
+    if confine is None:
+        argv, confine = launcher_confine(argv, cwd)
     if all(m == METRIC for m in metrics):
-        return counting_profile(argv, env=env, cwd=cwd, capture_output=capture_output)
-    return with_count(timed, argv, env=env, cwd=cwd)
+        return counting_profile(argv, env=env, cwd=cwd, capture_output=capture_output, confine=confine)
+    return with_count(timed, argv, env=env, cwd=cwd, confine=confine)
 
 
 def default_guards(objective: str, guards: Mapping[str, Any] | None) -> dict[str, Any]:

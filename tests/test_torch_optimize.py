@@ -68,7 +68,8 @@ activation_checkpointing = { env = "TRAIN_ACTIVATION_CHECKPOINTING", values = ["
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     project = tmp_path_factory.mktemp("torch_project")
-    shutil.copy(ROOT / "examples" / "torch_training" / "train.py", project / "train.py")
+    for name in ("train.py", "ddp.py"):
+        shutil.copy(ROOT / "examples" / "torch_training" / name, project / name)
     (project / "train.toml").write_text(TRAIN_TOML)
     (project / "pyproject.toml").write_text(PYPROJECT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_")}
@@ -76,7 +77,7 @@ def session(tmp_path_factory):
     done = subprocess.run([str(BIN / "perfpilot"), "optimize"], cwd=project, env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads((project / "optimize-report.json").read_text())
+    report = json.loads((project / ".perfpilot" / "optimize-report.json").read_text())
     return project, done, report
 
 
