@@ -378,6 +378,8 @@ def count_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, 
     if not argv:
         raise ConfigError("an empty command cannot be counted", hint='give one, e.g. "python app.py"')
     chosen = choose_source(source)
+    if confine is None:
+        argv, confine = launcher_confine(argv, cwd)
     full_env = {**os.environ, **{k: str(v) for k, v in (env or {}).items()}}
     pins = pinned_env(full_env)
     full_env.update(pins)
@@ -489,8 +491,6 @@ def measured_run(metrics: Sequence[str], argv: Sequence[str], *, timed: Callable
     """
     if not needs_count(metrics):
         return timed()
-    if confine is None:
-        argv, confine = launcher_confine(argv, cwd)
     if all(m == METRIC for m in metrics):
         return counting_profile(argv, env=env, cwd=cwd, capture_output=capture_output, confine=confine)
     return with_count(timed, argv, env=env, cwd=cwd, confine=confine)

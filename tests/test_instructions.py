@@ -156,3 +156,21 @@ def test_measured_run_counts_only_when_instructions_is_asked_for() -> None:
     # A failed timed run is not counted: the comparison reports the failure instead.
     assert "instructions" not in instructions.measured_run(["instructions", "wall"], ["false"],
                                                            timed=lambda: failed).summary
+
+
+@needs_valgrind
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+@pytest.mark.slow
+def test_a_sandboxed_command_is_counted_inside_its_sandbox(tmp_path: Path) -> None:
+    from perfpilot.agent.sandbox import Sandbox
+
+    sandbox = Sandbox.create("auto")
+    if not sandbox.active:
+        pytest.skip(f"no working sandbox here: {sandbox.note}")
+    (tmp_path / "work.py").write_text("print(sum(i * i for i in range(2000)))\n")
+    argv = sandbox.wrap([sys.executable, "-S", "work.py"], tmp_path)
+    count = instructions.count_command(argv, cwd=str(tmp_path), source="valgrind", timeout=300, capture_output=True)
+    # valgrind ran inside the sandbox (outside, it cannot follow bwrap): the one process counted is Python.
+    assert count.exit_code == 0 and len(count.processes) == 1, (count.processes, count.notes)
+    assert count.processes[0]["command"].split()[0] == sys.executable and count.instructions > 10_000_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work.py"]  # its files went, and were removed
