@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from perfpilot.profilers.measure import Arm, compare
+from perfpilot.registry import build_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOAD = ROOT / "examples" / "compare" / "workload.py"
@@ -33,7 +34,8 @@ def one(metric: str, size: int) -> dict[str, Any]:
     b = Arm([sys.executable, str(WORKLOAD), str(int(size * 1.1))], label=f"workload {int(size * 1.1)}")
     load = os.getloadavg()[0]
     t0 = time.monotonic()
-    result = compare(a, b, metrics=[metric], max_runs=10, min_runs=5, warmup=1, capture_output=True)
+    result = compare(a, b, metrics=[metric], max_runs=10, min_runs=5, warmup=1, capture_output=True,
+                     plugin_set=build_plugin_manager())
     spent = time.monotonic() - t0
     v = result.primary_verdict
     return {"metric": metric, "size": size, "runs_per_side": result.runs, "seconds": round(spent, 1),
