@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import os
 import shlex
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,7 @@ class Verification:
     values_a: list[float]
     values_b: list[float]
     notes: list[str] = field(default_factory=list)
+    measured: int = 0  # processes run for it (0: 2 x runs); fewer when baseline runs were reused
 
 
 Verifier = Callable[[RunSpec, RunSpec, Sequence[str], str], Verification]
@@ -140,7 +142,7 @@ class Result:
 
     @property
     def verification_runs(self) -> int:
-        return sum(2 * o.runs for o in self.outcomes)
+        return sum(o.measured_runs or 2 * o.runs for o in self.outcomes)
 
 
 def parse_guards(guards: Mapping[str, Any]) -> dict[str, float]:
@@ -158,23 +160,51 @@ def parse_guards(guards: Mapping[str, Any]) -> dict[str, float]:
 
 
 def engine_verifier(settings: Settings, plugin_set: Any, on_run: Callable[[str, int, Profile], None] | None) -> Verifier:
-    """The real verification: :func:`perfpilot.profilers.measure.compare`."""
+    """The real verification: :func:`perfpilot.profilers.measure.compare`.
+
+    Two savings, both from the engine: a candidate that can no longer be better by the
+    threshold stops at the first planned look (``stop_for_futility``; its false-reject
+    rate is in benchmarks/futility.py), and the baseline's runs from the previous
+    verification are reused while the baseline is unchanged (same command, environment,
+    folder and committed tree; the engine re-checks them against fresh anchor runs)."""
     from perfpilot.profilers.measure import Arm, compare
     from perfpilot.profilers.metrics import metric_value
 
+    kept: dict[tuple[Any, ...], list[Profile]] = {}
+
     def verify(a: RunSpec, b: RunSpec, metrics: Sequence[str], primary: str) -> Verification:
+        key = _baseline_identity(a, metrics)
         comparison = compare(
             Arm(a.argv, env=a.env, cwd=str(a.cwd), label=a.label), Arm(b.argv, env=b.env, cwd=str(b.cwd), label=b.label),
             metrics=list(metrics), primary=primary, settings=settings, max_runs=settings.runs,
             min_runs=min(settings.min_runs, settings.runs), threshold=settings.threshold,
-            confidence=settings.confidence, on_run=on_run, capture_output=True, plugin_set=plugin_set)
+            confidence=settings.confidence, on_run=on_run, capture_output=True, plugin_set=plugin_set,
+            stop_for_futility=True, reuse_a=kept.get(key, []) if key else [])
+        if key:
+            kept.clear()  # only the latest baseline can come back
+            kept[key] = list(comparison.a)
         verdicts = {primary: comparison.verdicts[primary].to_dict()}
         verdicts.update({m: v.to_dict() for m, v in comparison.verdicts.items() if m != primary})
+        notes = list(comparison.notes)
+        if comparison.reused_a:
+            notes.append(f"{comparison.reused_a} baseline runs reused from the previous verification")
         return Verification(verdicts=verdicts, runs=comparison.runs,
                             values_a=[metric_value(p, primary) for p in comparison.a],
-                            values_b=[metric_value(p, primary) for p in comparison.b], notes=list(comparison.notes))
+                            values_b=[metric_value(p, primary) for p in comparison.b], notes=notes,
+                            measured=len(comparison.a) - comparison.reused_a + len(comparison.b))
 
     return verify
+
+
+def _baseline_identity(a: RunSpec, metrics: Sequence[str]) -> tuple[Any, ...] | None:
+    """What makes two baselines the same: command, environment, folder, metrics and the
+    folder's committed tree (accepting a change commits it). None when not a git tree."""
+    head = subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=a.cwd, capture_output=True, text=True)
+    # Tracked edits count (knob config files are edited in place); the runs' own output does not.
+    edits = subprocess.run(["git", "diff", "HEAD"], cwd=a.cwd, capture_output=True, text=True)
+    if head.returncode or edits.returncode:
+        return None
+    return (tuple(a.argv), tuple(sorted(a.env.items())), str(a.cwd), tuple(metrics), head.stdout.strip(), edits.stdout)
 
 
 def _tail(text: str, limit: int = OUTPUT_TAIL) -> str:
@@ -490,7 +520,7 @@ class Optimizer:
     def _decide(self, proposal: Proposal, index: int, v: Verification, candidate: Candidate) -> Outcome:
         objective = v.verdicts[self.objective]
         common = dict(verdicts=v.verdicts, runs=v.runs, values_a=v.values_a, values_b=v.values_b,
-                      diff=candidate.diff)
+                      diff=candidate.diff, measured_runs=v.measured)
         notes = "; ".join([*(objective.get("notes") or []), *v.notes])
         if not objective.get("improved"):
             word = objective.get("verdict", "inconclusive")

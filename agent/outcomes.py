@@ -24,6 +24,7 @@ class Outcome:
     detail: str = ""
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: int = 0  # runs per side used by the verification
+    measured_runs: int = 0  # processes the verification ran (reused baseline runs not counted)
     values_a: list[float] = field(default_factory=list)  # objective per run, baseline
     values_b: list[float] = field(default_factory=list)  # objective per run, candidate
     diff: str = ""
@@ -64,6 +65,7 @@ class Outcome:
             "proposal": self.proposal.to_dict() if self.proposal is not None else None,
             "verdicts": self.verdicts,
             "runs": self.runs,
+            "measured_runs": self.measured_runs,
             "values_a": self.values_a,
             "values_b": self.values_b,
             "diff": self.diff,

@@ -240,3 +240,4 @@ def test_knob_search_without_an_llm(tmp_path):
         ("try work=light", "winner"), ("adopt work=light", "accepted")]
     assert report["final"]["env"] == {} and report["final"]["knobs"] == {"work": "light"}
     assert "WORK" in done.stderr or "work" in done.stderr
+
