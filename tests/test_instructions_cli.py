@@ -57,8 +57,10 @@ def _compare(perfpilot_cli, tmp_path: Path, a: str, b: str, *more: str) -> dict:
 @pytest.mark.slow
 def test_compare_instructions_decides_slow_fast_in_three_runs_and_aa_is_no_change(perfpilot_cli, tmp_path) -> None:
     python = Path(sys.executable)
-    slow = f"{python} workload.py 1000"
-    faster = _compare(perfpilot_cli, tmp_path, slow, f"{python} workload_fast.py 1000", "--save", str(tmp_path / "runs"))
+    # -S: no site import, to keep valgrind's start-up short (the example needs the standard library only)
+    slow = f"{python} -S workload.py 1000"
+    faster = _compare(perfpilot_cli, tmp_path, slow, f"{python} -S workload_fast.py 1000", "--save",
+                      str(tmp_path / "runs"))
     verdict = faster["verdicts"]["instructions"]
     assert faster["runs"] <= 3 and verdict["verdict"] == "smaller", verdict
     assert verdict["ratio"] < 0.99
