@@ -49,3 +49,16 @@ def test_baselines_folder_tells_git_to_ignore_it(pytester: pytest.Pytester) -> N
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=pytester.path,
                             capture_output=True, text=True, check=True).stdout
     assert ".perfpilot" not in status and "test_a.py" in status
+
+
+def test_the_sessions_speed_factor_is_the_median_of_per_test_ratios() -> None:
+    from perfpilot.pytest_plugin import drift
+    from perfpilot.pytest_plugin.report import TestRecord
+
+    base = {f"t{i}": {"rounds": {"wall": [0.010, 0.011, 0.010]}} for i in range(6)}
+    records = [TestRecord(f"t{i}", rounds={"wall": [0.016, 0.016, 0.017]}) for i in range(5)]
+    records.append(TestRecord("t5", rounds={"wall": [0.090, 0.090, 0.091]}))  # one real 9x regression
+    found = drift.factors(base, records)
+    assert abs(found["wall"]["factor"] - 1.6) < 0.01 and found["wall"]["tests"] == 6
+    assert "wall x1.60" in (drift.note(found) or "")
+    assert drift.factors(base, records[:4]) == {}  # too few tests to tell drift from change

@@ -454,6 +454,12 @@ class PerfpilotSession:
         meta["thresholds"] = self.options.thresholds if self.options.compare else {}
         baseline = None
         if self.baseline is not None:
+            from perfpilot.pytest_plugin import drift
+
+            meta["session_factor"] = drift.factors(self.baseline.tests, self.records.values())
+            line = drift.note(meta["session_factor"])
+            if line and line not in self.notes:
+                self.notes.append(line)
             baseline = {"path": str(self.baseline.path) if self.baseline.path else None, "meta": self.baseline.meta,
                         "warnings": self.baseline.warnings,
                         "missing": sum(1 for n in self.records if n not in self.baseline.tests)}
