@@ -317,17 +317,18 @@ def profile_command(
             thread.start()
             readers.append(thread)
 
-    collectors.start(target)
-    sampler = _Sampler(collectors, target, settings.interval, t0, options.on_tick)
-    sampler.start()
     stacks = None
     try:
+        # Before the collectors start: py-spy should attach the moment Python runs.
         stacks = _start_stacks(target, settings)
     except Exception as exc:  # noqa: BLE001 - stacks are optional; telemetry goes on
         stacks = None
         collectors_note = f"stacks unavailable: {exc}"
     else:
         collectors_note = None
+    collectors.start(target)
+    sampler = _Sampler(collectors, target, settings.interval, t0, options.on_tick)
+    sampler.start()
 
     timed_out = False
     timer = None
@@ -357,7 +358,7 @@ def profile_command(
     target.ended_at = t0 + wall
 
     sampler.stop()
-    exclude = {stacks.pid} if stacks is not None and getattr(stacks, "pid", None) else set()
+    exclude = set(getattr(stacks, "spawned", ()))  # every py-spy, not the target's
     target.orphan_rusage = _reap_orphans(target, exclude, options.claim_unseen_orphans, children_before)
     for thread in readers:
         thread.join(timeout=5)

@@ -5,19 +5,36 @@ follows its children, ``--nonblocking`` never pauses it, which is what keeps the
 overhead at the level of py-spy alone; ``--native`` needs the pauses, so it drops
 ``--nonblocking``).
 
+Finding the interpreter. Commands are often launchers: a pyenv shim, ``uv run``, a shell
+script that execs Python (same pid, new binary) or starts it as a child. We watch the
+tree (:mod:`perfpilot.profilers.python_procs`: ``/proc/<pid>/exe`` and children, every
+5 ms for the first 2 s) and start py-spy the moment a Python process is in it. The
+alternative, ``py-spy record -- cmd`` launching the command itself, was rejected: py-spy
+would be the target's parent, so the session could no longer reap it with ``wait4`` for
+exact CPU/memory/IO totals (and py-spy's own CPU would land in them), and one py-spy for
+the whole run gives no windows for energy attribution. It is also no more patient: its
+``--subprocesses`` mode gives an exec'd interpreter 5 tries (~0.1 s) and never retries
+the root. The first py-spy runs without ``--subprocesses`` (20 tries at a not yet
+initialised interpreter); a following one takes over at once.
+
 Why windows: py-spy writes its samples only when it stops, and its one format with
 timestamps (chrometrace) cannot tell an idle thread from a busy one. To attribute energy
 over time (:mod:`perfpilot.profilers.energy_attribution`) we record consecutive
-*windows*: one py-spy per window, stopped with SIGINT (py-spy then writes its raw
-output) and replaced at once. Windows last 1 s for the first 20 s, then 5 s. The gap
-between windows (py-spy exiting and re-attaching, ~10-30 ms) is not sampled; the
-Profile says how much of the run was covered.
+*windows* (1 s for the first 20 s, then 5 s). Each handoff overlaps: the next py-spy
+attaches while the current one still samples, and the current one gets SIGINT (py-spy
+then writes its raw output) the moment the next prints "Sampling process". Nothing is
+left unsampled; at most a sample or two per window is counted twice (~1% at 100 Hz in
+1 s windows). The window boundary is the handoff instant, so windows tile the run for
+energy attribution. With ``--native`` two tracers cannot pause one thread, so there the
+old py-spy stops before the new one starts and the gap is not sampled.
 
-Attaching is retried while the target lives: a just-launched interpreter is not
-initialised yet, and a shell or launcher may start Python only later. Failures that no
-retry can fix (ptrace denied, Python version unsupported by this py-spy, py-spy not
-installed) end sampling at once with a message that says why and what to do; the rest
-of the Profile is recorded as usual.
+Coverage (:mod:`perfpilot.profilers.stack_coverage`) is recorded in the Profile, and
+when it is below 90% the reports say so in words with the causes.
+
+Attaching is retried while the target lives. Failures that no retry can fix (ptrace
+denied, Python version unsupported by this py-spy, py-spy not installed) end sampling at
+once with a message that says why and what to do; the rest of the Profile is recorded
+as usual.
 """
 
 from __future__ import annotations
@@ -404,12 +421,15 @@ class StackRecorder:
     def _await_python(self) -> int | None:
         """Poll the tree until a Python process is in it; None once the target is gone."""
         begun = time.monotonic()
+        first = self.python_seen is None and not self.attempts
         while not self._stop.is_set():
             roots = self._python_roots()
             if roots:
                 if self.python_seen is None:
-                    self.python_seen = time.time()
+                    # Python from the first look: the command itself is the interpreter.
+                    self.python_seen = self.started_wall if first and self.target_pid in roots else time.time()
                 return self._choose(roots)
+            first = False
             if not self._alive():
                 return None
             waited = time.monotonic() - begun
