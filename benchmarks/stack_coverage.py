@@ -49,6 +49,7 @@ class Run:
     python_coverage_pct: float | None = None
     python_started_s: float | None = None
     note: str | None = None
+    terminal: str = ""  # perfpilot's report, rendered at 80 columns
 
 
 def command(work: int = WORK, launcher: str = "bash") -> list[str]:
@@ -58,7 +59,7 @@ def command(work: int = WORK, launcher: str = "bash") -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHON": sys.executable}
+    return {**os.environ, "PYTHON": sys.executable, "COLUMNS": "80"}
 
 
 def py_spy() -> str:
@@ -87,7 +88,7 @@ def run_perfpilot(cmd: list[str], tmp: Path, imports: bool = False) -> Run:
     profile = json.loads(out.read_text())
     status = profile["annotations"]["stacks"]
     return Run(profile["duration_s"], (profile.get("stacks") or {}).get("samples", 0), status.get("coverage_pct"),
-               status.get("python_coverage_pct"), status.get("python_started_s"), status.get("coverage_note"))
+               status.get("python_coverage_pct"), status.get("python_started_s"), status.get("coverage_note"), done.stderr)
 
 
 def run_py_spy(cmd: list[str], tmp: Path) -> Run:

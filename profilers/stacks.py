@@ -261,8 +261,12 @@ class SpyRun:
         self._event = threading.Event()
         self._stderr: list[bytes] = []
         env = {**os.environ, "RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}
+        # Out of the terminal's process group (Ctrl-C is ours to forward). process_group
+        # keeps Popen on vfork; start_new_session forks a copy of perfpilot, which cost
+        # up to 0.2 s per window on a loaded 2-core VM.
+        group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, start_new_session=True)
+                                     env=env, **group)
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=lambda: self._stderr.append(self.proc.stderr.read()),  # type: ignore[union-attr]
                                           daemon=True)]
@@ -341,6 +345,7 @@ class StackRecorder:
     failures: list[str] = field(default_factory=list)
     started_wall: float = field(default_factory=time.time)
     python_seen: float | None = None  # time.time() a Python process was first seen in the tree
+    python_at_launch: bool = False  # the command itself was the interpreter
     spawned: list[int] = field(default_factory=list)  # every py-spy pid (none may be reaped as the target's)
     _live: list[SpyRun] = field(default_factory=list)
     _finder: PythonFinder = field(default_factory=PythonFinder)
@@ -348,6 +353,7 @@ class StackRecorder:
     _thread: threading.Thread | None = None
     _tmpdir: str = ""
     _index: int = 0
+    _polls: int = 0
 
     @property
     def pid(self) -> int | None:
@@ -418,23 +424,46 @@ class StackRecorder:
             return roots[0]
         return self.target_pid
 
+    def _poll_python(self) -> int | None:
+        """The pid to point py-spy at if a Python process is in the tree now."""
+        roots = self._python_roots()
+        if not roots:
+            self._polls += 1
+            return None
+        if self.python_seen is None:
+            # Python at the first look: the command itself is the interpreter.
+            self.python_at_launch = self._polls == 0 and self.target_pid in roots
+            self.python_seen = time.time()
+        return self._choose(roots)
+
     def _await_python(self) -> int | None:
         """Poll the tree until a Python process is in it; None once the target is gone."""
         begun = time.monotonic()
-        first = self.python_seen is None and not self.attempts
         while not self._stop.is_set():
-            roots = self._python_roots()
-            if roots:
-                if self.python_seen is None:
-                    # Python from the first look: the command itself is the interpreter.
-                    self.python_seen = self.started_wall if first and self.target_pid in roots else time.time()
-                return self._choose(roots)
-            first = False
+            pid = self._poll_python()
+            if pid is not None:
+                return pid
             if not self._alive():
                 return None
             waited = time.monotonic() - begun
             self._stop.wait(POLL_FIRST_S if waited < 2 else POLL_LATER_S if waited < 10 else POLL_IDLE_S)
         return None
+
+    def _early(self) -> SpyRun | Attempt:
+        """A py-spy on the launched pid before it runs Python: py-spy retries for ~0.5 s,
+        so an interpreter that a launcher execs is sampled as soon as it can be, without
+        waiting for a py-spy to start. If Python shows up elsewhere (a child), that wins."""
+        early = self._spawn(self.target_pid, follow=False)
+        while not early._event.is_set() and not self._stop.is_set():
+            pid = self._poll_python()
+            if pid is not None and pid != self.target_pid:
+                early.interrupt()
+                break
+            self._stop.wait(POLL_FIRST_S)
+        if early.wait_attached(self._stop):
+            self._poll_python()  # when Python started, for the coverage figures
+            return early
+        return self._collect(early)
 
     # ------------------------------------------------------------ the thread
 
@@ -467,20 +496,29 @@ class StackRecorder:
         interpreter 20 times, where --subprocesses gives the root process 5 tries and
         then waits a second for children. A following py-spy takes over at once."""
         delay = RETRY_FIRST_S
+        early = self._early() if not self.attempts else None
         while not self._stop.is_set():
-            pid = self._await_python()
-            if pid is None:
-                return None
-            run = self._spawn(pid, follow=False)
-            if run.wait_attached(self._stop):
-                return self._handoff(run, pid) if self.settings.subprocesses else run
-            attempt = self._collect(run)
+            if isinstance(early, SpyRun):
+                return self._handoff(early, early.pid) if self.settings.subprocesses else early
+            if early is None:
+                pid = self._await_python()
+                if pid is None:
+                    return None
+                run = self._spawn(pid, follow=False)
+                if run.wait_attached(self._stop):
+                    return self._handoff(run, pid) if self.settings.subprocesses else run
+                attempt = self._collect(run)
+            else:
+                attempt, pid, early = early, self.target_pid, None
             if attempt.kind in ("denied", "unsupported"):
                 self.reason = self._explain(attempt)
                 return None
-            if attempt.kind == "no_python" and can_read_process(pid) is False:
-                self.reason = ptrace_denied_message(pid)
-                return None
+            if attempt.kind == "no_python":
+                if can_read_process(pid) is False:
+                    self.reason = ptrace_denied_message(pid)
+                    return None
+                if self.python_seen is None:
+                    continue  # not Python yet: wait for it
             if attempt.kind == "failed":
                 self.failures.append(attempt.detail)
                 if len(self.failures) >= 5 and not self.windows:
@@ -542,6 +580,7 @@ class StackRecorder:
                 f"Telemetry was recorded without stacks.")
 
     def begin(self) -> None:
+        self._poll_python()  # at once, so "Python from the start" is not a late first look
         self._tmpdir = tempfile.mkdtemp(prefix="perfpilot-stacks-")
         self._thread = threading.Thread(target=self._run, name="perfpilot-stacks", daemon=True)
         self._thread.start()
@@ -573,7 +612,8 @@ class StackRecorder:
             "attempts": self.attempts,
             "sampling_errors": sum(w.errors for w in self.windows),
         }
-        status.update(coverage.figures(self.windows, t0, profile.duration_s, self.python_seen))
+        python_seen = t0 if self.python_at_launch else self.python_seen
+        status.update(coverage.figures(self.windows, t0, profile.duration_s, python_seen))
         if self.failures:
             status["failures"] = self.failures[:5]
         if samples:

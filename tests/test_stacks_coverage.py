@@ -24,7 +24,7 @@ def _benchmark():
 
 def test_launcher_exec_under_load_is_covered_like_py_spy_alone(tmp_path) -> None:
     bench = _benchmark()
-    cmd = bench.command(work=8_000_000)  # ~1.5 s on an idle core, longer under the busy loops
+    cmd = bench.command(work=10_000_000)  # ~1.9 s on an idle core, longer under the busy loops
     with bench.busy_loops():
         ours, alone = bench.study(3, False, cmd, verbose=False)
         with_imports = [bench.run_perfpilot(cmd, tmp_path, imports=True) for _ in range(3)]
@@ -34,6 +34,10 @@ def test_launcher_exec_under_load_is_covered_like_py_spy_alone(tmp_path) -> None
         assert run.coverage_pct >= 95.0, (run, ours, with_imports)
         assert run.python_coverage_pct >= 95.0, run
         assert run.note is None, run
+    # the 80-column terminal report prints the hottest function's qualified name whole
+    hottest = "SyntheticTokenizer.fold_every_statement_of_the_workload"
+    assert len(hottest) > 40
+    assert all(hottest in run.terminal for run in ours + with_imports), ours[0].terminal
     for runs in (ours, with_imports):
         figures = bench.summary(runs, alone)
         assert 0.85 <= figures["rate_ratio"] <= 1.15, (figures, runs, alone)
