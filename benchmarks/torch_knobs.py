@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from perfpilot.profilers.measure import Arm, compare
+from perfpilot.registry import build_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "examples" / "torch_training" / "train.py"
@@ -91,7 +92,7 @@ def run_scenario(name: str, runs: int, console: Console) -> dict[str, Any]:
     comparison = compare(Arm(argv, env={**base_env, **spec["a"]}, cwd=str(work), label="A"),
                          Arm(argv, env={**base_env, **spec["b"]}, cwd=str(work), label="B"),
                          metrics=spec["metrics"], min_runs=runs, max_runs=runs, warmup=1, on_run=on_run,
-                         capture_output=True)
+                         capture_output=True, plugin_set=build_plugin_manager())
     from perfpilot.profilers.metrics import metric_value
 
     rows = []

@@ -88,6 +88,17 @@ class PluginSet:
         keep = set(only) if only else set(found)
         return {n: r for n, r in found.items() if n in keep and n not in set(disable)}
 
+    def make_collectors(self, settings: Any) -> list[Any]:
+        """Fresh collector instances for one run, selected by ``settings.plugins`` /
+        ``settings.disable_plugins`` (a session's
+        :class:`~perfpilot.profilers.collector.CollectorSource`)."""
+        registered = self.collectors(only=settings.plugins or None, disable=settings.disable_plugins)
+        return [entry.factory(settings) for entry in registered.values()]
+
+    def profile_finished(self, profile: Any) -> None:
+        """Call every ``perfpilot_profile_finished`` hook."""
+        self.pm.hook.perfpilot_profile_finished(profile=profile)
+
     def backends(self) -> dict[str, Registered]:
         return self._collect("perfpilot_register_backends")
 

@@ -25,7 +25,7 @@ average), ``cpu.ctx_switches_voluntary_per_s`` / ``..._involuntary_per_s`` (tree
 Cost: one read of ``/proc/<pid>/stat`` per process per tick (a kept-open descriptor
 re-read with ``pread``, not psutil, which costs ~3x more per call; see
 :mod:`perfpilot.profilers.procfs`), shared with the memory, io and power collectors
-(:func:`tick_stats`); ``/proc/<pid>/status`` for context switches only once a second.
+through the tick's :class:`~perfpilot.profilers.snapshot.TreeSnapshot`; ``/proc/<pid>/status`` for context switches only once a second.
 See ``benchmarks/sampler_cost.py``.
 """
 
@@ -33,40 +33,17 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.profilers.procfs import (CLK_TCK, STAT_CSTIME, STAT_CUTIME, STAT_STARTTIME, STAT_STIME, STAT_UTIME, ProcFiles,
-                                       proc_stat, read_file, stat_fields)
+from perfpilot.profilers.counters import TreeCounters, rates
+from perfpilot.profilers.cputime import TreeCpu, tree_cpu_totals
+from perfpilot.profilers.procfs import STAT_STARTTIME, ProcFiles, proc_stat, read_file
 from perfpilot.profilers.target import Target
 
 CTX_INTERVAL_S = 1.0
 CPU_COUNT = os.cpu_count() or 1
-
-
-def proc_files(target: Target) -> ProcFiles:
-    """The run's shared :class:`ProcFiles` (closed when the target is garbage-collected)."""
-    files = target.scratch.get("proc_files")
-    if files is None:
-        files = target.scratch["proc_files"] = ProcFiles()
-        weakref.finalize(target, files.close)
-    return files
-
-
-def tick_stats(target: Target, now: float) -> dict[int, list[bytes] | None]:
-    """``/proc/<pid>/stat`` of every tree process, read once per tick and shared by the
-    collectors of that tick (they all get the same ``now``) through ``target.scratch``."""
-    cached = target.scratch.get("proc_stat")
-    if cached is not None and cached[0] == now:
-        return cached[1]
-    files = proc_files(target)
-    stats = {p.pid: stat_fields(files.read(p.pid, "stat")) for p in target.processes()}
-    files.retain(set(stats))
-    target.scratch["proc_stat"] = (now, stats)
-    return stats
 
 
 def proc_status_ctx(pid: int, files: ProcFiles | None = None) -> tuple[int, int] | None:
@@ -81,92 +58,6 @@ def proc_status_ctx(pid: int, files: ProcFiles | None = None) -> tuple[int, int]
         elif line.startswith(b"nonvoluntary_ctxt_switches"):
             invol = int(line.split()[1])
     return vol, invol
-
-
-@dataclass
-class _ProcTimes:
-    starttime: bytes
-    first_user: float
-    first_system: float
-    user: float
-    system: float
-
-
-class TreeCpu:
-    """CPU seconds of a process tree, from ``/proc/<pid>/stat`` (also used by ``power``).
-
-    Each process is identified by (pid, start time), so a reused pid is a new process.
-    ``baseline_existing`` makes processes already running at the first update count
-    from that moment (attach); otherwise from their birth (launch).
-    """
-
-    def __init__(self, baseline_existing: bool) -> None:
-        self.procs: dict[int, _ProcTimes] = {}
-        self.gone_user = 0.0
-        self.gone_system = 0.0
-        self._baseline = baseline_existing
-
-    def update(self, stats: Mapping[int, list[bytes] | None]) -> float:
-        """Take this tick's stat fields by pid; return CPU seconds used since the last update."""
-        delta = 0.0
-        current: set[int] = set()
-        for pid, fields in stats.items():
-            if fields is None:
-                continue
-            current.add(pid)
-            user = int(fields[STAT_UTIME]) / CLK_TCK
-            system = int(fields[STAT_STIME]) / CLK_TCK
-            rec = self.procs.get(pid)
-            if rec is None or rec.starttime != fields[STAT_STARTTIME]:
-                if rec is not None:
-                    self._retire(pid)
-                base_u, base_s = (user, system) if self._baseline else (0.0, 0.0)
-                rec = self.procs[pid] = _ProcTimes(fields[STAT_STARTTIME], base_u, base_s, base_u, base_s)
-            delta += (user - rec.user) + (system - rec.system)
-            rec.user, rec.system = user, system
-        for pid in [p for p in self.procs if p not in current]:
-            self._retire(pid)
-        self._baseline = False
-        return delta
-
-    def _retire(self, pid: int) -> None:
-        rec = self.procs.pop(pid)
-        self.gone_user += rec.user - rec.first_user
-        self.gone_system += rec.system - rec.first_system
-
-    def sampled_totals(self) -> tuple[float, float]:
-        user = self.gone_user + sum(r.user - r.first_user for r in self.procs.values())
-        system = self.gone_system + sum(r.system - r.first_system for r in self.procs.values())
-        return user, system
-
-    def alive_totals(self, exclude: int) -> tuple[float, float, int]:
-        """Current own+reaped-children times of tracked processes still in /proc.
-
-        For a launched target these are exactly what its rusage cannot contain: no
-        process in the tree has waited for them yet.
-        """
-        user = system = 0.0
-        count = 0
-        for pid, rec in self.procs.items():
-            if pid == exclude:
-                continue
-            fields = proc_stat(pid)
-            if fields is None or fields[STAT_STARTTIME] != rec.starttime:
-                continue
-            count += 1
-            user += (int(fields[STAT_UTIME]) + int(fields[STAT_CUTIME])) / CLK_TCK
-            system += (int(fields[STAT_STIME]) + int(fields[STAT_CSTIME])) / CLK_TCK
-        return user, system, count
-
-
-def tree_cpu_totals(target: Target, tree: TreeCpu) -> tuple[float, float, str]:
-    """(user_s, system_s, how): exact rusage plus live descendants, or sampled."""
-    exact = target.exact_totals() if target.launched else None
-    if exact is None:
-        user, system = tree.sampled_totals()
-        return user, system, "sampled"
-    alive_user, alive_system, _ = tree.alive_totals(exclude=target.pid)
-    return exact["utime"] + alive_user, exact["stime"] + alive_system, "rusage"
 
 
 def _system_times(files: ProcFiles | None = None) -> list[list[int]]:
@@ -198,8 +89,7 @@ class CpuCollector:
         self._t_start = 0.0
         self._last_now: float | None = None
         self._sys_prev: list[list[int]] | None = None
-        self._ctx_prev: dict[int, tuple[bytes, int, int]] = {}
-        self._ctx_total = [0, 0]
+        self._ctx_counts = TreeCounters(2, baseline_existing=False)
         self._ctx_last_now: float | None = None
         self._util: list[float] = []
         self._busy: list[float] = []
@@ -216,14 +106,15 @@ class CpuCollector:
     def start(self, target: Target) -> None:
         self.target = target
         self.tree = TreeCpu(baseline_existing=not target.launched)
+        self._ctx_counts = TreeCounters(2, baseline_existing=not target.launched)
         self._t_start = target.started_at if target.started_at is not None else time.monotonic()
-        self._sys_prev = _system_times(proc_files(target))
+        self._sys_prev = _system_times(target.proc_files)
 
     def sample(self, now: float) -> dict[str, float]:
         assert self.target is not None
-        stats = tick_stats(self.target, now)
-        pids = [pid for pid, fields in stats.items() if fields is not None]
-        used = self.tree.update(stats)
+        procs = self.target.snapshot(now).procs
+        pids = list(procs)
+        used = self.tree.update(procs)
         out: dict[str, float] = {"cpu.processes": float(len(pids))}
         self._procs_max = max(self._procs_max, len(pids))
         if self._last_now is not None and now > self._last_now:
@@ -239,7 +130,7 @@ class CpuCollector:
     def _system(self, now: float) -> dict[str, float]:
         out: dict[str, float] = {}
         assert self.target is not None
-        files = proc_files(self.target)
+        files = self.target.proc_files
         rows = _system_times(files)
         prev, self._sys_prev = self._sys_prev, rows
         if prev and len(prev) == len(rows):
@@ -267,36 +158,18 @@ class CpuCollector:
 
     def _ctx(self, now: float, pids: list[int]) -> dict[str, float]:
         assert self.target is not None
-        vol = invol = 0
-        first = self._ctx_last_now is None
-        files = proc_files(self.target)
-        seen: set[int] = set()
+        files = self.target.proc_files
+        read: dict[int, tuple[int, tuple[int, int]]] = {}
         for pid in pids:
             rec = self.tree.procs.get(pid)
             ctx = proc_status_ctx(pid, files)
-            if rec is None or ctx is None:
-                continue
-            seen.add(pid)
-            prev = self._ctx_prev.get(pid)
-            if prev is None or prev[0] != rec.starttime:
-                # Attached: what already ran counts from now. Anything else was born
-                # during the run, so every switch since its birth is ours.
-                base = ctx if (first and not self.target.launched) else (0, 0)
-                prev = (rec.starttime, *base)
-            vol += ctx[0] - prev[1]
-            invol += ctx[1] - prev[2]
-            self._ctx_prev[pid] = (rec.starttime, *ctx)
-        for pid in [p for p in self._ctx_prev if p not in seen]:
-            del self._ctx_prev[pid]
-        self._ctx_total[0] += vol
-        self._ctx_total[1] += invol
-        out: dict[str, float] = {}
-        if not first and now > self._ctx_last_now:  # type: ignore[operator]
-            dt = now - self._ctx_last_now  # type: ignore[operator]
-            out["cpu.ctx_switches_voluntary_per_s"] = round(vol / dt, 1)
-            out["cpu.ctx_switches_involuntary_per_s"] = round(invol / dt, 1)
-        self._ctx_last_now = now
-        return out
+            if rec is not None and ctx is not None:
+                read[pid] = (rec.starttime, ctx)
+        delta = self._ctx_counts.update(read)
+        last, self._ctx_last_now = self._ctx_last_now, now
+        if last is None:
+            return {}
+        return rates(("cpu.ctx_switches_voluntary_per_s", "cpu.ctx_switches_involuntary_per_s"), delta, now - last)
 
     def stop(self) -> dict[str, Any]:
         assert self.target is not None
@@ -317,15 +190,15 @@ class CpuCollector:
                 if pid == target.pid:
                     continue
                 fields = proc_stat(pid)
-                ctx = proc_status_ctx(pid) if fields and fields[STAT_STARTTIME] == rec.starttime else None
+                ctx = proc_status_ctx(pid) if fields and int(fields[STAT_STARTTIME]) == rec.starttime else None
                 if ctx:
                     vol += ctx[0]
                     invol += ctx[1]
             out["cpu_ctx_switches_voluntary"] = int(vol)
             out["cpu_ctx_switches_involuntary"] = int(invol)
         else:
-            out["cpu_ctx_switches_voluntary"] = int(self._ctx_total[0])
-            out["cpu_ctx_switches_involuntary"] = int(self._ctx_total[1])
+            out["cpu_ctx_switches_voluntary"] = int(self._ctx_counts.total[0])
+            out["cpu_ctx_switches_involuntary"] = int(self._ctx_counts.total[1])
         if self._util:
             out["cpu_utilization_peak_pct"] = max(self._util)
         if self._busy:

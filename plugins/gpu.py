@@ -20,22 +20,22 @@ A query a GPU does not support is skipped from then on. Any other NVML error is 
 so the session records it and disables the collector after repeated failures.
 No ``pynvml``, no driver or no GPU: ``available()`` says which, and nothing fails.
 
-Testing aid: with ``PERFPILOT_FAKE_NVML=<script.json>`` set, :class:`perfpilot.testing.FakeNVML`
-stands in for ``pynvml`` (see that module).
+NVML is loaded and wrapped by :mod:`perfpilot.profilers.hardware` (one loader for the
+collectors, the pytest meter and the daemon), which holds the testing seam: with
+``PERFPILOT_FAKE_NVML=<script.json>`` set, :class:`perfpilot.testing.FakeNVML` stands in
+for ``pynvml``.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-from typing import Any, Callable
+from typing import Any
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
+from perfpilot.profilers.hardware import ERR_NOT_FOUND, NvmlDevices, load_nvml, nvml_devices
 from perfpilot.profilers.target import Target
 
 PCIE_INTERVAL_S = 1.0
-FAKE_ENV_VAR = "PERFPILOT_FAKE_NVML"
 
 CLOCKS_EVENT_REASONS = {
     0x1: "gpu_idle",
@@ -49,92 +49,6 @@ CLOCKS_EVENT_REASONS = {
     0x100: "display_clock_setting",
 }
 PERFORMANCE_LIMITING = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
-
-# NVML return codes (stable across NVML versions)
-ERR_NOT_SUPPORTED, ERR_NO_PERMISSION, ERR_NOT_FOUND = 3, 4, 6
-ERR_DRIVER_NOT_LOADED, ERR_LIBRARY_NOT_FOUND, ERR_FUNCTION_NOT_FOUND = 9, 12, 13
-
-
-def load_nvml() -> tuple[Any, str]:
-    """(the pynvml module or its fake, "") or (None, why not)."""
-    if os.environ.get(FAKE_ENV_VAR):
-        from perfpilot.testing.fake_nvml import from_environment
-
-        fake = from_environment()
-        assert fake is not None
-        return fake.module, ""
-    try:
-        return importlib.import_module("pynvml"), ""
-    except ImportError:
-        return None, "pynvml is not installed (pip install nvidia-ml-py)"
-
-
-def nvml_start_problem(nvml: Any, exc: BaseException) -> str:
-    """Why nvmlInit failed, in words a user can act on."""
-    value = getattr(exc, "value", None)
-    if value == ERR_LIBRARY_NOT_FOUND:
-        return "no NVIDIA driver (libnvidia-ml.so.1 not found)"
-    if value == ERR_DRIVER_NOT_LOADED:
-        return "NVIDIA driver is not loaded (check nvidia-smi)"
-    if value == ERR_NO_PERMISSION:
-        return "no permission to use NVML (check /dev/nvidia* permissions)"
-    return f"NVML failed to start: {exc}"
-
-
-def nvml_devices(nvml: Any) -> tuple[int, str]:
-    """(number of GPUs, "") or (0, why none); leaves NVML shut down."""
-    try:
-        nvml.nvmlInit()
-    except Exception as exc:  # noqa: BLE001 - NVMLError or a broken library: both mean "no GPU"
-        return 0, nvml_start_problem(nvml, exc)
-    try:
-        count = int(nvml.nvmlDeviceGetCount())
-    except Exception as exc:  # noqa: BLE001
-        return 0, f"NVML could not count GPUs: {exc}"
-    finally:
-        try:
-            nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
-            pass
-    if count == 0:
-        return 0, "NVML is working but sees no GPU"
-    return count, ""
-
-
-def _name(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class NvmlDevices:
-    """Initialised NVML with per-device handles and a memory of unsupported queries."""
-
-    def __init__(self, nvml: Any) -> None:
-        self.nvml = nvml
-        nvml.nvmlInit()
-        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
-        self.unsupported: set[tuple[int, str]] = set()
-
-    def call(self, index: int, function: str, *args: Any) -> Any:
-        """``nvml.<function>(handle, *args)``; None when the GPU does not support it."""
-        if (index, function) in self.unsupported:
-            return None
-        fn: Callable[..., Any] | None = getattr(self.nvml, function, None)
-        if fn is None:  # older nvidia-ml-py
-            self.unsupported.add((index, function))
-            return None
-        try:
-            return fn(self.handles[index], *args)
-        except self.nvml.NVMLError as exc:
-            if getattr(exc, "value", None) in (ERR_NOT_SUPPORTED, ERR_FUNCTION_NOT_FOUND, ERR_NO_PERMISSION):
-                self.unsupported.add((index, function))
-                return None
-            raise
-
-    def close(self) -> None:
-        try:
-            self.nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001 - shutting down a failed NVML must not mask results
-            pass
 
 
 class GpuCollector:

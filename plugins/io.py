@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.plugins.cpu import proc_files, tick_stats
-from perfpilot.profilers.procfs import STAT_PPID, STAT_STARTTIME, ProcFiles, parse_io, proc_stat, read_file
+from perfpilot.profilers.procfs import ProcFiles, parse_io, read_file
+from perfpilot.profilers.snapshot import ProcSample, TreeSnapshot
 from perfpilot.profilers.target import IO_FIELDS, Target, add_io, read_proc_io
 
 SAMPLE_INTERVAL_S = 0.5
@@ -45,7 +45,7 @@ SECTOR = 512  # /proc/diskstats and rusage count 512-byte units whatever the dev
 
 @dataclass
 class _ProcIO:
-    starttime: bytes
+    starttime: int
     ppid: int
     first: dict[str, float]
     last: dict[str, float]
@@ -123,7 +123,7 @@ class IoCollector:
             return {}
         assert self.target is not None
         first = self._last_now is None
-        self._update(tick_stats(self.target, now), first)
+        self._update(self.target.snapshot(now).procs, first)
         totals = self._sampled()
         out = {
             "io.read_bytes": totals["read_bytes"],
@@ -133,7 +133,7 @@ class IoCollector:
             "io.read_syscalls": totals["syscr"],
             "io.write_syscalls": totals["syscw"],
         }
-        files = proc_files(self.target)
+        files = self.target.proc_files
         disk, net = disk_sectors(self._disks, files), net_bytes(files)
         if not first and now > self._last_now:  # type: ignore[operator]
             dt = now - self._last_now  # type: ignore[operator]
@@ -145,25 +145,25 @@ class IoCollector:
         self._last_now = now
         return out
 
-    def _update(self, stats: dict[int, list[bytes] | None], first: bool) -> None:
+    def _update(self, procs: Mapping[int, ProcSample], first: bool) -> None:
         assert self.target is not None
         seen: set[int] = set()
-        files = proc_files(self.target)
-        for pid, fields in stats.items():
-            io = parse_io(files.read(pid, "io")) if fields is not None else None
-            if fields is None or io is None:
+        files = self.target.proc_files
+        for pid, proc in procs.items():
+            io = parse_io(files.read(pid, "io"))
+            if io is None:
                 continue
             seen.add(pid)
             rec = self.procs.get(pid)
-            if rec is not None and rec.starttime != fields[STAT_STARTTIME]:
+            if rec is not None and rec.starttime != proc.starttime:
                 self.gone = add_io(self.gone, _sub(rec.last, rec.first))  # pid reused
                 rec = None
             if rec is None:
                 # Attached: what already ran counts from now; later arrivals from birth.
                 base = dict(io) if (first and not self.target.launched) else dict(ZERO)
-                rec = self.procs[pid] = _ProcIO(fields[STAT_STARTTIME], int(fields[STAT_PPID]), base, io)
+                rec = self.procs[pid] = _ProcIO(proc.starttime, proc.ppid, base, io)
             rec.last = io
-            rec.ppid = int(fields[STAT_PPID])
+            rec.ppid = proc.ppid
         for pid in [p for p in self.procs if p not in seen]:
             rec = self.procs.pop(pid)
             parent = self.procs.get(rec.ppid)
@@ -173,9 +173,10 @@ class IoCollector:
             else:
                 self.gone = add_io(self.gone, _sub(rec.last, rec.first))
 
-    def _stats_now(self) -> dict[int, list[bytes] | None]:
+    def _stats_now(self) -> Mapping[int, ProcSample]:
         assert self.target is not None
-        return {p.pid: proc_stat(p.pid) for p in self.target.processes()}
+        # Not the cached tick: the tree as it is now, at the end of the run.
+        return TreeSnapshot.read(0.0, (p.pid for p in self.target.processes()), ProcFiles(max_open=0)).procs
 
     def _sampled(self) -> dict[str, float]:
         total = dict(self.gone)

@@ -17,8 +17,8 @@ Totals (``summary``):
     when launched, else sampled), ``memory_system_available_min_bytes``,
     ``memory_swap_used_peak_bytes``.
 
-Series: ``memory.rss_bytes`` (every tick, from the ``/proc/<pid>/stat`` read shared with
-the cpu collector), ``memory.uss_bytes`` / ``memory.pss_bytes``
+Series: ``memory.rss_bytes`` (every tick, from the tick's shared
+:class:`~perfpilot.profilers.snapshot.TreeSnapshot`), ``memory.uss_bytes`` / ``memory.pss_bytes``
 (at most once a second, see below), ``memory.minor_faults_per_s`` /
 ``memory.major_faults_per_s`` (once a second, from the same shared read), ``memory.system_used_bytes``,
 ``memory.system_available_bytes``, ``memory.swap_used_bytes`` (twice a second).
@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.plugins.cpu import proc_files, tick_stats
-from perfpilot.profilers.procfs import (PAGE_SIZE, STAT_MAJFLT, STAT_MINFLT, STAT_RSS, STAT_STARTTIME, ProcFiles, proc_stat,
-                                       read_file)
+from perfpilot.profilers.counters import TreeCounters, rates
+from perfpilot.profilers.procfs import STAT_MAJFLT, STAT_MINFLT, STAT_STARTTIME, ProcFiles, proc_stat, read_file
+from perfpilot.profilers.snapshot import ProcSample
 from perfpilot.profilers.target import Target
 
 SMAPS_MIN_INTERVAL_S = 1.0
@@ -100,8 +100,7 @@ class MemoryCollector:
         self._pss_peak: int | None = None
         self._smaps_next = 0.0
         self._smaps_ok = os.path.exists("/proc/self/smaps_rollup")
-        self._faults: dict[int, tuple[bytes, int, int, int, int]] = {}  # pid -> start, first, last
-        self._faults_gone = [0, 0]
+        self._faults = TreeCounters(2, baseline_existing=False)
         self._faults_last_now: float | None = None
         self._system_last_now: float | None = None
         self._avail_min: int | None = None
@@ -118,12 +117,14 @@ class MemoryCollector:
         self.target = target
         # Only needed when the launcher's own peak may hide the target's (see stop()).
         self._watch_root_hwm = target.launched
+        self._faults = TreeCounters(2, baseline_existing=not target.launched)
 
     def sample(self, now: float) -> dict[str, float]:
         assert self.target is not None
-        stats = {pid: f for pid, f in tick_stats(self.target, now).items() if f is not None}
+        snap = self.target.snapshot(now)
+        stats = snap.procs
         pids = list(stats)
-        rss = sum(int(f[STAT_RSS]) for f in stats.values()) * PAGE_SIZE
+        rss = snap.rss_bytes
         self._rss_peak = max(self._rss_peak, rss)
         self._rss_sum += rss
         self._rss_n += 1
@@ -131,7 +132,7 @@ class MemoryCollector:
         if self._watch_root_hwm and self.target.pid in stats:
             # The root's exact peak every tick (one small read): a short run's peak is
             # not left to RSS samples when rusage maxrss cannot be trusted.
-            self._hwm_peak = max(self._hwm_peak, proc_hwm(self.target.pid, proc_files(self.target)) or 0)
+            self._hwm_peak = max(self._hwm_peak, proc_hwm(self.target.pid, self.target.proc_files) or 0)
         if self._smaps_ok and now >= self._smaps_next:
             out.update(self._smaps(now, pids))
         if self._faults_last_now is None or now - self._faults_last_now >= FAULTS_INTERVAL_S:
@@ -143,7 +144,7 @@ class MemoryCollector:
     def _smaps(self, now: float, pids: list[int]) -> dict[str, float]:
         cost_start = time.thread_time()
         uss = pss = 0
-        files = proc_files(self.target)  # type: ignore[arg-type]
+        files = self.target.proc_files  # type: ignore[union-attr]
         for pid in pids:
             found = proc_smaps_rollup(pid, files)
             if found is not None:
@@ -155,37 +156,18 @@ class MemoryCollector:
         self._pss_peak = max(self._pss_peak or 0, pss)
         return {"memory.uss_bytes": float(uss), "memory.pss_bytes": float(pss)}
 
-    def _page_faults(self, now: float, stats: dict[int, list[bytes]]) -> dict[str, float]:
-        assert self.target is not None
-        first = self._faults_last_now is None
-        minor = major = 0
-        seen: set[int] = set()
-        for pid, fields in stats.items():
-            seen.add(pid)
+    def _page_faults(self, now: float, stats: Mapping[int, ProcSample]) -> dict[str, float]:
+        for pid in stats:
             self._hwm_peak = max(self._hwm_peak, proc_hwm(pid) or 0)
-            mn, mj = int(fields[STAT_MINFLT]), int(fields[STAT_MAJFLT])
-            rec = self._faults.get(pid)
-            if rec is None or rec[0] != fields[STAT_STARTTIME]:
-                base = (mn, mj) if (first and not self.target.launched) else (0, 0)
-                rec = (fields[STAT_STARTTIME], base[0], base[1], base[0], base[1])
-            minor += mn - rec[3]
-            major += mj - rec[4]
-            self._faults[pid] = (rec[0], rec[1], rec[2], mn, mj)
-        for pid in [p for p in self._faults if p not in seen]:
-            rec = self._faults.pop(pid)
-            self._faults_gone[0] += rec[3] - rec[1]
-            self._faults_gone[1] += rec[4] - rec[2]
-        out: dict[str, float] = {}
-        if not first and now > self._faults_last_now:  # type: ignore[operator]
-            dt = now - self._faults_last_now  # type: ignore[operator]
-            out["memory.minor_faults_per_s"] = round(minor / dt, 1)
-            out["memory.major_faults_per_s"] = round(major / dt, 1)
-        self._faults_last_now = now
-        return out
+        delta = self._faults.update({pid: (p.starttime, (p.minor_faults, p.major_faults)) for pid, p in stats.items()})
+        last, self._faults_last_now = self._faults_last_now, now
+        if last is None:
+            return {}
+        return rates(("memory.minor_faults_per_s", "memory.major_faults_per_s"), delta, now - last)
 
     def _system(self, now: float) -> dict[str, float]:
         self._system_last_now = now
-        info = system_memory(proc_files(self.target))  # type: ignore[arg-type]
+        info = system_memory(self.target.proc_files)  # type: ignore[union-attr]
         if "MemTotal" not in info:
             return {}
         avail = info.get("MemAvailable", 0)
@@ -218,14 +200,13 @@ class MemoryCollector:
             minor, major = exact["minflt"], exact["majflt"]
             for pid in alive:
                 fields = proc_stat(pid)
-                known = self._faults.get(pid)
-                if fields is not None and (known is None or fields[STAT_STARTTIME] == known[0]):
+                known = self._faults.starttime(pid)
+                if fields is not None and (known is None or int(fields[STAT_STARTTIME]) == known):
                     minor += int(fields[STAT_MINFLT])
                     major += int(fields[STAT_MAJFLT])
                     peak = max(peak, proc_hwm(pid) or 0)
         else:
-            minor = self._faults_gone[0] + sum(r[3] - r[1] for r in self._faults.values())
-            major = self._faults_gone[1] + sum(r[4] - r[2] for r in self._faults.values())
+            minor, major = self._faults.total
             peak = max(peak, self._hwm_peak)
         out["peak_rss_bytes"] = int(peak)
         out["peak_rss_source"] = source

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from perfpilot.profilers.hardware import POWERCAP, NvmlDevices, estimate_note, find_rapl_zones
 from perfpilot.profilers.procfs import PAGE_SIZE, parse_io
 
 CLEAR_REFS = "/proc/self/clear_refs"
@@ -56,12 +57,6 @@ STATUS = "/proc/self/status"
 STATM = "/proc/self/statm"
 PROC_IO = "/proc/self/io"
 TASKS = "/proc/self/task"
-RAPL_ROOT = Path("/sys/class/powercap")
-# Used only when the caller passes no estimate basis (the pytest plugin passes the power
-# collector's, see perfpilot.plugins.power.watts_per_cpu); same default as that collector.
-# The figure is stated in every estimate so nobody mistakes it for a measurement.
-DEFAULT_WATTS_PER_CORE = 4.0
-TDP_ENV = "PERFPILOT_CPU_TDP_W"
 
 
 @dataclass
@@ -278,53 +273,33 @@ def _waits(before: dict[int, int], after: dict[int, int]) -> tuple[float, float]
 
 
 class _Rapl:
-    """Package-level RAPL energy counters (``intel-rapl:N``), with wrap-around."""
+    """The CPU domain's RAPL zones (the packages: :mod:`perfpilot.profilers.hardware`'s
+    zone rule), read as raw counters so that nested blocks need no shared state."""
 
-    def __init__(self) -> None:
-        self.zones: list[tuple[Path, float]] = []
-        try:
-            candidates = sorted(RAPL_ROOT.glob("intel-rapl:[0-9]*"))
-        except OSError:
-            candidates = []
-        for zone in candidates:
-            if zone.name.count(":") != 1:  # sub-zones (core, dram) are inside the package
-                continue
-            try:
-                float((zone / "energy_uj").read_text())
-                top = float((zone / "max_energy_range_uj").read_text())
-            except (OSError, ValueError):
-                continue
-            self.zones.append((zone / "energy_uj", top))
+    def __init__(self, root: Path | str = POWERCAP) -> None:
+        zones, _ = find_rapl_zones(root)
+        self.zones = [z for z in zones if z.domain == "cpu"]
 
-    def read(self) -> list[float]:
-        return [float(path.read_text()) for path, _ in self.zones]
+    def read(self) -> list[int]:
+        return [zone.energy_uj() for zone in self.zones]
 
-    def joules(self, before: list[float], after: list[float]) -> float:
-        total = 0.0
-        for (_, top), a, b in zip(self.zones, before, after):
-            total += (b - a) if b >= a else (top - a + b)
-        return total / 1e6
+    def joules(self, before: list[int], after: list[int]) -> float:
+        return sum(zone.joules_between(a, b) for zone, a, b in zip(self.zones, before, after))
 
 
 class _Nvml:
-    """NVML total-energy counters (mJ) per GPU; absent without pynvml or a GPU."""
+    """NVML total-energy counters (mJ) of GPUs that have one; none without pynvml or a GPU.
+
+    Loaded through :func:`perfpilot.profilers.hardware.load_nvml`, so a FakeNVML
+    (``PERFPILOT_FAKE_NVML``, or installed in-process) stands in for it in tests."""
 
     def __init__(self) -> None:
-        self.handles: list[Any] = []
-        self.nvml: Any = None
-        try:
-            import pynvml  # noqa: PLC0415 - only when a meter is built, never at import
+        self.devices, _ = NvmlDevices.open()
+        self.indices = sorted(self.devices.energy_mj()) if self.devices is not None else []
 
-            pynvml.nvmlInit()
-            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-            for handle in handles:
-                pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-            self.nvml, self.handles = pynvml, handles
-        except Exception:  # noqa: BLE001 - no library, no driver, no GPU or no counter: no NVML energy
-            self.handles = []
-
-    def read(self) -> list[float]:
-        return [float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(h)) for h in self.handles]
+    def read(self) -> dict[int, int]:
+        assert self.devices is not None
+        return self.devices.energy_mj()
 
 
 def _torch_cuda() -> Any:
@@ -340,21 +315,6 @@ def _torch_cuda() -> Any:
     return None
 
 
-def watts_per_core(cpu_tdp_w: float | None = None) -> tuple[float, str]:
-    """Watts per busy logical core for the estimate, and the assumption in words."""
-    cores = os.cpu_count() or 1
-    tdp = cpu_tdp_w
-    if tdp is None:
-        try:
-            tdp = float(os.environ[TDP_ENV]) if os.environ.get(TDP_ENV) else None
-        except ValueError:
-            tdp = None
-    if tdp is not None and tdp > 0:
-        return tdp / cores, f"estimate: cpu seconds x {tdp:g} W TDP / {cores} cores"
-    return DEFAULT_WATTS_PER_CORE, (f"estimate: cpu seconds x {DEFAULT_WATTS_PER_CORE:g} W per busy core "
-                                    f"(set {TDP_ENV} to this CPU's TDP)")
-
-
 # Blocks in progress, outermost first. The high-water mark is per process, so a nested
 # block (a fixture measuring inside a measured test) must not lose the outer one's peak.
 _ACTIVE: list[_Start] = []
@@ -364,15 +324,15 @@ class BlockMeter:
     """Measures blocks in this process. Build one per session: it probes once what works."""
 
     def __init__(self, *, cpu_tdp_w: float | None = None, energy: bool = True,
-                 estimate: tuple[float, str] | None = None) -> None:
+                 estimate: tuple[float, str] | None = None, powercap_root: Path | str = POWERCAP) -> None:
         self.proc = _ProcFiles()
         self.hwm_resettable = self.proc.reset_hwm() and self.proc.vm_hwm() is not None
         self.proc_io = self.proc.io() is not None
         self.run_queue = _RunQueue()
-        self.rapl = _Rapl() if energy else None
+        self.rapl = _Rapl(powercap_root) if energy else None
         self.nvml = _Nvml() if energy else None
         self.energy = energy
-        self.watts_per_core, self.estimate_note = estimate or watts_per_core(cpu_tdp_w)
+        self.watts_per_core, self.estimate_note = estimate or estimate_note(cpu_tdp_w)
 
     def capabilities(self) -> dict[str, Any]:
         """What this meter measures here, and how (for reports)."""
@@ -383,7 +343,7 @@ class BlockMeter:
             "cpu_wait": "run_delay from /proc/self/task/*/schedstat" if self.run_queue.works
             else "unavailable (no /proc/<pid>/schedstat: kernel without CONFIG_SCHED_INFO)",
             "energy": ("rapl" if self.rapl and self.rapl.zones else "")
-            + (" + nvml" if self.nvml and self.nvml.handles else "")
+            + (" + nvml" if self.nvml and self.nvml.indices else "")
             or (self.estimate_note if self.energy else "off"),
         }
 
@@ -391,8 +351,8 @@ class BlockMeter:
         energy: dict[str, float] = {}
         if self.rapl is not None and self.rapl.zones:
             energy.update({f"rapl{i}": v for i, v in enumerate(self.rapl.read())})
-        if self.nvml is not None and self.nvml.handles:
-            energy.update({f"gpu{i}": v for i, v in enumerate(self.nvml.read())})
+        if self.nvml is not None and self.nvml.indices:
+            energy.update({f"gpu{i}": float(v) for i, v in self.nvml.read().items()})
         torch = _torch_cuda()
         if torch is not None:
             torch.cuda.reset_peak_memory_stats()
@@ -461,16 +421,17 @@ class BlockMeter:
     def _energy(self, start: _Start, sample: BlockSample) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         if self.rapl is not None and self.rapl.zones:
-            before = [start.energy[f"rapl{i}"] for i in range(len(self.rapl.zones))]
+            before = [int(start.energy[f"rapl{i}"]) for i in range(len(self.rapl.zones))]
             out["cpu"] = {"joules": self.rapl.joules(before, self.rapl.read()), "source": "rapl",
                           "note": "whole CPU package, not only this process"}
         else:
             out["cpu"] = {"joules": sample.cpu_s * self.watts_per_core, "source": "estimate",
                           "note": self.estimate_note}
-        if self.nvml is not None and self.nvml.handles:
-            for i, value in enumerate(self.nvml.read()):
-                out[f"gpu{i}"] = {"joules": (value - start.energy[f"gpu{i}"]) / 1e3, "source": "nvml_energy",
-                                  "note": "whole GPU, not only this process"}
+        if self.nvml is not None and self.nvml.indices:
+            for i, value in self.nvml.read().items():
+                if f"gpu{i}" in start.energy:
+                    out[f"gpu{i}"] = {"joules": (value - start.energy[f"gpu{i}"]) / 1e3, "source": "nvml_energy",
+                                      "note": "whole GPU, not only this process"}
         return out
 
     def measure(self) -> "_BlockContext":

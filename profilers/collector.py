@@ -40,6 +40,20 @@ class Collector(Protocol):
     def stop(self) -> dict[str, Any]: ...
 
 
+class CollectorSource(Protocol):
+    """What a profiling session needs from the caller's plugin registry
+    (:class:`perfpilot.registry.PluginSet` is one). ``profilers`` never builds a registry:
+    the front door, the agent and the daemon build one and hand it in."""
+
+    def make_collectors(self, settings: Any) -> list[Any]:
+        """Fresh collectors for one run, selected by ``settings.plugins`` / ``disable_plugins``."""
+        ...
+
+    def profile_finished(self, profile: Any) -> None:
+        """Tell the plugins that a Profile is complete."""
+        ...
+
+
 @dataclass
 class CollectorSlot:
     """One collector plus its health record (becomes ``profile.collectors[name]``)."""
@@ -51,16 +65,19 @@ class CollectorSlot:
     errors: list[str] = field(default_factory=list)
     disabled: bool = False
     started: bool = False
+    error_count: int = 0  # every error, also those past MAX_ERRORS_KEPT (a Prometheus counter)
     _consecutive: int = 0
 
     def record(self, where: str, exc: BaseException) -> None:
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         place = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
+        self.error_count += 1
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(f"{where}: {type(exc).__name__}: {exc}{place}")
 
     def status(self) -> dict[str, Any]:
-        return {"available": self.available, "reason": self.reason, "errors": list(self.errors), "disabled": self.disabled}
+        return {"available": self.available, "reason": self.reason, "errors": list(self.errors), "disabled": self.disabled,
+                "error_count": self.error_count}
 
 
 class CollectorSet:

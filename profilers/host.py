@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import platform
 import socket
 import sys
@@ -38,29 +37,23 @@ def machine_id() -> str:
 
 def gpu_names() -> list[dict[str, Any]]:
     """GPUs NVML can see; empty when there is no NVML or no GPU."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - any NVML failure means "no GPUs visible"
+    from perfpilot.profilers.hardware import NvmlDevices  # it needs cpu_model() from here
+
+    devices, _ = NvmlDevices.open()
+    if devices is None:
         return []
     try:
         gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-            gpus.append({"index": index, "name": name if isinstance(name, str) else name.decode(), "memory_bytes": int(memory)})
+        for index in range(len(devices.handles)):
+            name = devices.call(index, "nvmlDeviceGetName")
+            memory = devices.call(index, "nvmlDeviceGetMemoryInfo")
+            gpus.append({"index": index, "name": name if isinstance(name, str) else bytes(name or b"").decode(),
+                         "memory_bytes": int(memory.total) if memory is not None else None})
         return gpus
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - any NVML failure means "no GPUs visible"
         return []
     finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
-            pass
+        devices.close()
 
 
 @functools.lru_cache(maxsize=1)

@@ -169,23 +169,39 @@ class StderrTee:
         return list(self.captured)
 
 
-@dataclass
-class _Capture:
-    tee: StderrTee
-    options: Any
-    used_env: bool
-    argv: list[str] = field(default_factory=list)
-
-
-_ACTIVE: dict[int, _Capture] = {}
-
-
 def is_python_command(argv: list[str]) -> bool:
     return bool(argv) and bool(_PYTHON.match(Path(argv[0]).name))
 
 
-def prepare(argv: list[str], options: Any) -> tuple[list[str], Any]:
-    """Arrange for import times to be printed and captured; call :func:`finish` after."""
+@dataclass
+class ImportCapture:
+    """A run arranged to print its import times: launch :attr:`argv` with
+    :attr:`options`, then call :meth:`finish` (the state lives here, not in the module)."""
+
+    argv: list[str]
+    options: Any
+    used_env: bool
+    tee: StderrTee = field(repr=False)
+    done: bool = False
+
+    def finish(self, profile: Any | None) -> None:
+        """Stop capturing and record the slowest imports on ``profile`` (None: only stop)."""
+        if self.done:
+            return
+        self.done = True
+        lines = self.tee.close()
+        if profile is None:  # the run failed before a Profile existed: just stop capturing
+            return
+        result = summarise(parse(lines))
+        result["how"] = "PYTHONPROFILEIMPORTTIME=1" if self.used_env else "-X importtime"
+        profile.annotations["imports"] = result
+        if result["count"]:
+            profile.summary["import_time_s"] = result["total_us"] / 1e6
+
+
+def prepare(argv: list[str], options: Any) -> ImportCapture:
+    """Arrange for import times to be printed and captured: run ``capture.argv`` with
+    ``capture.options``, then ``capture.finish(profile)``."""
     argv = list(argv)
     used_env = not is_python_command(argv)
     if used_env:
@@ -193,21 +209,4 @@ def prepare(argv: list[str], options: Any) -> tuple[list[str], Any]:
         options = dataclasses.replace(options, env=env)
     else:
         argv = [argv[0], "-X", "importtime", *argv[1:]]
-    capture = _Capture(StderrTee(), options, used_env, argv)
-    _ACTIVE[id(options)] = capture
-    return argv, options
-
-
-def finish(profile: Any | None, options: Any) -> None:
-    """Stop capturing and record the slowest imports on ``profile`` (None: only stop)."""
-    capture = _ACTIVE.pop(id(options), None)
-    if capture is None:
-        return
-    lines = capture.tee.close()
-    if profile is None:  # the run failed before a Profile existed: just stop capturing
-        return
-    result = summarise(parse(lines))
-    result["how"] = "PYTHONPROFILEIMPORTTIME=1" if capture.used_env else "-X importtime"
-    profile.annotations["imports"] = result
-    if result["count"]:
-        profile.summary["import_time_s"] = result["total_us"] / 1e6
+    return ImportCapture(argv, options, used_env, StderrTee())

@@ -9,7 +9,11 @@ planned look (:class:`~perfpilot.profilers.stats.StoppingPlan`) the primary metr
 judged; a clear verdict stops the runs early, an unclear one keeps them going up to
 ``max_runs``. The false-win rate stays at most ``1 - confidence`` despite the peeking
 (alpha split across the planned looks, a weighted Bonferroni; see
-:mod:`perfpilot.profilers.stats`).
+:mod:`perfpilot.profilers.stats`). Options the optimiser uses: stopping for futility
+(``stop_for_futility``: B cannot be better by the threshold) and reusing the unchanged
+baseline's runs (``reuse_a``, checked for drift by fresh anchor runs: see
+:class:`InterleavedRuns`). A near-deterministic primary metric (instructions) gets an
+extra look at 3 runs per side.
 
 A run that exits non-zero ends the comparison with :class:`RunFailed`: timing a crash
 against a success is meaningless, and a flaky command is the user's first problem.
@@ -23,14 +27,20 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from perfpilot.config import Settings
 from perfpilot.errors import ConfigError, PerfpilotError
-from perfpilot.profilers.metrics import MetricUnavailable, check_metric_names, metric_source, metric_value
+from perfpilot.profilers.metrics import (
+    MetricUnavailable,
+    check_metric_names,
+    is_deterministic,
+    metric_source,
+    metric_value,
+)
 from perfpilot.profilers.profile import Profile
-from perfpilot.profilers.stats import StoppingPlan, Verdict, verdict
+from perfpilot.profilers.stats import DETERMINISTIC_LOOK, MIXED, StoppingPlan, Verdict, verdict
 
 OnRun = Callable[[str, int, Profile], None]
 
@@ -91,6 +101,8 @@ class Comparison:
     looks_taken: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sources: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))  # files, for saved sets
+    stop_reason: str = ""  # clear, futility or max runs ("" for saved sets: one look)
+    reused_a: int = 0  # A's runs taken from an earlier comparison (CompareOptions.reuse_a)
 
     @property
     def primary_verdict(self) -> Verdict:
@@ -117,6 +129,8 @@ class Comparison:
             "primary": self.primary,
             "runs": self.runs,
             "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason,
+            "reused_a": self.reused_a,
             "stopping": None if self.plan is None else {
                 "looks": list(self.plan.looks), "looks_taken": list(self.looks_taken),
                 "confidence": self.plan.confidence,
@@ -216,7 +230,13 @@ def _values(profiles: Sequence[Profile], metric: str) -> list[float]:
 
 
 def _source(profiles: Sequence[Profile], metric: str) -> str:
-    return "estimate" if any(metric_source(p, metric) == "estimate" for p in profiles) else "measured"
+    """The runs' common source; ``estimate`` if any is one; ``mixed: ...`` when they differ."""
+    sources = sorted({metric_source(p, metric) for p in profiles})
+    if "estimate" in sources:
+        return "estimate"
+    if len(sources) > 1:
+        return MIXED + ", ".join(sources)
+    return sources[0] if sources else "measured"
 
 
 def _verdicts(a: Sequence[Profile], b: Sequence[Profile], metrics: Sequence[str], *, threshold: float | None,
@@ -240,117 +260,206 @@ def _available(profiles: Sequence[Profile], metric: str) -> bool:
 # --------------------------------------------------------------------- API
 
 
-def compare(
-    a: Arm,
-    b: Arm,
-    *,
-    metrics: Sequence[str] = ("wall",),
-    primary: str | None = None,
-    settings: Settings | None = None,
-    max_runs: int = 10,
-    min_runs: int = 5,
-    warmup: int = 1,
-    threshold: float | None = None,
-    confidence: float = 0.95,
-    on_run: OnRun | None = None,
-    capture_output: bool = False,
-    extra_metrics: Sequence[str] = (),
-    cpus: Sequence[int] | None = None,
-    plugin_set: Any = None,
-) -> Comparison:
-    """Measure A and B (see the module docstring) and judge every metric.
+@dataclass
+class CompareOptions:
+    """How :func:`compare` measures and judges; every field is also a keyword of it.
 
-    Added to the contract: ``extra_metrics`` are judged too when every run has them
-    (silently skipped otherwise); ``cpus`` pins every run to those CPUs; ``plugin_set``
-    reuses a :func:`perfpilot.registry.build_plugin_manager` result. ``on_run(side,
-    index, profile)`` is called after every run: side ``"A"``/``"B"``, index 0 for a
-    warm-up, 1.. for measured runs.
+    ``extra_metrics`` are judged too when every run has them (silently skipped
+    otherwise); ``cpus`` pins every run to those CPUs; ``plugin_set`` (required for
+    commands) is the caller's :func:`perfpilot.registry.build_plugin_manager` result.
+    ``on_run(side, index,
+    profile)`` is called after every run: side ``"A"``/``"B"``, index 0 for a warm-up,
+    1.. for measured runs. ``stop_for_futility``: stop as soon as B cannot be better by
+    the threshold (:class:`~perfpilot.profilers.stats.StoppingPlan`), for a search that
+    keeps only improvements. ``reuse_a``: A's measured runs from an earlier comparison
+    of the same, unchanged A (see :class:`InterleavedRuns`).
     """
-    from perfpilot.profilers.session import RunOptions, profile_command
-    from perfpilot.registry import build_plugin_manager
 
-    metrics = list(dict.fromkeys(metrics))
-    check_metric_names([*metrics, *extra_metrics])
-    primary = primary or metrics[0]
-    check_metric_names([primary])
-    if primary not in metrics:
-        metrics.insert(0, primary)
-    if max_runs < 2:
-        raise ConfigError(f"need at least 2 runs per side for a verdict, got {max_runs}", hint="use --runs 10")
-    if warmup < 0:
-        raise ConfigError(f"warm-up runs cannot be negative, got {warmup}")
-    plan = StoppingPlan(min(min_runs, max_runs), max_runs, confidence)
-    settings = (settings or Settings()).replace(stacks=False)
-    plugin_set = plugin_set if plugin_set is not None else build_plugin_manager()
-    argvs = {"A": pinned(a.argv(), cpus), "B": pinned(b.argv(), cpus)}
-    arms = {"A": a, "B": b}
-    runs: dict[str, list[Profile]] = {"A": [], "B": []}
-    failures: list[tuple[str, int, str]] = []
-    first_failed: Profile | None = None
-    total = 0
-    optional = [m for m in dict.fromkeys(extra_metrics) if m not in metrics]
+    metrics: Sequence[str] = ("wall",)
+    primary: str | None = None
+    settings: Settings | None = None
+    max_runs: int = 10
+    min_runs: int = 5
+    warmup: int = 1
+    threshold: float | None = None
+    confidence: float = 0.95
+    on_run: OnRun | None = None
+    capture_output: bool = False
+    extra_metrics: Sequence[str] = ()
+    cpus: Sequence[int] | None = None
+    plugin_set: Any = None
+    stop_for_futility: bool = False
+    reuse_a: Sequence[Profile] = ()
 
-    def run(side: str, index: int) -> Profile:
-        nonlocal total, first_failed
-        arm = arms[side]
-        options = RunOptions(env=arm.env, cwd=arm.cwd, capture_output=capture_output, stdin_devnull=True,
-                             plugin_set=plugin_set)
-        profile = profile_command(argvs[side], settings, options)
-        total += 1
+    def judged(self) -> tuple[list[str], str, list[str]]:
+        """(required metrics with the primary first, primary, optional extras); names checked."""
+        metrics = list(dict.fromkeys(self.metrics))
+        check_metric_names([*metrics, *self.extra_metrics])
+        primary = self.primary or metrics[0]
+        check_metric_names([primary])
+        if primary not in metrics:
+            metrics.insert(0, primary)
+        if self.max_runs < 2:
+            raise ConfigError(f"need at least 2 runs per side for a verdict, got {self.max_runs}", hint="use --runs 10")
+        if self.warmup < 0:
+            raise ConfigError(f"warm-up runs cannot be negative, got {self.warmup}")
+        return metrics, primary, [m for m in dict.fromkeys(self.extra_metrics) if m not in metrics]
+
+    def plan(self, primary: str) -> StoppingPlan:
+        early = DETERMINISTIC_LOOK if is_deterministic(primary) else 0
+        return StoppingPlan(min(self.min_runs, self.max_runs), self.max_runs, self.confidence,
+                            futility=self.stop_for_futility, deterministic_look=early)
+
+
+# Fresh A runs made even when A's runs are reused: they check that A still measures the same.
+ANCHOR_RUNS = 2
+
+
+class InterleavedRuns:
+    """The run loop of :func:`compare`: warm-ups, then A B A B ..., planned looks, failures.
+
+    **Reusing A's runs** (``options.reuse_a``): the optimiser compares many candidates
+    against one unchanged baseline, and measuring A afresh each time doubles the cost.
+    Reused runs fill A's side (the latest ``max_runs`` of them); only ``ANCHOR_RUNS``
+    fresh A runs are made, interleaved with B's first runs, then B runs alone until B
+    has as many as A. Reused runs were not interleaved with this B, so a machine that
+    drifted since would bias the ratio: if every anchor lies outside the reused runs'
+    range on the same side (for unchanged A this happens with probability
+    ``2 * 2 / ((r + 1)(r + 2))`` for ``r`` reused runs, 3% at 10: the check then
+    costs runs, never correctness), the reused runs are dropped and the comparison goes
+    on as a plain interleaved one, with a note. A drift smaller than A's own spread can
+    pass the check; reuse is meant for a baseline measured minutes before, on the same
+    machine, with the same command (checked against the anchors' recorded command).
+    """
+
+    def __init__(self, a: Arm, b: Arm, options: CompareOptions, metrics: Sequence[str], primary: str) -> None:
+        self.options, self.metrics, self.primary = options, list(metrics), primary
+        self.settings = (options.settings or Settings()).replace(stacks=False)
+        self.plugin_set = options.plugin_set
+        self.arms = {"A": a, "B": b}
+        self.argvs = {side: pinned(arm.argv(), options.cpus) for side, arm in self.arms.items()}
+        self.reused = list(options.reuse_a)[-options.max_runs:] if options.reuse_a else []
+        self.runs: dict[str, list[Profile]] = {"A": list(self.reused), "B": []}
+        self.fresh_a: list[Profile] = []
+        self.failures: list[tuple[str, int, str]] = []
+        self.first_failed: Profile | None = None
+        self.total = 0
+        self.notes: list[str] = []
+
+    def run(self, side: str, index: int) -> Profile:
+        from perfpilot.profilers.session import RunOptions, profile_command
+
+        arm = self.arms[side]
+        options = RunOptions(env=arm.env, cwd=arm.cwd, capture_output=self.options.capture_output,
+                             stdin_devnull=True, plugin_set=self.plugin_set)
+        profile = profile_command(self.argvs[side], self.settings, options)
+        self.total += 1
         if _failed(profile):
-            failures.append((side, index, _describe_exit(profile)))
-            first_failed = first_failed or profile
-        if on_run is not None:
-            on_run(side, index, profile)
+            self.failures.append((side, index, _describe_exit(profile)))
+            self.first_failed = self.first_failed or profile
+        if self.options.on_run is not None:
+            self.options.on_run(side, index, profile)
         return profile
 
-    def check_failures() -> None:
-        if failures:
-            raise RunFailed(_failure_message(failures, total, first_failed), failures=list(failures), profiles=runs,
+    def raise_failures(self) -> None:
+        if self.failures:
+            raise RunFailed(_failure_message(self.failures, self.total, self.first_failed),
+                            failures=list(self.failures), profiles=self.runs,
                             hint="run the failing command alone (perfpilot profile -- ...) to see why")
 
-    def check_metrics(profile: Profile, side: str) -> None:
-        for metric in metrics:
+    def check_metrics(self, profile: Profile, side: str) -> None:
+        for metric in self.metrics:
             try:
                 metric_value(profile, metric)
             except MetricUnavailable as exc:
                 raise MetricUnavailable(f"{side}: {exc.message}", hint=exc.hint) from None
 
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    for _ in range(warmup):
-        for side in ("A", "B"):
-            profile = run(side, 0)
-            check_failures()
-            check_metrics(profile, side)
+    def warm_up(self) -> None:
+        for _ in range(self.options.warmup):
+            for side in ("A", "B"):
+                profile = self.run(side, 0)
+                self.raise_failures()
+                self.check_metrics(profile, side)
 
-    looks_taken: list[int] = []
-    current: Verdict | None = None
-    for index in range(1, max_runs + 1):
-        for side in ("A", "B"):
-            runs[side].append(run(side, index))
-        check_failures()
-        if index == 1 and warmup == 0:
-            check_metrics(runs["A"][0], "A")
-            check_metrics(runs["B"][0], "B")
-        if plan.is_look(index):
-            looks_taken.append(index)
-            current, stop = plan.decide(_values(runs["A"], primary), _values(runs["B"], primary), metric=primary,
-                                        threshold=threshold, source=_source([*runs["A"], *runs["B"]], primary))
-            if stop:
-                break
+    def step(self, index: int) -> None:
+        """Measured run ``index`` of B, preceded by one of A when A's side needs it."""
+        if len(self.runs["A"]) < index or index <= ANCHOR_RUNS:
+            profile = self.run("A", len(self.fresh_a) + 1)
+            self.fresh_a.append(profile)
+            self.runs["A"].append(profile)
+        self.runs["B"].append(self.run("B", index))
+        self.raise_failures()
+        if index == 1:
+            self.check_metrics(self.fresh_a[0], "A")
+            self.check_metrics(self.runs["B"][0], "B")
+            if self.reused:
+                self._check_reused()
+        if index == ANCHOR_RUNS and self.reused:
+            self._drift_check()
+
+    def _check_reused(self) -> None:
+        command = self.fresh_a[0].target.get("command")
+        for i, profile in enumerate(self.reused, 1):
+            if _failed(profile):
+                raise ProfileSetError(f"reused A run {i} {_describe_exit(profile)}", hint="reuse only runs that passed")
+            if profile.target.get("command") != command:
+                raise ProfileSetError(f"reused A run {i} ran {profile.target.get('command')!r}, not A's {command!r}",
+                                      hint="reuse A's runs only for the same, unchanged command")
+            self.check_metrics(profile, f"A (reused run {i})")
+
+    def _drift_check(self) -> None:
+        old = _values(self.reused, self.primary)
+        new = _values(self.fresh_a[:ANCHOR_RUNS], self.primary)
+        if all(v > max(old) for v in new) or all(v < min(old) for v in new):
+            self.notes.append(
+                f"A's {len(self.reused)} reused runs were dropped: its {ANCHOR_RUNS} fresh runs all fell "
+                f"{'above' if new[0] > max(old) else 'below'} their range ({self.primary}), so the machine or A "
+                "changed since; A was measured afresh, interleaved with B")
+            self.runs["A"] = list(self.fresh_a)
+            self.reused = []
+
+    def measure(self, plan: StoppingPlan, threshold: float | None) -> tuple[Verdict, list[int], str]:
+        """Steps up to ``max_runs``, judging the primary metric at each look: (verdict, looks, stop reason)."""
+        looks_taken: list[int] = []
+        for index in range(1, plan.max_runs + 1):
+            self.step(index)
+            if plan.is_look(index):
+                looks_taken.append(index)
+                a, b = _values(self.runs["A"], self.primary), _values(self.runs["B"], self.primary)
+                current, _stop = plan.decide(a, b, metric=self.primary, threshold=threshold,
+                                             source=_source([*self.runs["A"], *self.runs["B"]], self.primary))
+                reason = plan.stop_reason(current, index)
+                if reason is not None:
+                    return current, looks_taken, reason
+        raise AssertionError("the last run is always a look")  # planned_looks ends at max_runs
+
+
+def compare(a: Arm, b: Arm, options: CompareOptions | None = None, **fields: Any) -> Comparison:
+    """Measure A and B (see the module docstring) and judge every metric.
+
+    Settings come as a :class:`CompareOptions` or as its fields by keyword (both: the
+    keywords override). Added to the contract: see :class:`CompareOptions`.
+    """
+    options = replace(options or CompareOptions(), **fields)
+    metrics, primary, optional = options.judged()
+    plan = options.plan(primary)
+    loop = InterleavedRuns(a, b, options, metrics, primary)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    loop.warm_up()
+    current, looks_taken, reason = loop.measure(plan, options.threshold)
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
-    n = len(runs["A"])
-    judged = [*metrics, *(m for m in optional if _available(runs["A"] + runs["B"], m))]
-    verdicts = _verdicts(runs["A"], runs["B"], [m for m in judged if m != primary], threshold=threshold,
-                         confidence=plan.confidence_at(n))
-    assert current is not None  # the last run is always a look
-    verdicts = {primary: current, **verdicts}
-    notes = [note for note in (_load_note(load_before, load_after),) if note]
+    runs_a, runs_b = loop.runs["A"], loop.runs["B"]
+    n = len(runs_b)
+    judged = [*metrics, *(m for m in optional if _available(runs_a + runs_b, m))]
+    others = _verdicts(runs_a, runs_b, [m for m in judged if m != primary], threshold=options.threshold,
+                       confidence=plan.confidence_at(n))
+    verdicts = {primary: current, **others}
+    notes = [note for note in (_load_note(load_before, load_after),) if note] + loop.notes
     return Comparison(
-        a=runs["A"], b=runs["B"], verdicts={m: verdicts[m] for m in judged}, runs=n,
-        stopped_early=n < max_runs, primary=primary, labels=(a.display(), b.display()), plan=plan,
-        looks_taken=looks_taken, notes=notes,
+        a=runs_a, b=runs_b, verdicts={m: verdicts[m] for m in judged}, runs=n, stopped_early=n < options.max_runs,
+        primary=primary, labels=(a.display(), b.display()), plan=plan, looks_taken=looks_taken, notes=notes,
+        stop_reason=reason, reused_a=len(loop.reused),
     )
 
 
@@ -462,11 +571,9 @@ def measure(
         return results
 
     from perfpilot.profilers.session import RunOptions, profile_command
-    from perfpilot.registry import build_plugin_manager
 
     arm = target if isinstance(target, Arm) else Arm(command=target)  # type: ignore[arg-type]
     settings = (settings or Settings()).replace(stacks=False)
-    plugin_set = plugin_set if plugin_set is not None else build_plugin_manager()
     argv = pinned(arm.argv(), cpus)
     profiles: list[Profile] = []
     for index in range(-warmup + 1, runs + 1):

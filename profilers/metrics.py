@@ -2,25 +2,32 @@
 
 Short names (what ``--metric`` takes) map onto the Profile's ``summary``:
 
-==============  ==================================================  =========
-name            reads                                               collector
-==============  ==================================================  =========
-``wall``        ``wall_s``                                          (session)
-``cpu``         ``cpu_user_s + cpu_system_s``                       cpu
-``peak_rss``    ``peak_rss_bytes``                                  memory
-``io``          ``io_read_bytes + io_write_bytes``                  io
-``io_read``     ``io_read_bytes``                                   io
-``io_write``    ``io_write_bytes``                                  io
-``energy``      sum of every ``energy`` domain's joules             power/gpu
-``energy.X``    the joules of energy domain ``X`` (``energy.cpu``)   power/gpu
-``gpu_memory``  ``gpu_memory_peak_bytes``                           gpu
-``gpu_util``    ``gpu_utilization_mean_pct``                        gpu
-==============  ==================================================  =========
+================  ==================================================  ============
+name              reads                                               collector
+================  ==================================================  ============
+``wall``          ``wall_s``                                          (session)
+``cpu``           ``cpu_user_s + cpu_system_s``                       cpu
+``peak_rss``      ``peak_rss_bytes``                                  memory
+``io``            ``io_read_bytes + io_write_bytes``                  io
+``io_read``       ``io_read_bytes``                                   io
+``io_write``      ``io_write_bytes``                                  io
+``energy``        sum of every ``energy`` domain's joules             power/gpu
+``energy.X``      the joules of energy domain ``X`` (``energy.cpu``)   power/gpu
+``gpu_memory``    ``gpu_memory_peak_bytes``                           gpu
+``gpu_util``      ``gpu_utilization_mean_pct``                        gpu
+``instructions``  ``instructions`` (source: ``instructions_source``)  instructions
+================  ==================================================  ============
 
 Any other summary key is accepted verbatim (``cpu_user_s``, ``reported.loss`` from
 :mod:`perfpilot.reporting`), and so is any series metric (``cpu.utilization_pct``),
 whose per-run value is the mean of its samples. Lower is better for all of them; the
 verdict words depend on :func:`metric_kind`.
+
+``instructions`` (user-space instructions of the whole process tree) is a count whose
+runs agree to a fraction of a percent (hardware counters, or valgrind with the hash seed
+pinned): :func:`is_deterministic` says so, and the verdict engine then decides it in a
+few runs on a ~1% threshold (:mod:`perfpilot.profilers.stats`). Its verdicts carry the
+figure's source (``pmu`` or ``valgrind``, from ``instructions_source``), as energy's do.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class Alias:
     collector: str
     kind: str
     description: str
+    source_key: str | None = None  # summary key naming where the figure came from
+    deterministic: bool = False  # runs of the same code give the same figure, near enough
 
 
 ALIASES: dict[str, Alias] = {
@@ -60,6 +69,9 @@ ALIASES: dict[str, Alias] = {
     "io_write": Alias(("io_write_bytes",), "io", "size", "storage bytes written"),
     "gpu_memory": Alias(("gpu_memory_peak_bytes",), "gpu", "size", "peak GPU memory, bytes"),
     "gpu_util": Alias(("gpu_utilization_mean_pct",), "gpu", "other", "mean GPU utilisation, %"),
+    "instructions": Alias(("instructions",), "instructions", "count",
+                          "user-space instructions retired, whole process tree",
+                          source_key="instructions_source", deterministic=True),
 }
 ENERGY = "energy"
 ENERGY_COLLECTORS = ("power", "gpu")
@@ -103,8 +115,18 @@ def check_metric_names(names: Iterable[str]) -> None:
         raise UnknownMetric(f"unknown metric {name!r}", hint=hint)
 
 
+def is_deterministic(name: str) -> bool:
+    """Whether runs of unchanged code give (near) the same figure, so few runs decide.
+
+    Only a promise about the metric; the engine still checks each comparison's runs
+    (a count that spreads is judged by the rank test like any other figure).
+    """
+    alias = ALIASES.get(name)
+    return alias is not None and alias.deterministic
+
+
 def metric_kind(name: str) -> str:
-    """``time`` (verdict words faster/slower), ``size`` or ``other`` (smaller/larger)."""
+    """``time`` (verdict words faster/slower), ``size``, ``count`` or ``other`` (smaller/larger)."""
     alias = ALIASES.get(name)
     if alias is not None:
         return alias.kind
@@ -188,11 +210,17 @@ def metric_value(profile: Profile, name: str) -> float:
 
 
 def metric_source(profile: Profile, name: str) -> str:
-    """``estimate`` when an energy figure rests on a model rather than a meter.
+    """Where the figure came from: ``estimate`` when an energy figure rests on a model
+    rather than a meter; an alias's own source label (``instructions``: ``pmu`` or
+    ``valgrind``); ``measured`` otherwise.
 
     A sum over energy domains counts as an estimate as soon as one of its parts is one:
     a partly modelled total must not be presented as a measurement.
     """
+    alias = ALIASES.get(name)
+    if alias is not None and alias.source_key is not None:
+        label = profile.summary.get(alias.source_key)
+        return str(label) if isinstance(label, str) and label else "measured"
     if name != ENERGY and not name.startswith(ENERGY + "."):
         return "measured"
     entries = _energy_entries(profile)

@@ -14,7 +14,7 @@ of 1% of one core (50 watched processes at a 1 s interval). psutil costs ~3x a r
   ``pread`` costs about half of open+read+close), and a 10 Hz sampler always runs on a
   cold cache;
 * :func:`stat_fields` / :func:`parse_stat` split ``/proc/<pid>/stat`` once, and the
-  callers share that one read (``perfpilot.plugins.cpu.tick_stats``).
+  collectors share that one read per tick (:mod:`perfpilot.profilers.snapshot`).
 
 Pid reuse: a descriptor of ``/proc/<pid>/...`` keeps pointing at *that* process. Once
 it is reaped, reads fail (ESRCH) instead of silently reading a new process that reused

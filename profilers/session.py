@@ -4,6 +4,11 @@ on one loop, reap the target for exact totals, and assemble the Profile.
 One sampler thread ticks at ``settings.interval`` on a monotonic schedule; the calling
 thread blocks in ``os.wait4`` so the target's exit is seen at once (wall time is not
 rounded up to the next tick).
+
+The collectors come from the caller: ``RunOptions.plugin_set`` is a
+:class:`~perfpilot.profilers.collector.CollectorSource` (the front door's
+``perfpilot.registry.build_plugin_manager()``); the engine never builds the registry.
+A launched run and an attached one share their start and finish (:class:`_Observation`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import psutil
 from perfpilot import reporting
 from perfpilot.config import Settings
 from perfpilot.errors import CommandNotExecutable, CommandNotFound, ConfigError, TargetError
-from perfpilot.profilers.collector import CollectorSet
+from perfpilot.profilers.collector import CollectorSet, CollectorSource
 from perfpilot.profilers.host import host_info
 from perfpilot.profilers.profile import Profile
 from perfpilot.profilers.target import Target, add_io, add_rusage, own_hwm_bytes, read_proc_io, rusage_to_dict
@@ -55,7 +60,9 @@ class RunOptions:
     capture_output: bool = False  # keep stdout/stderr on profile.output instead of passing through
     stdin_devnull: bool = False
     on_tick: TickCallback | None = None
-    plugin_set: Any = None  # a registry.PluginSet; built from the environment when None
+    # Where the collectors come from, and who hears that a profile is finished: a
+    # CollectorSource such as perfpilot.registry.PluginSet. Required; the caller builds it.
+    plugin_set: CollectorSource | None = None
     subreaper: bool = True
     # Count zombie children never seen in the tree as the target's orphans: only safe
     # when nothing else in this process starts children during the run (the CLI).
@@ -117,22 +124,13 @@ class _Sampler:
         return {"t": self.times, "values": values}
 
 
-def _plugin_set(options: RunOptions) -> Any:
+def _collectors_for(settings: Settings, options: RunOptions) -> CollectorSet:
     if options.plugin_set is None:
-        from perfpilot.registry import build_plugin_manager
-
-        options.plugin_set = build_plugin_manager()
-    return options.plugin_set
-
-
-def _collectors_for(settings: Settings, plugin_set: Any) -> CollectorSet:
-    registered = plugin_set.collectors(only=settings.plugins or None, disable=settings.disable_plugins)
-    instances = [entry.factory(settings) for entry in registered.values()]
-    return CollectorSet(instances)
-
-
-def _wall_summary(profile: Profile, wall: float) -> None:
-    profile.summary = {"wall_s": wall, **profile.summary}
+        # The caller owns the registry (dependency direction: the front door builds it).
+        raise ValueError("RunOptions.plugin_set is required: pass perfpilot.registry.build_plugin_manager()")
+    collectors = CollectorSet(options.plugin_set.make_collectors(settings))
+    collectors.check_available()
+    return collectors
 
 
 def _now_iso() -> str:
@@ -265,6 +263,122 @@ def _raise_launch_error(exc: OSError, argv: list[str], cwd: str) -> None:
     raise CommandNotExecutable(f"cannot execute {argv[0]}: {exc.strerror}") from None
 
 
+@dataclass
+class _Observation:
+    """What a launched and an attached run share: the collectors, the sampler thread and
+    the stacks, from the target's first moment to the finished Profile."""
+
+    collectors: CollectorSet
+    sampler: _Sampler
+    plugin_set: CollectorSource
+    started_at: str
+    stacks: Any = None
+    stacks_note: str | None = None
+
+    @classmethod
+    def start(cls, target: Target, collectors: CollectorSet, settings: Settings, options: RunOptions,
+              started_at: str) -> _Observation:
+        assert options.plugin_set is not None and target.started_at is not None
+        stacks, note = None, None
+        try:
+            # Before the collectors start: py-spy should attach the moment Python runs.
+            stacks = _start_stacks(target, settings)
+        except Exception as exc:  # noqa: BLE001 - stacks are optional; telemetry goes on
+            note = f"stacks unavailable: {exc}"
+        collectors.start(target)
+        sampler = _Sampler(collectors, target, settings.interval, target.started_at, options.on_tick)
+        sampler.start()
+        return cls(collectors, sampler, options.plugin_set, started_at, stacks, note)
+
+    def profile(self, target_info: dict[str, Any], wall: float) -> Profile:
+        """The Profile with every collector's totals (the sampler must be stopped)."""
+        profile = Profile(target=target_info, host=host_info(), started_at=self.started_at, duration_s=wall,
+                          series=self.sampler.series())
+        profile.summary = {"wall_s": wall, **self.collectors.stop()}
+        profile.collectors = self.collectors.status()
+        return profile
+
+    def finish(self, profile: Profile, interrupted: bool) -> Profile:
+        """Stacks into the Profile, plugins told; Ctrl-C re-raised with the Profile on it."""
+        if self.stacks is not None:
+            self.stacks.finish(profile)
+        elif self.stacks_note:
+            profile.annotations["stacks_note"] = self.stacks_note
+        self.plugin_set.profile_finished(profile)
+        if interrupted:
+            raise ProfileInterrupted(profile)
+        return profile
+
+
+@dataclass
+class _Launched:
+    popen: subprocess.Popen[bytes]
+    target: Target
+    metrics_path: str
+    children_before: set[int]
+    outputs: dict[str, bytes] = field(default_factory=dict)
+    readers: list[threading.Thread] = field(default_factory=list)
+
+
+def _launch(argv: list[str], settings: Settings, options: RunOptions) -> _Launched:
+    """Start the command with the reporting file in its environment (and its output
+    read by threads when captured)."""
+    metrics_fd, metrics_path = tempfile.mkstemp(prefix="perfpilot-metrics-", suffix=".jsonl")
+    os.close(metrics_fd)
+    env = {**os.environ, **{k: str(v) for k, v in (options.env or {}).items()}, reporting.ENV_VAR: metrics_path}
+    cwd = options.cwd or settings.cwd or os.getcwd()
+    pipe = subprocess.PIPE if options.capture_output else None
+    launcher_hwm = own_hwm_bytes()
+    children_before = _child_pids()
+    t0 = time.monotonic()
+    try:
+        popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=pipe, stderr=pipe,
+                                 stdin=subprocess.DEVNULL if options.stdin_devnull else None)
+    except OSError as exc:
+        os.unlink(metrics_path)
+        _raise_launch_error(exc, argv, cwd)
+    target = Target(pid=popen.pid, launched=True, command=argv, cwd=cwd, started_at=t0,
+                    marker=f"{reporting.ENV_VAR}={metrics_path}", launcher_hwm_bytes=launcher_hwm)
+    run = _Launched(popen, target, metrics_path, children_before)
+    if options.capture_output:
+        for name, stream in (("stdout", popen.stdout), ("stderr", popen.stderr)):
+            thread = threading.Thread(target=lambda n=name, s=stream: run.outputs.__setitem__(n, s.read()), daemon=True)
+            thread.start()
+            run.readers.append(thread)
+    return run
+
+
+def _wait_for_exit(run: _Launched, timeout: float | None) -> tuple[bool, bool]:
+    """Block until the target exits; its rusage and I/O go on the Target.
+    Returns (interrupted, timed_out)."""
+    target, popen = run.target, run.popen
+    timed_out = False
+    timer = None
+    if timeout:
+        def on_timeout() -> None:
+            nonlocal timed_out
+            timed_out = True
+            _kill_tree(target, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, on_timeout)
+        timer.daemon = True
+        timer.start()
+    with _InterruptForwarder(target) as forwarder:
+        # Wait without reaping first: the zombie's /proc/<pid>/io still holds the exact
+        # I/O of the whole waited-for tree (chars and syscalls have no rusage field).
+        os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+        target.exit_io = read_proc_io(popen.pid)
+        _pid, status, ru = os.wait4(popen.pid, 0)
+    assert target.started_at is not None
+    target.ended_at = time.monotonic()
+    if timer is not None:
+        timer.cancel()
+    popen.returncode = os.waitstatus_to_exitcode(status)
+    target.exit_rusage = rusage_to_dict(ru)
+    target.ended = True
+    return forwarder.interrupted, timed_out
+
+
 def profile_command(
     command: Sequence[str] | str,
     settings: Settings | None = None,
@@ -275,139 +389,43 @@ def profile_command(
     A string is split with ``shlex`` (no shell); pass ``["sh", "-c", "..."]`` for shell
     syntax. Ctrl-C (KeyboardInterrupt) stops the target, finishes the Profile, and
     re-raises only after the Profile is complete: the caller gets it on
-    ``exc.profile``.
+    ``exc.profile``. ``options.plugin_set`` (required) gives the collectors.
     """
     settings = settings or Settings()
     options = dataclasses.replace(options) if options else RunOptions()
     argv = _split_command(command)
-    collectors = _collectors_for(settings, _plugin_set(options))
-    collectors.check_available()
+    collectors = _collectors_for(settings, options)
     if options.subreaper:
         _set_child_subreaper()
-
-    metrics_fd, metrics_path = tempfile.mkstemp(prefix="perfpilot-metrics-", suffix=".jsonl")
-    os.close(metrics_fd)
-    env = {**os.environ, **{k: str(v) for k, v in (options.env or {}).items()}, reporting.ENV_VAR: metrics_path}
-    cwd = options.cwd or settings.cwd or os.getcwd()
-    pipe = subprocess.PIPE if options.capture_output else None
     started_at = _now_iso()
-    launcher_hwm = own_hwm_bytes()
-    children_before = _child_pids()
-    t0 = time.monotonic()
-    try:
-        popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdout=pipe,
-            stderr=pipe,
-            stdin=subprocess.DEVNULL if options.stdin_devnull else None,
-        )
-    except OSError as exc:
-        os.unlink(metrics_path)
-        _raise_launch_error(exc, argv, cwd)
-
-    target = Target(pid=popen.pid, launched=True, command=argv, cwd=cwd, started_at=t0,
-                    marker=f"{reporting.ENV_VAR}={metrics_path}", launcher_hwm_bytes=launcher_hwm)
-    outputs: dict[str, bytes] = {}
-    readers = []
-    if options.capture_output:
-        for name, stream in (("stdout", popen.stdout), ("stderr", popen.stderr)):
-            thread = threading.Thread(target=lambda n=name, s=stream: outputs.__setitem__(n, s.read()), daemon=True)
-            thread.start()
-            readers.append(thread)
-
-    stacks = None
-    try:
-        # Before the collectors start: py-spy should attach the moment Python runs.
-        stacks = _start_stacks(target, settings)
-    except Exception as exc:  # noqa: BLE001 - stacks are optional; telemetry goes on
-        stacks = None
-        collectors_note = f"stacks unavailable: {exc}"
-    else:
-        collectors_note = None
-    collectors.start(target)
-    sampler = _Sampler(collectors, target, settings.interval, t0, options.on_tick)
-    sampler.start()
-
-    timed_out = False
-    timer = None
-    if settings.timeout:
-        def on_timeout() -> None:
-            nonlocal timed_out
-            timed_out = True
-            _kill_tree(target, signal.SIGKILL)
-
-        timer = threading.Timer(settings.timeout, on_timeout)
-        timer.daemon = True
-        timer.start()
-
-    with _InterruptForwarder(target) as forwarder:
-        # Wait without reaping first: the zombie's /proc/<pid>/io still holds the exact
-        # I/O of the whole waited-for tree (chars and syscalls have no rusage field).
-        os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
-        target.exit_io = read_proc_io(popen.pid)
-        _pid, status, ru = os.wait4(popen.pid, 0)
-    interrupted = forwarder.interrupted
-    wall = time.monotonic() - t0
-    if timer is not None:
-        timer.cancel()
-    popen.returncode = os.waitstatus_to_exitcode(status)
-    target.exit_rusage = rusage_to_dict(ru)
-    target.ended = True
-    target.ended_at = t0 + wall
-
-    sampler.stop()
-    exclude = set(getattr(stacks, "spawned", ()))  # every py-spy, not the target's
-    target.orphan_rusage = _reap_orphans(target, exclude, options.claim_unseen_orphans, children_before)
-    for thread in readers:
+    run = _launch(argv, settings, options)
+    target, popen = run.target, run.popen
+    observed = _Observation.start(target, collectors, settings, options, started_at)
+    interrupted, timed_out = _wait_for_exit(run, settings.timeout)
+    assert target.started_at is not None and target.ended_at is not None
+    wall = target.ended_at - target.started_at
+    observed.sampler.stop()
+    exclude = set(getattr(observed.stacks, "spawned", ()))  # every py-spy, none of them the target's
+    target.orphan_rusage = _reap_orphans(target, exclude, options.claim_unseen_orphans, run.children_before)
+    for thread in run.readers:
         thread.join(timeout=5)
-
-    profile = Profile(
-        target={
-            "command": argv,
-            "cwd": cwd,
-            "pid": popen.pid,
-            "exit_code": popen.returncode if popen.returncode >= 0 else 128 - popen.returncode,
-            "signal": -popen.returncode if popen.returncode < 0 else None,
-            "attached": False,
-            "interrupted": interrupted,
-            "timed_out": timed_out,
-        },
-        host=host_info(),
-        started_at=started_at,
-        duration_s=wall,
-        series=sampler.series(),
-    )
-    profile.summary = collectors.stop()
-    _wall_summary(profile, wall)
-    reported, problems = reporting.read_reported(metrics_path)
-    os.unlink(metrics_path)
+    code = popen.returncode
+    profile = observed.profile({
+        "command": argv, "cwd": target.cwd, "pid": popen.pid, "exit_code": code if code >= 0 else 128 - code,
+        "signal": -code if code < 0 else None, "attached": False, "interrupted": interrupted, "timed_out": timed_out,
+    }, wall)
+    reported, problems = reporting.read_reported(run.metrics_path)
+    os.unlink(run.metrics_path)
     profile.summary.update(reported)
     if problems:
         profile.annotations["reported_metrics_problems"] = problems[:10]
-    profile.collectors = collectors.status()
-    if stacks is not None:
-        stacks.finish(profile)
-    elif collectors_note:
-        profile.annotations["stacks_note"] = collectors_note
     if options.capture_output:
-        profile.output = (outputs.get("stdout", b""), outputs.get("stderr", b""))
-    _finished(profile, options.plugin_set)
-    if interrupted:
-        raise ProfileInterrupted(profile)
-    return profile
+        profile.output = (run.outputs.get("stdout", b""), run.outputs.get("stderr", b""))
+    return observed.finish(profile, interrupted)
 
 
-def profile_pid(
-    pid: int,
-    duration: float | None,
-    settings: Settings | None = None,
-    options: RunOptions | None = None,
-) -> Profile:
-    """Attach to a running process tree for ``duration`` seconds (or until it exits)."""
-    settings = settings or Settings()
-    options = dataclasses.replace(options) if options else RunOptions()
+def _attach(pid: int) -> tuple[psutil.Process, list[str], str]:
+    """(the root process, its command line, its cwd) or a TargetError that says why not."""
     if pid <= 0:
         raise TargetError(f"--pid must be a positive process id, got {pid}")
     try:
@@ -425,59 +443,47 @@ def profile_pid(
         cwd = ""
     except psutil.NoSuchProcess:
         raise TargetError(f"process {pid} exited before it could be observed") from None
-    collectors = _collectors_for(settings, _plugin_set(options))
-    collectors.check_available()
-    target = Target(pid=pid, launched=False, command=command, cwd=cwd)
-    started_at = _now_iso()
-    t0 = time.monotonic()
-    target.started_at = t0
-    collectors.start(target)
-    sampler = _Sampler(collectors, target, settings.interval, t0, options.on_tick)
-    sampler.start()
-    stacks = None
-    note = None
+    return root, command, cwd
+
+
+def _watch(root: psutil.Process, end: float | None, interval: float) -> bool:
+    """Wait until ``root`` exits or ``end`` passes; True when Ctrl-C cut it short."""
     try:
-        stacks = _start_stacks(target, settings)
-    except Exception as exc:  # noqa: BLE001
-        note = f"stacks unavailable: {exc}"
-    interrupted = False
-    try:
-        end = None if duration is None else t0 + duration
         while root.is_running() and root.status() != psutil.STATUS_ZOMBIE:
             if end is not None and time.monotonic() >= end:
                 break
-            time.sleep(min(0.05, settings.interval))
+            time.sleep(min(0.05, interval))
     except KeyboardInterrupt:
-        interrupted = True
+        return True
     except psutil.NoSuchProcess:
         pass
+    return False
+
+
+def profile_pid(
+    pid: int,
+    duration: float | None,
+    settings: Settings | None = None,
+    options: RunOptions | None = None,
+) -> Profile:
+    """Attach to a running process tree for ``duration`` seconds (or until it exits).
+    ``options.plugin_set`` (required) gives the collectors."""
+    settings = settings or Settings()
+    options = dataclasses.replace(options) if options else RunOptions()
+    root, command, cwd = _attach(pid)
+    collectors = _collectors_for(settings, options)
+    target = Target(pid=pid, launched=False, command=command, cwd=cwd)
+    started_at = _now_iso()
+    t0 = target.started_at = time.monotonic()
+    observed = _Observation.start(target, collectors, settings, options, started_at)
+    interrupted = _watch(root, None if duration is None else t0 + duration, settings.interval)
     wall = time.monotonic() - t0
-    sampler.stop()
+    observed.sampler.stop()
     target.ended = True
     target.ended_at = t0 + wall
-    profile = Profile(
-        target={"command": command, "cwd": cwd, "pid": pid, "exit_code": None, "signal": None,
-                "attached": True, "interrupted": interrupted, "timed_out": False},
-        host=host_info(),
-        started_at=started_at,
-        duration_s=wall,
-        series=sampler.series(),
-    )
-    profile.summary = collectors.stop()
-    _wall_summary(profile, wall)
-    profile.collectors = collectors.status()
-    if stacks is not None:
-        stacks.finish(profile)
-    elif note:
-        profile.annotations["stacks_note"] = note
-    _finished(profile, options.plugin_set)
-    if interrupted:
-        raise ProfileInterrupted(profile)
-    return profile
-
-
-def _finished(profile: Profile, plugin_set: Any) -> None:
-    plugin_set.pm.hook.perfpilot_profile_finished(profile=profile)
+    profile = observed.profile({"command": command, "cwd": cwd, "pid": pid, "exit_code": None, "signal": None,
+                                "attached": True, "interrupted": interrupted, "timed_out": False}, wall)
+    return observed.finish(profile, interrupted)
 
 
 class ProfileInterrupted(KeyboardInterrupt):

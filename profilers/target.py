@@ -1,5 +1,7 @@
 """The target: a process tree (the launched command or an attached PID, plus every
-descendant), refreshed once per sampling tick and shared by all collectors.
+descendant), refreshed once per sampling tick and shared by all collectors, with the
+tick's one ``/proc/<pid>/stat`` read of the tree (:meth:`Target.snapshot`, see
+:mod:`perfpilot.profilers.snapshot`).
 
 Exact totals: when perfpilot launched the root, the session reaps it with
 ``os.wait4`` and hands its rusage to collectors as :attr:`Target.exit_rusage`. On Linux
@@ -25,7 +27,8 @@ from typing import Any
 
 import psutil
 
-from perfpilot.profilers.procfs import parse_io, read_file
+from perfpilot.profilers.procfs import ProcFiles, parse_io, read_file
+from perfpilot.profilers.snapshot import TreeSnapshot
 
 RUSAGE_FIELDS = ("utime", "stime", "maxrss_bytes", "minflt", "majflt", "inblock", "oublock", "nvcsw", "nivcsw")
 
@@ -200,8 +203,8 @@ class Target:
     _table: _PidTable | None = field(default=None, repr=False)
     _members: set[int] = field(default_factory=set, repr=False)
     _checked: set[int] = field(default_factory=set, repr=False)
-    # per-run scratch space collectors may share, e.g. one /proc/<pid>/stat read per tick
-    scratch: dict[str, Any] = field(default_factory=dict, repr=False)
+    _files: ProcFiles | None = field(default=None, repr=False)
+    _snapshot: TreeSnapshot | None = field(default=None, repr=False)
     _procs: dict[int, psutil.Process] = field(default_factory=dict, repr=False)
     _live: list[psutil.Process] = field(default_factory=list, repr=False)
     _seen: set[int] = field(default_factory=set, repr=False)
@@ -293,6 +296,23 @@ class Target:
                 return (self.marker or "").encode() in fh.read().split(b"\0")
         except OSError:
             return False
+
+    @property
+    def proc_files(self) -> ProcFiles:
+        """The run's kept-open ``/proc`` descriptors, shared by every collector."""
+        if self._files is None:
+            self._files = ProcFiles()
+        return self._files
+
+    def snapshot(self, now: float) -> TreeSnapshot:
+        """``/proc/<pid>/stat`` of every tree process at this tick, read once: every
+        collector sampled with the same ``now`` gets the same :class:`TreeSnapshot`."""
+        cached = self._snapshot
+        if cached is not None and cached.now == now:
+            return cached
+        snap = TreeSnapshot.read(now, (p.pid for p in self.processes()), self.proc_files)
+        self._snapshot = snap
+        return snap
 
     def processes(self) -> list[psutil.Process]:
         """The live tree as of the last refresh (root first)."""

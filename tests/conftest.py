@@ -11,6 +11,28 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _shadowed_install() -> str | None:
+    """Why ``perfpilot`` cannot be imported whole, or None. After a non-editable ``pip install .``,
+    ``python -m pytest`` from the checkout puts the checkout first on sys.path, and its ``perfpilot/``
+    folder (which holds neither agent/ nor profilers/: those are mapped in by the install) shadows
+    the installed package."""
+    import importlib.util
+
+    if importlib.util.find_spec("perfpilot.profilers") is not None:
+        return None
+    import perfpilot
+
+    return (f"perfpilot: {Path(perfpilot.__file__).parent} shadows the installed perfpilot (`python -m pytest` "
+            "puts the current folder first on sys.path); install this checkout editable with "
+            "`pip install -e \".[test]\"` (README's first line), or run the venv's `pytest` script instead")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    why = _shadowed_install()
+    if why is not None:
+        raise pytest.UsageError(why)  # one line and exit code 4, before any test module fails to import
+
+
 @pytest.fixture
 def perfpilot_cli():
     """Run the real `perfpilot` console script in a subprocess."""

@@ -18,6 +18,9 @@ from perfpilot.config import Settings
 from perfpilot.profilers.profile import Profile
 from perfpilot.profilers.target import own_hwm_bytes
 from perfpilot.profilers.session import RunOptions, profile_command, profile_pid
+from perfpilot.registry import build_plugin_manager
+
+PLUGINS = build_plugin_manager()  # the caller hands the session its collectors
 
 MiB = 1 << 20
 SETTINGS = Settings(stacks=False)
@@ -42,7 +45,7 @@ def burn(tmp_path: Path) -> Path:
 
 
 def _run(argv: list[str], **kw: object) -> Profile:
-    return profile_command(argv, SETTINGS, RunOptions(capture_output=True, **kw))  # type: ignore[arg-type]
+    return profile_command(argv, SETTINGS, RunOptions(plugin_set=PLUGINS, capture_output=True, **kw))  # type: ignore[arg-type]
 
 
 def _cpu(profile: Profile) -> float:
@@ -159,7 +162,7 @@ def test_attached_process_cpu_since_attach_is_sampled_within_10_percent(tmp_path
 
     try:
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
-        profile = profile_pid(child.pid, None, SETTINGS, RunOptions(on_tick=go_after_attaching))
+        profile = profile_pid(child.pid, None, SETTINGS, RunOptions(plugin_set=PLUGINS, on_tick=go_after_attaching))
     finally:
         child.wait()
     burned = float(report.read_text())

@@ -18,6 +18,9 @@ from perfpilot.plugins.gpu import GpuCollector
 from perfpilot.profilers.session import RunOptions, profile_command
 from perfpilot.profilers.target import Target
 from perfpilot.testing import FakeClock, FakeNVML
+from perfpilot.registry import build_plugin_manager
+
+PLUGINS = build_plugin_manager()  # the caller hands the session its collectors
 
 GiB = 1 << 30
 
@@ -190,7 +193,7 @@ def test_gpu_lost_mid_run_disables_the_gpu_collector_and_the_rest_keeps_working(
         "errors": [{"function": "nvmlDeviceGetUtilizationRates", "error": "GPU_IS_LOST", "after_calls": 2}],
     })
     profile = profile_command([sys.executable, "-c", "import time; time.sleep(1.0)"], Settings(stacks=False),
-                              RunOptions(capture_output=True))
+                              RunOptions(plugin_set=PLUGINS, capture_output=True))
     assert profile.exit_code == 0
     gpu = profile.collectors["gpu"]
     assert gpu["disabled"] is True
@@ -209,7 +212,7 @@ def test_a_transient_nvml_error_is_recorded_but_sampling_goes_on(fake_nvml_env: 
     fake_nvml_env({"gpus": [{}], "errors": [{"function": "nvmlDeviceGetMemoryInfo", "error": "UNKNOWN",
                                              "after_calls": 1, "count": 1}]})
     profile = profile_command([sys.executable, "-c", "import time; time.sleep(0.6)"], Settings(stacks=False),
-                              RunOptions(capture_output=True))
+                              RunOptions(plugin_set=PLUGINS, capture_output=True))
     gpu = profile.collectors["gpu"]
     assert gpu["disabled"] is False
     assert len(gpu["errors"]) == 1 and "Unknown Error" in gpu["errors"][0]

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from perfpilot.config import Settings
 from perfpilot.plugins.io import IoCollector, net_bytes, parse_io, physical_disks
 from perfpilot.profilers.session import RunOptions, profile_command, profile_pid
+from perfpilot.registry import build_plugin_manager
+
+PLUGINS = build_plugin_manager()  # the caller hands the session its collectors
 
 MiB = 1 << 20
 SETTINGS = Settings(stacks=False)
@@ -36,9 +40,14 @@ def test_physical_disks_skip_partitions_loop_and_device_mapper(tmp_path: Path) -
     assert physical_disks(str(tmp_path / "absent")) == set()
 
 
-def test_network_counters_are_readable() -> None:
-    recv, sent = net_bytes()
-    assert recv >= 0 and sent >= 0
+def test_network_counters_agree_with_psutil_read_between_them() -> None:
+    before = net_bytes()
+    nics = psutil.net_io_counters(pernic=True)
+    after = net_bytes()
+    recv = sum(c.bytes_recv for name, c in nics.items() if name != "lo")
+    sent = sum(c.bytes_sent for name, c in nics.items() if name != "lo")
+    # counters only grow: a right parse of /proc/net/dev brackets psutil's read
+    assert before[0] <= recv <= after[0] and before[1] <= sent <= after[1]
 
 
 def test_reads_that_miss_the_page_cache_are_storage_reads(tmp_path: Path) -> None:
@@ -49,7 +58,7 @@ def test_reads_that_miss_the_page_cache_are_storage_reads(tmp_path: Path) -> Non
         os.fsync(fh.fileno())
         os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # evict: the child must hit the disk
     code = f"f = open({str(data)!r}, 'rb', buffering=0)\nwhile f.read(1 << 20): pass\n"
-    profile = profile_command([sys.executable, "-c", code], SETTINGS, RunOptions(capture_output=True))
+    profile = profile_command([sys.executable, "-c", code], SETTINGS, RunOptions(plugin_set=PLUGINS, capture_output=True))
     s = profile.summary
     if s["io_read_bytes"] == 0:
         pytest.skip("this filesystem does not account storage reads")
@@ -66,7 +75,7 @@ def test_orphans_io_is_counted(tmp_path: Path) -> None:
     writer_file.write_text(writer)
     script = f"({sys.executable} {writer_file} &); while [ ! -s {done} ]; do sleep 0.05; done; sleep 0.2"
     # The writer may live less than one tick; as in the CLI, unseen orphans are claimed.
-    profile = profile_command(["sh", "-c", script], SETTINGS, RunOptions(capture_output=True, claim_unseen_orphans=True))
+    profile = profile_command(["sh", "-c", script], SETTINGS, RunOptions(plugin_set=PLUGINS, capture_output=True, claim_unseen_orphans=True))
     assert 4 * MiB <= profile.summary["io_write_chars"] <= 4 * MiB + 256 * 1024
     assert profile.summary["io_write_syscalls"] >= 64
 
@@ -91,7 +100,7 @@ def test_attached_tree_does_not_double_count_what_a_parent_reaps() -> None:
 
     try:
         assert root.stdout is not None and root.stdout.readline().endswith("ready\n")
-        profile = profile_pid(root.pid, None, SETTINGS, RunOptions(on_tick=go_after_attaching))
+        profile = profile_pid(root.pid, None, SETTINGS, RunOptions(plugin_set=PLUGINS, on_tick=go_after_attaching))
     finally:
         root.kill()
         root.wait()
@@ -99,7 +108,7 @@ def test_attached_tree_does_not_double_count_what_a_parent_reaps() -> None:
     assert 4 * MiB <= profile.summary["io_write_chars"] <= 4 * MiB + 256 * 1024
 
 
-def test_collector_rates_system_figures_at_two_hertz() -> None:
+def test_collector_counts_what_this_process_writes_between_samples(tmp_path: Path) -> None:
     from perfpilot.profilers.target import Target
 
     target = Target(pid=os.getpid(), launched=False)
@@ -108,9 +117,32 @@ def test_collector_rates_system_figures_at_two_hertz() -> None:
     assert collector.available() == (True, "")
     collector.start(target)
     first = collector.sample(5.0)
-    assert collector.sample(5.1) == {}  # not due yet
+    with open(tmp_path / "out.bin", "wb", buffering=0) as fh:
+        for _ in range(16):
+            fh.write(b"x" * 65536)
+    assert collector.sample(5.1) == {}  # not due yet: twice a second
     third = collector.sample(5.6)
     summary = collector.stop()
-    assert "io.read_chars_bytes" in first and "io.disk_write_bytes_per_s" not in first
-    assert third["io.disk_write_bytes_per_s"] >= 0 and third["io.net_recv_bytes_per_s"] >= 0
-    assert summary["io_read_chars"] >= 0 and summary["io_disk_read_bytes"] >= 0
+    assert first["io.write_chars_bytes"] == 0  # attached: counted from the first sample
+    assert 1 * MiB <= third["io.write_chars_bytes"] <= 1 * MiB + 64 * 1024
+    assert third["io.write_syscalls"] >= 16
+    assert "io.disk_write_bytes_per_s" not in first and third["io.disk_write_bytes_per_s"] >= 0
+    assert 1 * MiB <= summary["io_write_chars"] <= 1 * MiB + 64 * 1024
+
+
+def test_storage_writes_and_memory_are_measured_with_the_cpu_collector_disabled(tmp_path: Path) -> None:
+    out = tmp_path / "out.bin"
+    code = (f"import os\nb = bytearray({64 * MiB})\nb[::4096] = b'\\x01' * len(b[::4096])\n"
+            f"with open({str(out)!r}, 'wb') as fh:\n    fh.write(os.urandom({8 * MiB}))\n"
+            "    fh.flush()\n    os.fsync(fh.fileno())\n")
+    settings = Settings(stacks=False, disable_plugins=["cpu"])
+    profile = profile_command([sys.executable, "-c", code], settings, RunOptions(plugin_set=PLUGINS, capture_output=True))
+    s = profile.summary
+    assert "cpu" not in profile.collectors and "cpu_user_s" not in s
+    assert profile.collectors["io"]["errors"] == [] and profile.collectors["memory"]["errors"] == []
+    if s["io_write_bytes"] == 0:
+        pytest.skip("this filesystem does not account storage writes")
+    assert 8 * MiB <= s["io_write_bytes"] <= 9 * MiB  # the file, plus a little metadata
+    assert 8 * MiB <= s["io_write_chars"] <= 8 * MiB + 256 * 1024
+    assert s["peak_rss_bytes"] >= 64 * MiB
+    assert max(v for v in profile.series["values"]["memory.rss_bytes"] if v is not None) <= s["peak_rss_bytes"]

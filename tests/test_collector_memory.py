@@ -15,6 +15,9 @@ from perfpilot.config import Settings
 from perfpilot.plugins.memory import SMAPS_MIN_INTERVAL_S, MemoryCollector, proc_smaps_rollup, system_memory
 from perfpilot.profilers.session import RunOptions, profile_command, profile_pid
 from perfpilot.profilers.target import Target, own_hwm_bytes
+from perfpilot.registry import build_plugin_manager
+
+PLUGINS = build_plugin_manager()  # the caller hands the session its collectors
 
 MiB = 1 << 20
 
@@ -76,7 +79,7 @@ def test_page_faults_are_exact_from_rusage(tmp_path) -> None:
         "ru = resource.getrusage(resource.RUSAGE_SELF)\n"
         f"open({str(report)!r}, 'w').write(repr(ru.ru_minflt))\n"
     )
-    profile = profile_command([sys.executable, "-c", code], Settings(stacks=False), RunOptions(capture_output=True))
+    profile = profile_command([sys.executable, "-c", code], Settings(stacks=False), RunOptions(plugin_set=PLUGINS, capture_output=True))
     own = int(report.read_text())
     assert own >= size // 4096
     assert own <= profile.summary["memory_minor_faults"] <= own + 2000
@@ -84,14 +87,19 @@ def test_page_faults_are_exact_from_rusage(tmp_path) -> None:
     assert profile.summary["peak_rss_bytes"] >= size
 
 
-def test_attached_peak_rss_is_sampled() -> None:
-    code = "import sys, time\nb = b'\\x01' * (200 << 20)\nprint('ready', flush=True)\ntime.sleep(30)\n"
+def test_attached_peak_rss_is_sampled_and_faults_count_from_attach() -> None:
+    code = ("import resource, sys, time\nb = b'\\x01' * (200 << 20)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt, flush=True)\ntime.sleep(30)\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        assert child.stdout is not None and child.stdout.readline() == "ready\n"
-        profile = profile_pid(child.pid, 0.35, Settings(stacks=False))
+        assert child.stdout is not None
+        faults_before = int(child.stdout.readline())
+        profile = profile_pid(child.pid, 0.35, Settings(stacks=False), RunOptions(plugin_set=PLUGINS))
     finally:
         child.kill()
         child.wait()
     assert profile.summary["peak_rss_bytes"] == pytest.approx(200 * MiB, rel=0.10)
-    assert profile.summary["memory_major_faults"] >= 0
+    assert profile.summary["peak_rss_source"] == "sampled"
+    # the 200 MiB were touched before the attach: a sleeping process adds next to none
+    assert faults_before > 200
+    assert 0 <= profile.summary["memory_minor_faults"] < faults_before / 10

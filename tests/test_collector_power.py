@@ -15,11 +15,14 @@ import pytest
 
 from perfpilot import hookimpl
 from perfpilot.config import Settings
-from perfpilot.plugins.power import PowerCollector, find_rapl_zones, watts_per_cpu
+from perfpilot.plugins.power import PowerCollector
+from perfpilot.profilers.hardware import find_rapl_zones, watts_per_cpu
 from perfpilot.profilers.session import RunOptions, profile_command
 from perfpilot.profilers.target import Target
 from perfpilot.registry import build_plugin_manager
 from perfpilot.testing import FakeClock, FakeNVML
+
+PLUGINS = build_plugin_manager()  # the caller hands the session its collectors
 
 MAX_RANGE = 262_143_328_850  # a real package's max_energy_range_uj
 
@@ -229,11 +232,11 @@ def test_nvml_failure_marks_gpu_energy_incomplete_and_keeps_the_rest(tmp_path: P
 
 def test_watts_per_cpu_from_config_table_or_a_stated_default() -> None:
     cpus = psutil.cpu_count(logical=True)
-    watts, basis = watts_per_cpu(Settings(cpu_tdp_w=50.0))
+    watts, basis = watts_per_cpu(Settings(cpu_tdp_w=50.0).cpu_tdp_w)
     assert watts == pytest.approx(50.0 / cpus) and "cpu_tdp_w" in basis
-    watts, basis = watts_per_cpu(Settings(), model="AMD EPYC 7763 64-Core Processor")
+    watts, basis = watts_per_cpu(None, model="AMD EPYC 7763 64-Core Processor")
     assert watts == pytest.approx(280.0 / 128) and "TDP table" in basis
-    watts, basis = watts_per_cpu(Settings(), model="Intel(R) Xeon(R) Processor")
+    watts, basis = watts_per_cpu(None, model="Intel(R) Xeon(R) Processor")
     assert watts == 4.0 and "not in the TDP table" in basis
 
 
@@ -242,7 +245,7 @@ def test_this_machine_gets_an_honest_labelled_estimate(tmp_path: Path) -> None:
         pytest.skip("this machine has readable RAPL counters")
     code = "import time\nwhile time.process_time() < 0.3: pass\n"
     settings = Settings(stacks=False, cpu_tdp_w=20.0)
-    profile = profile_command([sys.executable, "-c", code], settings, RunOptions(capture_output=True))
+    profile = profile_command([sys.executable, "-c", code], settings, RunOptions(plugin_set=PLUGINS, capture_output=True))
     entry = profile.summary["energy"]["cpu"]
     cpu_s = profile.summary["cpu_user_s"] + profile.summary["cpu_system_s"]
     assert entry["source"] == "estimate" and entry["scope"] == "target"
@@ -250,6 +253,19 @@ def test_this_machine_gets_an_honest_labelled_estimate(tmp_path: Path) -> None:
     assert entry["joules"] == pytest.approx(cpu_s * 20.0 / psutil.cpu_count(logical=True))
     assert entry["assumptions"].startswith("estimate, not a measurement")
     assert "cpu_tdp_w = 20 W" in entry["assumptions"]
-    assert any(v for v in profile.series["values"].get("power.cpu_estimate_w", []) if v is not None) or \
-        len(profile.series["t"]) < 12  # the estimate series is once a second
-    assert "power.cpu_w" not in profile.series["values"]  # never shown as a measurement
+    # The estimate per tick, under the series name RAPL uses (the summary says it is an
+    # estimate): one point per tick that has a CPU utilisation, each that tick's busy
+    # cores x the stated watts per busy CPU.
+    values = profile.series["values"]
+    watts, util = values["power.cpu_w"], values["cpu.utilization_pct"]
+    per_cpu = entry["watts_per_busy_cpu"]
+    pairs = [(w, u) for w, u in zip(watts, util) if u is not None]
+    assert len(pairs) >= 3 and all(w is not None for w, _ in pairs)
+    assert sum(1 for w in watts if w is not None) == len(pairs)
+    for w, u in pairs:  # both from the tick's one /proc read; rounding only
+        assert w == pytest.approx(u / 100.0 * per_cpu, abs=0.01)
+    # Each point x its tick is that tick's estimated joules: together, the CPU seconds the
+    # ticks saw (all but the start-up before the first tick and the exit after the last).
+    times = profile.series["t"]
+    ticked = sum(w * (t - t_prev) for w, t, t_prev in zip(watts[1:], times[1:], times) if w is not None)
+    assert 0.5 * entry["joules"] <= ticked <= entry["joules"] + 0.01

@@ -165,3 +165,51 @@ def test_estimated_energy_is_labelled_in_table_and_html() -> None:
     assert "no change" in next(line for line in text.splitlines() if line.strip().startswith("wall"))
     page = compare_html.render(result)
     assert "smaller (estimate)" in page and "joules (estimate)" in page
+
+
+def _rendered(comparison) -> tuple[str, str]:
+    from rich.console import Console
+
+    from perfpilot.cli.compare import render_terminal
+    from perfpilot.profilers.renderers import compare_html
+
+    console = Console(record=True, width=400)
+    render_terminal(comparison, console)
+    return " ".join(console.export_text().split()), compare_html.render(comparison)
+
+
+@pytest.mark.parametrize(("runs", "level"), [(5, "98.3% CI"), (10, "96.7% CI")])
+def test_printed_ci_level_is_the_level_computed(runs: int, level: str) -> None:
+    """Looks at 5 and 10 runs split alpha 0.05 as 0.0167 and 0.0333: the CI printed is the one computed."""
+    from perfpilot.profilers.measure import Comparison
+    from perfpilot.profilers.stats import StoppingPlan
+
+    plan = StoppingPlan(5, 10)
+    a = [0.2 + 0.004 * ((7 * i) % 5) for i in range(runs)]
+    v, _ = plan.decide(a, [0.7 * x for x in a], metric="wall")
+    assert v.confidence == pytest.approx(plan.confidence_at(runs))
+    comparison = Comparison(a=[], b=[], verdicts={"wall": v}, runs=runs, stopped_early=False, primary="wall",
+                            plan=plan, looks_taken=[n for n in plan.looks if n <= runs], stop_reason="clear")
+    text, page = _rendered(comparison)
+    assert f"B/A [{level}]" in text and f"wall: {level}, threshold" in text
+    assert f"B/A [{level}]" in page and f"with a {level} (percentile bootstrap)" in page
+    assert "95% CI" not in text + page and "95.0%" not in text + page
+
+
+def test_deterministic_verdict_shows_its_source_and_a_noise_bound() -> None:
+    from perfpilot.profilers.measure import compare_profiles
+    from perfpilot.profilers.profile import Profile
+
+    def run(command: str, count: int) -> Profile:
+        return Profile(target={"command": [command], "exit_code": 0}, host={"machine_id": "m"},
+                       summary={"wall_s": 1.0, "instructions": count, "instructions_source": "valgrind"})
+
+    a = [run("old", 396_590_000 + d) for d in (0, 90_000, 140_000)]
+    b = [run("new", 404_500_000 + d) for d in (0, 60_000, 120_000)]
+    result = compare_profiles(a, b, metrics=["instructions"])
+    v = result.primary_verdict
+    assert v.rule == "deterministic" and v.source == "valgrind" and v.verdict == "larger" and v.regressed
+    text, page = _rendered(result)
+    assert re.search(r"instructions \(valgrind\) 396\.68M 404\.56M 1\.020 \[1\.01\d, 1\.02\d\] .* 3/3 .* larger", text), text
+    assert "B/A [noise bound]" in text and "instructions: noise bound (valgrind)" in text
+    assert "near-deterministic" in text and "noise bound" in page and "instructions</b> (valgrind)" in page

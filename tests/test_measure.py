@@ -12,6 +12,7 @@ from perfpilot.config import Settings
 from perfpilot.errors import ConfigError, PerfpilotError
 from perfpilot.profilers.measure import (
     Arm,
+    CompareOptions,
     ProfileSetError,
     RunFailed,
     compare,
@@ -217,3 +218,45 @@ def test_compare_profiles_rejects_mismatched_sets(recorded) -> None:
 def test_errors_are_perfpilot_errors() -> None:
     for cls in (RunFailed, ProfileSetError, MetricUnavailable, UnknownMetric):
         assert issubclass(cls, PerfpilotError)
+
+
+# ------------------------------------------------------- reusing A's runs (optimiser)
+
+LOSS = "from perfpilot.reporting import report_metric; import sys; report_metric('loss', float(sys.argv[1]))"
+
+
+def test_reused_a_runs_save_runs_and_drift_drops_them(plugin_set) -> None:
+    a, b = Arm([PY, "-c", LOSS, "1.0"]), Arm([PY, "-c", LOSS, "0.5"])
+    options = CompareOptions(metrics=["reported.loss"], max_runs=3, min_runs=3, warmup=0, plugin_set=plugin_set,
+                             stop_for_futility=True)
+    earlier = measure(a, runs=2, warmup=0, plugin_set=plugin_set)  # the unchanged baseline's runs
+
+    seen: list[tuple[str, int]] = []
+    again = compare(a, b, options, reuse_a=earlier, on_run=lambda side, i, _p: seen.append((side, i)))
+    # two fresh A runs (anchors, interleaved), then B alone: 5 runs instead of 6
+    assert seen == [("A", 1), ("B", 1), ("A", 2), ("B", 2), ("B", 3)]
+    assert again.reused_a == 2 and len(again.a) == 4 and again.primary_verdict.runs_a == 4
+    assert again.primary_verdict.verdict == "smaller" and again.stop_reason == "clear"
+    assert again.to_dict()["reused_a"] == 2
+
+    drifted = copy.deepcopy(earlier)
+    for p in drifted:
+        p.summary["reported.loss"] = 2.0  # as if the machine (or A) had changed since
+    seen.clear()
+    fresh = compare(a, b, options, reuse_a=drifted, on_run=lambda side, i, _p: seen.append((side, i)))
+    assert fresh.reused_a == 0 and [p.summary["reported.loss"] for p in fresh.a] == [1.0, 1.0, 1.0]
+    assert seen[-2:] == [("A", 3), ("B", 3)]  # measured afresh, interleaved with B
+    assert any("reused runs were dropped" in n for n in fresh.notes)
+
+    for p in drifted:
+        p.target["command"] = [PY, "-c", LOSS, "2.0"]
+    with pytest.raises(ProfileSetError, match="reused A run 1 ran"):
+        compare(a, b, options, reuse_a=drifted)
+
+
+def test_options_plan_futility_and_deterministic_look() -> None:
+    assert CompareOptions(stop_for_futility=True).plan("wall").futility
+    assert CompareOptions().plan("instructions").deterministic_look == 3
+    assert CompareOptions().plan("wall").deterministic_look == 0
+    with pytest.raises(TypeError):
+        compare(Arm(["true"]), Arm(["true"]), no_such_option=1)

@@ -103,3 +103,19 @@ def test_metric_source_marks_estimates_even_in_a_sum() -> None:
     assert metric_source(mixed, "energy") == "estimate"
     assert metric_source(mixed, "energy.gpu0") == "measured"
     assert metric_source(estimated, "wall") == "measured"
+
+
+def test_instructions_is_a_deterministic_count_labelled_with_its_source() -> None:
+    from perfpilot.profilers.metrics import is_deterministic
+
+    p = profile({"instructions": 396_590_000, "instructions_source": "pmu"})
+    assert metric_value(p, "instructions") == 396_590_000
+    assert metric_kind("instructions") == "count"
+    assert metric_source(p, "instructions") == "pmu"
+    assert metric_source(profile({"instructions": 1, "instructions_source": "valgrind"}), "instructions") == "valgrind"
+    assert is_deterministic("instructions")
+    assert not any(is_deterministic(m) for m in ("wall", "cpu", "peak_rss", "energy", "reported.loss"))
+    check_metric_names(["instructions"])
+    missing = profile({"wall_s": 1.0}, collectors={"instructions": {"available": False, "reason": "no PMU, no valgrind"}})
+    with pytest.raises(MetricUnavailable, match="instructions collector was unavailable: no PMU, no valgrind"):
+        metric_value(missing, "instructions")

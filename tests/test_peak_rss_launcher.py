@@ -15,7 +15,9 @@ def test_small_child_of_a_big_launcher_is_not_charged_for_the_launcher(tmp_path)
     script = textwrap.dedent(f'''
         import json, sys
         from perfpilot.config import Settings
-        from perfpilot.profilers.session import profile_command
+        from perfpilot.profilers.session import RunOptions, profile_command
+        from perfpilot.registry import build_plugin_manager
+        options = RunOptions(plugin_set=build_plugin_manager())
         ballast = bytearray(300 * 2**20)
         ballast[::4096] = b"1" * len(ballast[::4096])
         child = (
@@ -26,9 +28,9 @@ def test_small_child_of_a_big_launcher_is_not_charged_for_the_launcher(tmp_path)
             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\\n"
             "open({str(hwm_file)!r}, 'w').write(hwm)\\n"
         )
-        small = profile_command([sys.executable, "-c", child], Settings(stacks=False))
+        small = profile_command([sys.executable, "-c", child], Settings(stacks=False), options)
         big = profile_command([sys.executable, "-c", "b = bytearray(500 * 2**20); b[::4096] = b'1' * len(b[::4096])"],
-                              Settings(stacks=False))
+                              Settings(stacks=False), options)
         print(json.dumps([small.summary["peak_rss_bytes"], small.summary["peak_rss_source"],
                           big.summary["peak_rss_bytes"], big.summary["peak_rss_source"]]))
     ''')

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
+from perfpilot.agent.daemon.watch import Watcher
 from perfpilot.profilers import procfs
 
 
@@ -154,3 +156,42 @@ def test_stat_reader_follows_its_processes_and_releases_descriptors() -> None:
     assert reader.read(kids[0].pid) is None
     reader.close()
     assert _open_fds() == before
+
+
+def test_stat_parses_names_with_spaces_and_parentheses(tmp_path: Path) -> None:
+    weird = tmp_path / "we (i) rd"
+    weird.symlink_to("/bin/sleep")
+    proc = subprocess.Popen([str(weird), "30"])
+    try:
+        time.sleep(0.2)
+        stat = procfs.read_stat(proc.pid)
+        assert stat is not None and stat.name == "we (i) rd" and stat.threads == 1 and stat.rss_bytes > 0
+        assert abs(stat.create_time - time.time()) < 60
+        assert procfs.read_cmdline(proc.pid) == (str(weird), "30")
+        watcher = Watcher(["name:we (i) rd"])
+        watcher.refresh()
+        assert watcher.groups[0].members == {proc.pid}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_kept_open_stat_never_reads_a_reaped_process() -> None:
+    reader = procfs.StatReader()
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        # Until the child has exec'd and gone to sleep its figures are still moving.
+        deadline = time.monotonic() + 10
+        while True:
+            first = reader.read(proc.pid)
+            if (first is not None and first.name == "sleep" and first.state == "S") or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert first is not None and first.state in "SR"
+        assert reader.read(proc.pid) == first  # the same descriptor, re-read
+    finally:
+        proc.kill()
+        proc.wait()
+    assert reader.read(proc.pid) is None  # reaped: ESRCH on the old descriptor, whatever owns the pid now
+    reader.close()
+    assert procfs.read_stat(os.getpid()) is not None

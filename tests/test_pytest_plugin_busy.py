@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from perfpilot.profilers.block import BlockMeter
-from perfpilot.pytest_compare import Finding, compare_record, excuse_busy_machine
+from perfpilot.pytest_plugin.compare import Finding, compare_record, excuse_busy_machine
 
 pytest_plugins = ["pytester"]
 

@@ -13,10 +13,10 @@ import pytest
 
 from perfpilot.errors import PerfpilotError
 from perfpilot.profilers.block import BlockMeter, measure_calls
-from perfpilot.pytest_baseline import BaselineError, BaselineStore, load
-from perfpilot.pytest_budgets import BudgetError, budget_from_marker, merge_budgets, parse_quantity, parse_thresholds
-from perfpilot.pytest_compare import classify, compare_record
-from perfpilot.pytest_report import TestRecord, build_document, check_budget
+from perfpilot.pytest_plugin.baseline import BaselineError, BaselineStore, load
+from perfpilot.pytest_plugin.budgets import BudgetError, budget_from_marker, merge_budgets, parse_quantity, parse_thresholds
+from perfpilot.pytest_plugin.compare import classify, compare_record
+from perfpilot.pytest_plugin.report import TestRecord, build_document, check_budget
 
 # ------------------------------------------------------------------- units
 
@@ -77,7 +77,7 @@ def test_thresholds() -> None:
 
 
 def test_threshold_of_100_percent_or_more_judges_the_worse_side_itself() -> None:
-    from perfpilot.pytest_compare import classify, engine_threshold
+    from perfpilot.pytest_plugin.compare import classify, engine_threshold
 
     base = [0.010, 0.0102, 0.0098, 0.0101, 0.0099, 0.0100, 0.0103]
     assert engine_threshold(0.1) == 0.1 and engine_threshold(1.5) == pytest.approx(0.6)
@@ -241,7 +241,7 @@ def test_measure_distributions_are_judged_instead_of_whole_test_rounds() -> None
 
 
 def test_html_report_is_self_contained() -> None:
-    from perfpilot.profilers.renderers.pytest_html import render
+    from perfpilot.pytest_plugin.html import render
 
     record = TestRecord("tests/test_x.py::test_<b>", rounds={"wall": [0.2, 0.21], "cpu": [0.19, 0.2], "peak_rss": [1e6]},
                         budget={"wall": "1 s"}, outcome="passed", energy_source="estimate")

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from perfpilot.config import Settings
-from perfpilot.pytest_report import TestRecord
-from perfpilot.pytest_suggest import (
+from perfpilot.pytest_plugin.report import TestRecord
+from perfpilot.pytest_plugin.suggest import (
     Suggester,
     focus_stacks,
     profile_rounds,
@@ -414,7 +414,7 @@ def test_a_failing_backend_is_recorded_and_the_rest_skipped(tmp_path: Path) -> N
 
 
 def test_html_report_shows_proposals_escaped() -> None:
-    from perfpilot.profilers.renderers.pytest_html import render
+    from perfpilot.pytest_plugin.html import render
 
     hostile = {"kind": "patch", "title": "<script>alert(1)</script>", "rationale": "x < y & z",
                "diff": "--- a/w.py\n+++ b/w.py\n@@ -1 +1 @@\n-<img src=x onerror=alert(1)>\n+ok\n"}

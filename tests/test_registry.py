@@ -7,6 +7,7 @@ import inspect
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,3 +164,72 @@ def test_a_later_plugin_overrides_a_builtin_of_the_same_name():
     collectors = build_plugin_manager(extra_plugins=[(_OverrideCpu(), "my_cpu")]).collectors()
     assert collectors["cpu"].factory is _QuietCpu
     assert collectors["cpu"].plugin == "my_cpu"
+
+
+def test_the_engine_never_builds_the_registry_callers_hand_it_in() -> None:
+    # Dependency direction: perfpilot (front door) -> agent -> profilers <- plugins.
+    import ast
+
+    engine = Path(__file__).resolve().parent.parent / "profilers"
+    importers = []
+    for path in engine.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if any(n.startswith(("perfpilot.registry", "perfpilot.plugins")) for n in names):
+                importers.append(path.name)
+    assert importers == []
+    with pytest.raises(ValueError, match="plugin_set is required"):
+        profile_command(["true"], Settings(stacks=False), RunOptions())
+
+
+class _TreeRss:
+    """A third-party collector on the public per-tick read, as the built-ins use it."""
+
+    name = "treerss"
+
+    def __init__(self, settings: Settings) -> None:
+        self.target: Any = None
+        self.snapshots: list[Any] = []
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def start(self, target: Any) -> None:
+        self.target = target
+
+    def sample(self, now: float) -> dict[str, float]:
+        snap = self.target.snapshot(now)
+        self.snapshots.append(snap)
+        return {"treerss.rss_bytes": float(snap.rss_bytes)}
+
+    def stop(self) -> dict[str, Any]:
+        return {}
+
+
+class _TreeRssPlugin:
+    def __init__(self) -> None:
+        self.made: list[_TreeRss] = []
+
+    @hookimpl
+    def perfpilot_register_collectors(self, register: Any) -> None:
+        def make(settings: Settings) -> _TreeRss:
+            self.made.append(_TreeRss(settings))
+            return self.made[-1]
+
+        register("treerss", make)
+
+
+def test_a_third_party_collector_shares_the_ticks_proc_read_without_the_cpu_plugin() -> None:
+    plugin = _TreeRssPlugin()
+    plugin_set = build_plugin_manager(disable="cpu", extra_plugins=[(plugin, "treerss")])
+    code = "b = bytearray(80 << 20); b[::4096] = b'1' * len(b[::4096]); import time; time.sleep(0.4)"
+    profile = profile_command(["python3", "-c", code], Settings(stacks=False, interval=0.05),
+                              RunOptions(plugin_set=plugin_set, capture_output=True))
+    assert "cpu" not in profile.collectors and profile.collectors["treerss"]["errors"] == []
+    values = profile.series["values"]
+    # the memory collector's RSS and ours come from one read per tick: equal to the byte
+    assert values["treerss.rss_bytes"] == values["memory.rss_bytes"]
+    assert max(values["memory.rss_bytes"]) >= 80 << 20
+    snaps = plugin.made[0].snapshots
+    assert len({id(s) for s in snaps}) == len(snaps) >= 3  # one snapshot per tick, a fresh one each tick

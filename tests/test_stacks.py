@@ -153,16 +153,32 @@ def test_shell_that_starts_python_later_is_sampled(perfpilot_cli, python_exe, tm
     assert profile.hotspots and profile.hotspots[0]["function"] == "crunch"
 
 
+@pytest.fixture
+def script_nobody_can_read():
+    """HOT copied where user ``nobody`` can read it: the checkout (and pytest's tmp_path, mode 700) may sit
+    in a folder other users cannot enter, and the test must not depend on where the repository was cloned."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="perfpilot-nobody-"))
+    folder.chmod(0o755)
+    script = folder / HOT.name
+    shutil.copyfile(HOT, script)
+    script.chmod(0o644)
+    yield script
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists(),
                     reason="needs root, setpriv(1) and /usr/bin/python3 to set up a ptrace denial")
-def test_ptrace_denied_says_why_and_how_to_fix(python_exe, tmp_path) -> None:
+def test_ptrace_denied_says_why_and_how_to_fix(python_exe, tmp_path, script_nobody_can_read) -> None:
     # perfpilot without CAP_SYS_PTRACE (a container without SYS_PTRACE) launches a target
     # that runs as another user: the kernel refuses py-spy, as it would there.
     out = tmp_path / "run.json"
     exe = str(Path(python_exe).parent / "perfpilot")
     result = subprocess.run(
         ["setpriv", "--bounding-set", "-sys_ptrace", "--", exe, "profile", "-o", str(out), "--",
-         "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", str(HOT), "--seconds", "0.6"],
+         "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+         str(script_nobody_can_read), "--seconds", "0.6"],
         capture_output=True, text=True, timeout=60, cwd="/")
     assert result.returncode == 0, result.stderr
     profile = load(out)

@@ -13,6 +13,7 @@ from perfpilot.errors import PerfpilotError
 from perfpilot.profilers.stats import (
     SampleError,
     StoppingPlan,
+    ci_name,
     default_threshold,
     planned_looks,
     robust_noise,
@@ -237,3 +238,102 @@ def test_noise_note_on_an_inconclusive_verdict_claims_nothing_and_asks_for_more_
     assert "claimed" not in text
     for n in re.findall(r"about (\d+) runs per side", text):
         assert int(n) > 5, text
+
+
+# ------------------------------------------------- near-deterministic figures (counts)
+
+
+def counts(rng: np.random.Generator, n: int, *, level: float = 396.6e6, spread: float = 0.0004) -> np.ndarray:
+    """Instruction counts as valgrind gives them here: runs within ``spread`` of each other."""
+    return level * (1 + rng.uniform(-spread / 2, spread / 2, n))
+
+
+def test_counts_differing_2_percent_are_decided_in_3_runs_per_side() -> None:
+    rng = np.random.default_rng(1)
+    a = counts(rng, 3)
+    slower = verdict(a, counts(rng, 3, level=396.6e6 * 1.02), metric="instructions", source="valgrind")
+    assert slower.rule == "deterministic" and slower.threshold == pytest.approx(0.01)
+    assert slower.verdict == "larger" and slower.regressed and 1.01 < slower.ci_low < slower.ci_high < 1.03
+    assert slower.source == "valgrind" and slower.source_suffix == " (valgrind)"
+    assert slower.interval_name == "noise bound"
+    assert not any("cannot reach" in n for n in slower.notes)  # the rank test's limit does not apply
+    faster = verdict(a, counts(rng, 2, level=396.6e6 * 0.98), metric="instructions", source="pmu")
+    assert faster.verdict == "smaller" and faster.improved and faster.rule == "deterministic"
+
+
+def test_aa_counts_within_0_05_percent_are_no_change() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        v = verdict(counts(rng, 3, spread=0.0005), counts(rng, 3, spread=0.0005), metric="instructions")
+        assert v.rule == "deterministic" and v.verdict == "no change" and not (v.improved or v.regressed), v
+
+
+def test_a_count_with_real_spread_falls_back_to_the_rank_test() -> None:
+    a = [100.0, 103.0, 97.0]
+    b = [x * 1.02 for x in (97.5, 100.5, 103.5)]
+    v = verdict(a, b, metric="instructions")
+    assert v.rule == "rank test" and v.interval_name.endswith("% CI")
+    assert v.threshold == pytest.approx(default_threshold(robust_noise(a), robust_noise(b)))
+    assert v.verdict == "inconclusive" and not v.regressed
+    assert any("cannot reach" in n for n in v.notes)
+    assert verdict(a, b, metric="wall").rule == "rank test"  # only metrics promised deterministic try it
+
+
+def test_runs_from_mixed_sources_decide_nothing() -> None:
+    rng = np.random.default_rng(3)
+    v = verdict(counts(rng, 3), counts(rng, 3, level=396.6e6 * 1.2), metric="instructions", source="mixed: pmu, valgrind")
+    assert v.verdict == "larger" and not v.regressed and v.label == "larger (mixed sources)"
+    assert any("do not count alike" in n for n in v.notes)
+
+
+def test_deterministic_look_at_3_spends_no_alpha_and_stops_only_on_the_bound() -> None:
+    rng = np.random.default_rng(4)
+    plan = StoppingPlan(5, 10, deterministic_look=3)
+    assert plan.is_look(3) and plan.looks == (5, 10)
+    assert sum(plan.alpha_at(n) for n in plan.looks) == pytest.approx(0.05)
+    v, stop = plan.decide(counts(rng, 3), counts(rng, 3, level=396.6e6 * 1.02), metric="instructions")
+    assert stop and v.regressed
+    noisy, stop = plan.decide([1.0, 1.3, 0.8], [2.0, 2.6, 1.6], metric="instructions")
+    assert noisy.rule == "rank test" and not stop
+    assert StoppingPlan(3, 10, deterministic_look=3).deterministic_look == 0
+
+
+# ------------------------------------------------------------- stopping for futility
+
+
+def test_futility_stop_false_rejects_a_true_20_percent_win_at_most_5_in_100() -> None:
+    """The optimiser's futility stop (StoppingPlan(futility=True)) at the first look, 5 + 5
+    runs: a real 20% improvement is almost never given up on, a 10% slower candidate
+    usually is (benchmarks/futility.py has the full study)."""
+    rng = np.random.default_rng(16)
+    plan = StoppingPlan(5, 10, futility=True)
+    false_rejects = slower_rejected = 0
+    for trial in range(60):
+        win, _ = plan.decide(run_times(rng, 5), run_times(rng, 5, scale=0.8), seed=trial)
+        false_rejects += plan.stop_reason(win, 5) == "futility"
+        slow, stop = plan.decide(run_times(rng, 5), run_times(rng, 5, scale=1.1), seed=trial)
+        slower_rejected += stop and not slow.improved
+        assert not slow.improved
+    assert false_rejects <= 3  # <= 5%
+    assert slower_rejected >= 39  # >= 65%; ~80% measured
+    never = StoppingPlan(5, 10)  # compare's default: no futility stop, a straddling CI runs on
+    assert never.stop_reason(verdict([1.0, 1.2, 0.9, 1.1, 1.0], [1.1, 1.3, 1.0, 1.2, 1.1]), 5) is None
+
+
+def test_futility_stop_says_so_in_the_verdict() -> None:
+    plan = StoppingPlan(5, 10, futility=True)
+    a = [1.0, 1.2, 0.9, 1.1, 1.0]
+    v, stop = plan.decide(a, [1.1, 1.3, 1.0, 1.2, 1.1], seed=0)
+    assert stop and plan.stop_reason(v, 5) == "futility" and v.verdict == "inconclusive"
+    note = next(n for n in v.notes if "futility" in n)
+    assert "50% CI (futility rule)" in note and "not better by the" in note
+    assert "futility" in plan.describe()
+
+
+def test_ci_name_is_the_computed_level() -> None:
+    plan = StoppingPlan(5, 10)
+    assert ci_name(plan.confidence_at(5)) == "98.3% CI" and ci_name(plan.confidence_at(10)) == "96.7% CI"
+    assert ci_name(0.95) == "95% CI"
+    v, _ = plan.decide([1.0, 1.1, 1.05, 0.95, 1.0], [0.5, 0.55, 0.52, 0.48, 0.5])
+    assert v.confidence == plan.confidence_at(5) and v.interval_name == "98.3% CI"
+    assert v.to_dict()["interval"] == "98.3% CI" and v.to_dict()["rule"] == "rank test"

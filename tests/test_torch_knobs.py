@@ -44,6 +44,7 @@ def _env() -> dict[str, str]:
 
 def test_activation_checkpointing_is_smaller_and_its_time_cost_is_reported(tmp_path):
     from perfpilot.profilers.measure import Arm, compare
+    from perfpilot.registry import build_plugin_manager
 
     (tmp_path / "empty.toml").write_text("")
     argv = [sys.executable, str(TRAIN), "--config", str(tmp_path / "empty.toml"), *ACTIVATION_BOUND]
@@ -51,7 +52,7 @@ def test_activation_checkpointing_is_smaller_and_its_time_cost_is_reported(tmp_p
         Arm(argv, env=_env(), cwd=str(tmp_path), label="plain"),
         Arm([*argv, "--activation-checkpointing"], env=_env(), cwd=str(tmp_path), label="checkpointing"),
         metrics=["peak_rss", "wall", "reported.train_cpu_s", "reported.final_loss"], primary="peak_rss",
-        min_runs=4, max_runs=4, warmup=0)
+        min_runs=4, max_runs=4, warmup=0, plugin_set=build_plugin_manager())
     memory = comparison.verdicts["peak_rss"]
     assert memory.verdict == "smaller" and memory.improved, memory.to_dict()
     # ~10 MiB x 8 blocks of saved activations go; torch itself (~280 MiB) stays.

@@ -5,7 +5,8 @@ Endpoints::
     /metrics            Prometheus text format (prometheus_client.generate_latest)
     /healthz            200 {"status": "ok", ...} while sampling keeps up, else 503
     /api/latest         latest host, collector and per-watch values (with per-process rows)
-    /api/hotspots       rolling hot spots per watch and process (?watch=name:gunicorn)
+    /api/hotspots       rolling hot spots per watch and process (?watch=name:gunicorn); with
+                        ?stacks=1 also each process's collapsed stacks (daemon hotspots --from)
     /api/findings       active findings, then recently resolved ones
     /api/proposals      proposals made for findings with --propose (?id=N: one, with the
                         messages that were sent); stored for a person to judge, never applied
@@ -16,7 +17,10 @@ time). Prometheus sends it with ``authorization: {credentials_file: ...}`` in it
 config.
 
 Metric naming follows Prometheus conventions: ``perfpilot_`` prefix, base units in the
-name (``_bytes``, ``_seconds``), ``_total`` for counters. Labels are bounded by the
+name (``_bytes``, ``_seconds``), ``_total`` for counters: every figure that only grows is a
+counter (the daemon's own I/O bytes and syscalls, ``perfpilot_daemon_io_*_total``, see
+:data:`COUNTER_METRICS`), and one that starts again from zero when its process restarts is
+a counter reset, which ``rate()`` handles. Labels are bounded by the
 configuration: ``watch`` (one value per selector), ``mode`` (8 CPU modes), ``collector``
 and ``kind`` (fixed sets). Process ids, function names and hot spots are not labels (they
 would grow without bound); they are in the JSON API.
@@ -68,6 +72,41 @@ DAEMON_SELF_METRICS = frozenset({
 })
 BUILTIN_DOMAINS = frozenset({"cpu", "memory", "io", "power", "gpu"})
 _SELF_PATTERN = re.compile(r"^gpu\d+\.target_")
+# Collector figures that only grow while their source lives (totals read from /proc/<pid>/io,
+# an energy counter): Prometheus counters (``_total``), so rate()/increase() apply. When the
+# source starts again from zero (the daemon restarted, a driver reloaded) the exposed value
+# drops: that is a counter reset, which rate() detects and counts across; it is not clamped
+# or carried here. A third-party collector opts in by naming its quantity ``..._total``.
+COUNTER_METRICS = frozenset({
+    "io.read_bytes", "io.write_bytes", "io.read_chars_bytes", "io.write_chars_bytes",
+    "io.read_syscalls", "io.write_syscalls",
+})
+_COUNTER_PATTERN = re.compile(r"^(gpu\d+\.energy_j|[^.]+\.[a-z0-9_]+_total)$")
+
+
+class HeldValues:
+    """Collector figures as of their latest reading. A collector with its own pace (io
+    reads /proc every 0.5 s) returns nothing on the ticks in between; without this its
+    families vanished from every other scrape, and Prometheus marked the series stale
+    each time. A figure not read for ``keep_s`` (a collector disabled, a GPU gone) is dropped."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self._values: dict[str, tuple[float, float]] = {}
+
+    def update(self, now: float, fresh: dict[str, float]) -> dict[str, float]:
+        values = self._values
+        for metric, value in fresh.items():
+            values[metric] = (now, value)
+        if len(fresh) != len(values):
+            for metric in [m for m, (ts, _v) in values.items() if now - ts > self.keep_s]:
+                del values[metric]
+        return {metric: value for metric, (_ts, value) in values.items()}
+
+
+def is_counter(metric: str) -> bool:
+    """Whether a collector figure is cumulative (exported as a ``_total`` counter)."""
+    return metric in COUNTER_METRICS or bool(_COUNTER_PATTERN.match(metric))
 
 
 def prometheus_name(metric: str) -> tuple[str, dict[str, str]] | None:
@@ -91,12 +130,13 @@ def prometheus_name(metric: str) -> tuple[str, dict[str, str]] | None:
     return (name, labels) if re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", name) else None
 
 
-def collector_doc(metric: str, own: bool) -> str:
+def collector_doc(metric: str, own: bool, counter: bool = False) -> str:
     """HELP text of a collector metric: which collector figure it is, and whose."""
     generic = re.sub(r"^(gpu)\d+\.", r"\1N.", re.sub(r"\.core\d+_", ".coreN_", metric))
     collector = metric.split(".")[0].rstrip("0123456789")
     if own:
-        return f"The daemon's own process: {generic} from the {collector} collector."
+        since = " since the daemon started" if counter else ""
+        return f"The daemon's own process: {generic} from the {collector} collector{since}."
     if collector in BUILTIN_DOMAINS:
         return f"Host-wide {generic} from the {collector} collector."
     return f"{generic} from the {collector} collector (a process-tree figure describes the daemon itself)."
@@ -141,7 +181,7 @@ def _families(s: dict[str, Any]) -> Iterator[Family]:
         if key in host:
             yield Family(name, "gauge", doc, (), [((), float(host[key]))])
 
-    collected: dict[str, tuple[tuple[str, ...], str, list[tuple[tuple[str, ...], float]]]] = {}
+    collected: dict[str, tuple[tuple[str, ...], str, str, list[tuple[tuple[str, ...], float]]]] = {}
     reserved = {"perfpilot_daemon_info", "perfpilot_host_load1"}
     for metric, value in list(s.get("collectors", {}).items())[:MAX_COLLECTOR_METRICS]:
         mapped = prometheus_name(metric)
@@ -155,20 +195,23 @@ def _families(s: dict[str, Any]) -> Iterator[Family]:
         own = metric in DAEMON_SELF_METRICS or bool(_SELF_PATTERN.match(metric))
         if own:
             name = "perfpilot_daemon_" + name.removeprefix("perfpilot_")
+        kind = "counter" if is_counter(metric) else "gauge"
+        if kind == "counter":
+            name = name.removesuffix("_total")  # the renderers add it back
         if name not in collected:
-            collected[name] = (tuple(sorted(labels)), collector_doc(metric, own), [])
-        names, _doc, samples = collected[name]
-        if tuple(sorted(labels)) == names:  # a name seen with other labels is skipped, not a broken exposition
+            collected[name] = (tuple(sorted(labels)), kind, collector_doc(metric, own, kind == "counter"), [])
+        names, fam_kind, _doc, samples = collected[name]
+        if tuple(sorted(labels)) == names and fam_kind == kind:  # a clash is skipped, not a broken exposition
             samples.append((tuple(labels[k] for k in names), float(value)))
-    for name, (names, doc, samples) in collected.items():
-        yield Family(name, "gauge", doc, names, samples)
+    for name, (names, kind, doc, samples) in collected.items():
+        yield Family(name, kind, doc, names, samples)
 
     status = s.get("collector_status", {})
     yield Family("perfpilot_collector_up", "gauge", "1 when a collector is available and not disabled.",
                  ("collector",), [((name,), 1.0 if st.get("available") and not st.get("disabled") else 0.0)
                                   for name, st in status.items()])
     yield Family("perfpilot_collector_errors", "counter", "Errors raised by a collector.", ("collector",),
-                 [((name,), float(len(st.get("errors", [])))) for name, st in status.items()])
+                 [((name,), float(st.get("error_count", len(st.get("errors", []))))) for name, st in status.items()])
 
     active = s.get("findings_active", {})
     raised = s.get("findings_raised", {})

@@ -28,6 +28,7 @@ import psutil
 from perfpilot.agent.daemon.watch import Watcher
 from perfpilot.profilers import procfs
 from perfpilot.profilers.collector import CollectorSet
+from perfpilot.profilers.hardware import NvmlDevices, nvml_start_problem
 from perfpilot.profilers.target import Target
 
 HOST_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -157,14 +158,28 @@ class ProcessSampler:
             pids = set()
             for group in groups:
                 pids |= group.members
+        self._ticks += 1
+        readings, deltas = self._read(pids, now, slow_tick=self._ticks % SLOW_EVERY == 1)
+        self._prev = {pid: (now, r) for pid, r in readings.items()}
+        if len(self._slow) > len(readings):
+            for pid in [p for p in self._slow if p not in readings]:
+                del self._slow[pid]
+                self.denied.pop(pid, None)
+        self.stats.retain(readings)
+        for group in groups:
+            state = self.states[group.watch]
+            state.restarts_total = group.restarts
+            _fold(state, [(readings[p], deltas[p]) for p in group.members if p in readings])
+        return self.states
+
+    def _read(self, pids: set[int], now: float, slow_tick: bool
+              ) -> tuple[dict[int, ProcessReading], dict[int, tuple[float, float, float, float]]]:
+        """Each watched process once: its reading, and (cpu s, cpu %, read bytes, written
+        bytes) since the previous tick."""
         procs = self.watcher.table.procs
         readings: dict[int, ProcessReading] = {}
         deltas: dict[int, tuple[float, float, float, float]] = {}
-        self._ticks += 1
-        slow_tick = self._ticks % SLOW_EVERY == 1
         read = self.stats.read
-        prev_all = self._prev
-        started_at = self.started_at
         for pid in pids:
             info = procs.get(pid)
             if info is None:
@@ -184,64 +199,58 @@ class ProcessSampler:
             reading = ProcessReading(pid, info.name, stat.cpu_seconds, stat.rss_bytes, stat.threads, extra.fds,
                                      extra.read_bytes, extra.write_bytes, ctime)
             readings[pid] = reading
-            prev = prev_all.get(pid)
-            if prev is not None and prev[1].create_time == ctime:
-                t_prev, r_prev = prev
-                d_cpu = reading.cpu_total - r_prev.cpu_total
-                if d_cpu < 0.0:
-                    d_cpu = 0.0
-                d_read = max(0, (reading.read_bytes or 0) - (r_prev.read_bytes or 0))
-                d_write = max(0, (reading.write_bytes or 0) - (r_prev.write_bytes or 0))
-                deltas[pid] = (d_cpu, d_cpu / max(now - t_prev, 1e-6) * 100.0, d_read, d_write)
-            elif ctime >= started_at - 1.0:
-                # Born while we watch (a restart): all of its CPU and I/O is new.
-                life = max(now - ctime, 1e-3)
-                deltas[pid] = (reading.cpu_total, min(reading.cpu_total / life * 100.0, 100.0 * reading.threads),
-                               reading.read_bytes or 0, reading.write_bytes or 0)
-            else:
-                # Running before we started: counters start from here, as process-exporter's do.
-                deltas[pid] = (0.0, 0.0, 0, 0)
-        self._prev = {pid: (now, r) for pid, r in readings.items()}
-        if len(self._slow) > len(readings):
-            for pid in [p for p in self._slow if p not in readings]:
-                del self._slow[pid]
-                self.denied.pop(pid, None)
-        self.stats.retain(readings)
-        for group in groups:
-            state = self.states[group.watch]
-            state.restarts_total = group.restarts
-            members = [(readings[p], deltas[p]) for p in group.members if p in readings]
-            state.processes = len(members)
-            if not members:
-                state.rss_bytes = state.threads = 0
-                state.cpu_pct = 0.0
-                state.open_fds = None
-                state.rows = []
-                continue
-            rss = threads = 0
-            cpu_pct = cpu_s = d_read = d_write = 0.0
-            fds: int | None = None
-            has_io = False
-            for reading, delta in members:
-                rss += reading.rss
-                threads += reading.threads
-                cpu_s += delta[0]
-                cpu_pct += delta[1]
-                if reading.fds is not None:
-                    fds = (fds or 0) + reading.fds
-                if reading.read_bytes is not None:
-                    has_io = True
-                    d_read += delta[2]
-                    d_write += delta[3]
-            state.rss_bytes, state.threads, state.open_fds = rss, threads, fds
-            state.cpu_pct = cpu_pct
-            state.cpu_seconds_total += cpu_s
-            if has_io:
-                state.read_bytes_total = (state.read_bytes_total or 0.0) + d_read
-                state.write_bytes_total = (state.write_bytes_total or 0.0) + d_write
-            # A new list each tick (published states share it); rows become dicts only when asked.
-            state.rows = [(r.pid, r.name, d[1], r.rss, r.threads) for r, d in members]
-        return self.states
+            deltas[pid] = self._delta(reading, now)
+        return readings, deltas
+
+    def _delta(self, reading: ProcessReading, now: float) -> tuple[float, float, float, float]:
+        prev = self._prev.get(reading.pid)
+        if prev is not None and prev[1].create_time == reading.create_time:
+            t_prev, r_prev = prev
+            d_cpu = max(0.0, reading.cpu_total - r_prev.cpu_total)
+            d_read = max(0, (reading.read_bytes or 0) - (r_prev.read_bytes or 0))
+            d_write = max(0, (reading.write_bytes or 0) - (r_prev.write_bytes or 0))
+            return d_cpu, d_cpu / max(now - t_prev, 1e-6) * 100.0, d_read, d_write
+        if reading.create_time >= self.started_at - 1.0:
+            # Born while we watch (a restart): all of its CPU and I/O is new.
+            life = max(now - reading.create_time, 1e-3)
+            return (reading.cpu_total, min(reading.cpu_total / life * 100.0, 100.0 * reading.threads),
+                    reading.read_bytes or 0, reading.write_bytes or 0)
+        # Running before we started: counters start from here, as process-exporter's do.
+        return 0.0, 0.0, 0, 0
+
+
+def _fold(state: WatchState, members: list[tuple[ProcessReading, tuple[float, float, float, float]]]) -> None:
+    """One group's figures from its members' readings and deltas this tick."""
+    state.processes = len(members)
+    if not members:
+        state.rss_bytes = state.threads = 0
+        state.cpu_pct = 0.0
+        state.open_fds = None
+        state.rows = []
+        return
+    rss = threads = 0
+    cpu_pct = cpu_s = d_read = d_write = 0.0
+    fds: int | None = None
+    has_io = False
+    for reading, delta in members:
+        rss += reading.rss
+        threads += reading.threads
+        cpu_s += delta[0]
+        cpu_pct += delta[1]
+        if reading.fds is not None:
+            fds = (fds or 0) + reading.fds
+        if reading.read_bytes is not None:
+            has_io = True
+            d_read += delta[2]
+            d_write += delta[3]
+    state.rss_bytes, state.threads, state.open_fds = rss, threads, fds
+    state.cpu_pct = cpu_pct
+    state.cpu_seconds_total += cpu_s
+    if has_io:
+        state.read_bytes_total = (state.read_bytes_total or 0.0) + d_read
+        state.write_bytes_total = (state.write_bytes_total or 0.0) + d_write
+    # A new list each tick (published states share it); rows become dicts only when asked.
+    state.rows = [(r.pid, r.name, d[1], r.rss, r.threads) for r, d in members]
 
 
 class HostProbe:
@@ -300,47 +309,44 @@ class HostProbe:
 class GpuProbe:
     """Per-device utilization and per-process GPU memory through NVML, if present.
 
-    ``nvml`` is the ``pynvml`` module, or a fake with the same functions where there
-    is no GPU (``perfpilot.testing`` ships one).
+    ``nvml`` is a pynvml-like module to use instead of loading one (tests pass a
+    :class:`perfpilot.testing.FakeNVML`'s); otherwise NVML comes from
+    :func:`perfpilot.profilers.hardware.load_nvml`, the loader every collector uses.
     """
 
     def __init__(self, nvml: Any = None) -> None:
         self.nvml = nvml
         self.reason = ""
-        self.handles: list[Any] = []
+        self.devices: NvmlDevices | None = None
 
     def start(self) -> bool:
-        try:
-            if self.nvml is None:
-                if os.environ.get("PERFPILOT_FAKE_NVML"):
-                    # A test's scripted GPU (perfpilot.testing): never set on a real host.
-                    from perfpilot.testing.fake_nvml import from_environment
-
-                    from_environment()
-                import pynvml
-
-                self.nvml = pynvml
-            self.nvml.nvmlInit()
-            self.handles = [self.nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self.nvml.nvmlDeviceGetCount())]
-        except Exception as exc:  # noqa: BLE001 - no driver, no library, no GPU: all mean "none"
-            self.reason = f"NVML unavailable: {exc}"
-            self.handles = []
-            return False
-        if not self.handles:
-            self.reason = "no GPUs visible to NVML"
-        return bool(self.handles)
+        if self.nvml is None:
+            self.devices, why = NvmlDevices.open()
+        else:
+            try:
+                self.devices, why = NvmlDevices(self.nvml), ""
+            except Exception as exc:  # noqa: BLE001 - no driver, no library, no GPU: all mean "none"
+                self.devices, why = None, nvml_start_problem(exc)
+        if self.devices is not None and not self.devices.handles:
+            self.devices, why = None, "NVML is working but sees no GPU"
+        self.reason = "" if self.devices is not None else f"NVML unavailable: {why}"
+        return self.devices is not None
 
     def sample(self) -> tuple[dict[str, float], dict[int, float]]:
         """(device metrics, pid -> GPU memory bytes over all devices)."""
         devices: dict[str, float] = {}
         per_pid: dict[int, float] = {}
-        for index, handle in enumerate(self.handles):
+        dev = self.devices
+        for index in range(len(dev.handles) if dev is not None else 0):
+            assert dev is not None
             try:
-                util = self.nvml.nvmlDeviceGetUtilizationRates(handle)
-                memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
-                devices[f"gpu{index}.utilization_pct"] = float(util.gpu)
-                devices[f"gpu{index}.memory_used_bytes"] = float(memory.used)
-                for proc in self.nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                util = dev.call(index, "nvmlDeviceGetUtilizationRates")
+                memory = dev.call(index, "nvmlDeviceGetMemoryInfo")
+                if util is not None:
+                    devices[f"gpu{index}.utilization_pct"] = float(util.gpu)
+                if memory is not None:
+                    devices[f"gpu{index}.memory_used_bytes"] = float(memory.used)
+                for proc in dev.call(index, "nvmlDeviceGetComputeRunningProcesses") or ():
                     used = getattr(proc, "usedGpuMemory", None) or 0
                     per_pid[int(proc.pid)] = per_pid.get(int(proc.pid), 0.0) + float(used)
             except Exception as exc:  # noqa: BLE001 - one bad read must not stop the tick
@@ -348,11 +354,14 @@ class GpuProbe:
         return devices, per_pid
 
     def stop(self) -> None:
-        if self.handles:
-            try:
-                self.nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001
-                pass
+        if self.devices is not None:
+            self.devices.close()
+
+
+def _estimate_name(metric: str) -> str:
+    """``power.cpu_w`` -> ``power.cpu_estimate_w``."""
+    stem, sep, unit = metric.rpartition("_")
+    return f"{stem}_estimate_{unit}" if sep else f"{metric}_estimate"
 
 
 class CollectorRunner:
@@ -371,7 +380,18 @@ class CollectorRunner:
     def sample(self) -> dict[str, float]:
         self.target.refresh()
         values = self.collectors.sample(time.monotonic() - self.t0)
-        return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        estimated = self._estimated_series()
+        return {(_estimate_name(k) if k in estimated else k): float(v) for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def _estimated_series(self) -> set[str]:
+        """Series a collector says are estimates (the power collector's CPU watts without
+        RAPL): a profile says so in its summary's energy source, but /metrics shows series
+        alone, so here they keep a name of their own."""
+        out: set[str] = set()
+        for slot in self.collectors.slots:
+            out |= set(getattr(slot.collector, "estimated_series", ()))
+        return out
 
     def stop(self) -> None:
         self.collectors.stop()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from perfpilot import __version__
 from perfpilot.agent.daemon.config import PROPOSE_NEEDS_BACKEND, DaemonConfig, is_loopback, join_listen
-from perfpilot.agent.daemon.exporter import Exporter
+from perfpilot.agent.daemon.exporter import Exporter, HeldValues
 from perfpilot.agent.daemon.findings import KINDS, FindingEngine
 from perfpilot.agent.daemon.sampler import CollectorRunner, GpuProbe, HostProbe, ProcessSampler
 from perfpilot.agent.daemon.snapshots import Snapshotter
@@ -96,6 +96,7 @@ class Daemon:
                 budget_tokens=budget_tokens, secrets=[*(secrets or []), *([token] if token else [])])
         self.exporter: Exporter | None = None
         self._state: dict[str, Any] = {"watches": {}}
+        self._collector_values = HeldValues(keep_s=max(5 * config.interval, 5.0))  # see exporter.HeldValues
         self._version = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -265,7 +266,7 @@ class Daemon:
             "db": str(self.config.db),
             "host": {**host, **gpu_devices},
             "host_cpu_totals": dict(self.host.totals),
-            "collectors": collected,
+            "collectors": self._collector_values.update(now, collected),
             "collector_status": self.collectors.status(),
             "watches": {w: copy.copy(s) for w, s in watches.items()},
             "findings_active": active,
@@ -357,7 +358,9 @@ class Daemon:
                          "watches": watches}
         if path == "/api/hotspots":
             watch = (query.get("watch") or [None])[0]
-            return 200, {"hotspots": self.snapshots.hotspots(watch)}
+            stacks = (query.get("stacks") or ["0"])[0].lower() in {"1", "true", "yes"}
+            return 200, {"hotspots": self.snapshots.hotspots(watch, stacks=stacks),
+                         "rate_hz": self.config.snapshots.rate}
         if path == "/api/findings":
             return 200, {"findings": self.findings.listing(), "kinds": list(KINDS)}
         if path == "/api/proposals":

@@ -38,6 +38,8 @@ log = logging.getLogger("perfpilot.daemon")
 
 DENIED_RETRY_S = 600.0
 FAILED_RETRY_S = 60.0
+MAX_STACKS = 2000  # distinct stacks per process in /api/hotspots?stacks=1 (bounds the answer)
+OTHER_STACKS = "(other stacks)"
 
 
 def looks_like_python(info: ProcInfo) -> bool:
@@ -67,6 +69,16 @@ class Rolling:
         spots = hotspot_model.aggregate(hotspot_model.merge(self.snapshots), top=top, lines_per_function=3)
         linecache.clearcache()  # the source lines were read for this answer; a daemon must not hoard them
         return spots
+
+
+def capped_stacks(counts: Counter[str], limit: int = MAX_STACKS) -> dict[str, int]:
+    """The ``limit`` most sampled stacks; the rest are summed into one ``OTHER_STACKS``
+    frame, so the counts still add up to the process's samples."""
+    if len(counts) <= limit:
+        return dict(counts)
+    kept = dict(counts.most_common(limit))
+    kept[OTHER_STACKS] = sum(counts.values()) - sum(kept.values())
+    return kept
 
 
 @dataclass
@@ -251,8 +263,10 @@ class Snapshotter:
 
     # ----------------------------------------------------------------- reading
 
-    def hotspots(self, watch: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        """``{watch: [{pid, name, snapshots, samples, last_snapshot, hotspots}]}``."""
+    def hotspots(self, watch: str | None = None, stacks: bool = False) -> dict[str, list[dict[str, Any]]]:
+        """``{watch: [{pid, name, snapshots, samples, last_snapshot, hotspots}]}``; with
+        ``stacks`` each process also has ``stacks``: its merged snapshots as collapsed
+        stacks (what ``perfpilot daemon hotspots --from`` merges across daemons)."""
         out: dict[str, list[dict[str, Any]]] = {}
         with self._lock:
             items = list(self.rolling.items())
@@ -264,8 +278,12 @@ class Snapshotter:
                     spots = rolling.hotspots(self.config.top)
                     samples = sum(sum(c.values()) for c in rolling.snapshots)
                     n = len(rolling.snapshots)
-                out.setdefault(w, []).append({"pid": pid, "name": rolling.name, "snapshots": n, "samples": samples,
-                                              "last_snapshot": rolling.last_ts, "hotspots": spots})
+                    collapsed = capped_stacks(hotspot_model.merge(rolling.snapshots)) if stacks else None
+                entry = {"pid": pid, "name": rolling.name, "snapshots": n, "samples": samples,
+                         "last_snapshot": rolling.last_ts, "hotspots": spots}
+                if collapsed is not None:
+                    entry["stacks"] = collapsed
+                out.setdefault(w, []).append(entry)
         return out
 
     def by_process(self) -> dict[int, tuple[list[str], list[dict[str, Any]]]]:

@@ -21,6 +21,8 @@ from perfpilot.profilers.profile import Profile
 from perfpilot.profilers.renderers.terminal import human_bytes, human_seconds
 
 if TYPE_CHECKING:
+    from perfpilot.config import Settings
+    from perfpilot.profilers.measure import Comparison
     from perfpilot.profilers.stats import Verdict
 
 # Judged whenever every run has them; --metric makes a metric required instead.
@@ -89,6 +91,8 @@ def _value(metric: str, value: float, source: str) -> str:
         return human_seconds(value)
     if kind == "size":
         return human_bytes(value)
+    if kind == "count" and abs(value) >= 1e6:
+        return f"{value / 1e9:.4g}G" if abs(value) >= 1e10 else f"{value / 1e6:.2f}M"
     if metric == "energy" or metric.startswith("energy."):
         return f"{value:.3g} J" + ("*" if source == "estimate" else "")
     return f"{value:.4g}"
@@ -98,20 +102,35 @@ def _pct(fraction: float) -> str:
     return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.1%}"
 
 
+def interval_header(verdicts: dict[str, Verdict]) -> str:
+    """``B/A [98.3% CI]``: the level the intervals were computed at (``[CI]`` and a per-row
+    level when they differ; a near-deterministic row shows a noise bound, not a CI)."""
+    names = {v.interval_name for v in verdicts.values()}
+    return f"B/A [{names.pop()}]" if len(names) == 1 else "B/A [interval]"
+
+
+def _interval(v: Verdict, header: str) -> Text:
+    text = f"{v.ratio:.3f} [{v.ci_low:.3f}, {v.ci_high:.3f}]"
+    if header == "B/A [interval]":
+        text += f" {v.interval_name}"
+    return Text(text)  # Text: brackets are not markup
+
+
 def verdict_table(verdicts: dict[str, Verdict], primary: str) -> Table:
-    """One row per metric: medians, ratio with CI, p, runs, noise, verdict."""
+    """One row per metric: medians, ratio with its interval, p, runs, noise, verdict."""
     table = Table(box=None, padding=(0, 2), header_style="bold")
+    header = interval_header(verdicts)
     for column, justify in (("metric", "left"), ("median A", "right"), ("median B", "right"),
-                            ("B/A [CI]", "right"), ("p", "right"), ("runs", "right"), ("noise A/B", "right"),
+                            (header, "right"), ("p", "right"), ("runs", "right"), ("noise A/B", "right"),
                             ("verdict", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(escape(column), justify=justify)  # type: ignore[arg-type]
     for name, v in verdicts.items():
         style = "yellow" if v.source == "estimate" else STYLES.get(v.verdict, "")
         table.add_row(
-            Text(name, style="bold" if name == primary else ""),
+            Text(name + v.source_suffix, style="bold" if name == primary else ""),
             _value(name, v.median_a, v.source),
             _value(name, v.median_b, v.source),
-            Text(f"{v.ratio:.3f} [{v.ci_low:.3f}, {v.ci_high:.3f}]"),  # Text: brackets are not markup
+            _interval(v, header),
             f"{v.p_value:.2g}",
             f"{v.runs_a}/{v.runs_b}",
             f"±{_pct(v.noise_a)}/±{_pct(v.noise_b)}",
@@ -120,18 +139,19 @@ def verdict_table(verdicts: dict[str, Verdict], primary: str) -> Table:
     return table
 
 
-def render_terminal(comparison: Any, console: Console) -> None:
+def render_terminal(comparison: Comparison, console: Console) -> None:
     labels = comparison.labels
     console.print(f"[bold]A[/]: {escape(labels[0])}\n[bold]B[/]: {escape(labels[1])}")
     console.print(verdict_table(comparison.verdicts, comparison.primary))
     primary = comparison.primary_verdict
-    confidence = primary.confidence
+    level = f"{primary.interval_name} ({primary.source})" if primary.source != "measured" else primary.interval_name
     if comparison.plan is not None:
-        how = "stopped early: the verdict was clear" if comparison.stopped_early else "ran to --runs"
+        how = {"futility": "stopped early for futility", "clear": "stopped early: the verdict was clear"}.get(
+            comparison.stop_reason, "ran to --runs") if comparison.stopped_early else "ran to --runs"
         console.print(f"[dim]{comparison.runs} runs per side ({how}); {comparison.plan.describe()}; "
-                      f"CIs at {confidence:.1%}, threshold {primary.threshold:.1%}[/]")
+                      f"{comparison.primary}: {level}, threshold {primary.threshold:.1%}[/]")
     else:
-        console.print(f"[dim]saved runs, one look; CIs at {confidence:.1%}, threshold {primary.threshold:.1%}[/]")
+        console.print(f"[dim]saved runs, one look; {comparison.primary}: {level}, threshold {primary.threshold:.1%}[/]")
     if any(v.source == "estimate" for v in comparison.verdicts.values()):
         console.print("[yellow]* energy from the power collector's estimate (a model, not a meter): "
                       "shown for information, it decides nothing[/]")
@@ -168,6 +188,54 @@ def _save_runs(comparison: Any, folder: Path) -> None:
             profile.save(target / f"run-{index:03d}.json")
 
 
+def _compare_saved(args: Sequence[str], settings: Settings, required: list[str], extra: Sequence[str],
+                   allow_cross_host: bool) -> Comparison:
+    from perfpilot.profilers import measure
+
+    files_a, files_b = split_profile_sets(args)
+    return measure.compare_profiles(
+        [Profile.load(f) for f in files_a], [Profile.load(f) for f in files_b], metrics=required,
+        threshold=settings.threshold, confidence=settings.confidence, names_a=[str(f) for f in files_a],
+        names_b=[str(f) for f in files_b], extra_metrics=extra, allow_cross_host=allow_cross_host)
+
+
+def _compare_commands(args: Sequence[str], settings: Settings, required: list[str], extra: Sequence[str], *,
+                      warmup: int, cpus: str | None, shell: bool, show: bool, err: Console) -> Comparison:
+    """Run and judge the two commands, with a progress bar on a terminal."""
+    from perfpilot.profilers import measure
+    from perfpilot.registry import build_plugin_manager
+
+    if len(args) != 2:
+        raise UsageProblem(f"expected two commands (A and B), got {len(args)} arguments",
+                           hint='quote each command: perfpilot compare -- "python old.py" "python new.py"')
+    if settings.runs < 2:
+        raise UsageProblem(f"--runs must be at least 2, got {settings.runs}", hint="use --runs 10")
+    if warmup < 0:
+        raise UsageProblem(f"--warmup cannot be negative, got {warmup}")
+    pinned_cpus = measure.parse_cpus(cpus)
+    arms = [measure.Arm(command=a, label=a, shell=shell) for a in args]
+    for arm in arms:
+        arm.argv()  # an empty command is an error before any run
+    total = 2 * (warmup + settings.runs)
+    progress = Progress(TextColumn("[bold cyan]perfpilot compare[/]"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True,
+                        disable=not show)
+    task = progress.add_task("warming up", total=total)
+
+    def on_run(side: str, index: int, _profile: Profile) -> None:
+        what = "warm-up" if index == 0 else f"run {index}/{settings.runs}"
+        progress.update(task, advance=1, description=f"{side} {what}")
+
+    options = measure.CompareOptions(
+        metrics=required, extra_metrics=extra, settings=settings, max_runs=settings.runs, min_runs=settings.min_runs,
+        warmup=warmup, threshold=settings.threshold, confidence=settings.confidence, on_run=on_run,
+        capture_output=True, cpus=pinned_cpus, plugin_set=build_plugin_manager())
+    with progress:
+        comparison = measure.compare(arms[0], arms[1], options)
+        progress.update(task, completed=total)
+    return comparison
+
+
 # ---------------------------------------------------------------- command
 
 
@@ -178,10 +246,11 @@ def _save_runs(comparison: Any, folder: Path) -> None:
 @click.option("--warmup", type=int, default=1, show_default=True, help="Discarded warm-up runs per side.")
 @click.option("--metric", "metric", default=None, metavar="NAMES",
               help="Comma list: wall, cpu, peak_rss, io, io_read, io_write, energy, energy.<domain>, gpu_memory, "
-                   "gpu_util, any summary key (reported.loss) or series metric. The first decides when to stop. "
+                   "gpu_util, instructions, any summary key (reported.loss) or series metric. The first decides when to stop. "
                    "Default: wall, plus cpu, peak_rss and energy where measured.")
 @click.option("--threshold", default=None, metavar="PCT",
-              help="Smallest change that counts, e.g. 2%. Default: an eighth of the noise (robust CV), at least 2%, at most 10%.")
+              help="Smallest change that counts, e.g. 2%. Default: an eighth of the noise (robust CV), at least 2%, at most 10%; "
+                   "1% for a near-deterministic metric (instructions).")
 @click.option("--confidence", type=float, default=None, help="Overall confidence (default 0.95).")
 @click.option("--cpus", default=None, metavar="LIST", help="Pin every run to these CPUs (taskset), e.g. 0 or 2-3.")
 @click.option("--shell", is_flag=True, help="Run each command through sh -c (pipes, &&, redirections).")
@@ -223,58 +292,26 @@ def compare(runs: int | None, min_runs: int | None, warmup: int, metric: str | N
     that any look calls a false win stays at most 1 - confidence. A look stops the
     runs when the verdict is clear; otherwise they go on to --runs.
 
+    A near-deterministic metric (instructions) whose runs agree within 0.5%
+    is decided on the ratio with that spread as its noise bound, against a 1%
+    threshold, from 3 runs per side (an extra look that spends no alpha).
+
     A run that exits non-zero stops the comparison with an error naming it.
     Energy that is only an estimate is labelled so and never decides a verdict.
     """
-    from perfpilot.profilers import measure
-
     err = Console(stderr=True)
     settings = settings_from(config_file, interval=interval, plugins=plugins, disable=disable, timeout=timeout,
                              runs=runs, min_runs=min_runs, threshold=threshold, confidence=confidence)
     required, extra = _metrics(metric)
     if not args:
         raise UsageProblem("nothing to compare", hint='give two commands after --, e.g. perfpilot compare -- "python a.py" "python b.py"')
-
     if all(_is_profile_arg(a) for a in args):
         if cpus or shell or save_dir:
             raise UsageProblem("--cpus, --shell and --save apply to commands, not to saved Profiles")
-        files_a, files_b = split_profile_sets(args)
-        profiles_a = [Profile.load(f) for f in files_a]
-        profiles_b = [Profile.load(f) for f in files_b]
-        comparison = measure.compare_profiles(
-            profiles_a, profiles_b, metrics=required, threshold=settings.threshold, confidence=settings.confidence,
-            names_a=[str(f) for f in files_a], names_b=[str(f) for f in files_b], extra_metrics=extra,
-            allow_cross_host=allow_cross_host)
+        comparison = _compare_saved(args, settings, required, extra, allow_cross_host)
     else:
-        if len(args) != 2:
-            raise UsageProblem(
-                f"expected two commands (A and B), got {len(args)} arguments",
-                hint='quote each command: perfpilot compare -- "python old.py" "python new.py"')
-        if settings.runs < 2:
-            raise UsageProblem(f"--runs must be at least 2, got {settings.runs}", hint="use --runs 10")
-        if warmup < 0:
-            raise UsageProblem(f"--warmup cannot be negative, got {warmup}")
-        pinned_cpus = measure.parse_cpus(cpus)
-        arms = [measure.Arm(command=a, label=a, shell=shell) for a in args]
-        for arm in arms:
-            arm.argv()  # an empty command is an error before any run
-        total = 2 * (warmup + settings.runs)
-        show = err.is_terminal and not quiet
-        progress = Progress(TextColumn("[bold cyan]perfpilot compare[/]"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True,
-                            disable=not show)
-        task = progress.add_task("warming up", total=total)
-
-        def on_run(side: str, index: int, _profile: Profile) -> None:
-            what = "warm-up" if index == 0 else f"run {index}/{settings.runs}"
-            progress.update(task, advance=1, description=f"{side} {what}")
-
-        with progress:
-            comparison = measure.compare(
-                arms[0], arms[1], metrics=required, extra_metrics=extra, settings=settings,
-                max_runs=settings.runs, min_runs=settings.min_runs, warmup=warmup, threshold=settings.threshold,
-                confidence=settings.confidence, on_run=on_run, capture_output=True, cpus=pinned_cpus)
-            progress.update(task, completed=total)
+        comparison = _compare_commands(args, settings, required, extra, warmup=warmup, cpus=cpus, shell=shell,
+                                       show=err.is_terminal and not quiet, err=err)
         if save_dir is not None:
             _save_runs(comparison, save_dir)
 

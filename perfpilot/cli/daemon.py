@@ -2,7 +2,8 @@
 
 ``perfpilot daemon`` alone runs the daemon in the foreground (systemd runs it so, see
 examples/systemd/perfpilot.service). ``status``, ``query`` and ``findings`` read the
-database the daemon writes (read-only, safe while it runs).
+database the daemon writes (read-only, safe while it runs). ``hotspots --from URL ...``
+(perfpilot/cli/daemon_hotspots.py) merges several running daemons' hot spots.
 """
 
 from __future__ import annotations
@@ -367,3 +368,13 @@ def proposals(ctx: click.Context, config_file: Path | None, db: Path | None, sin
         table.add_row(str(row["id"]), _when(row["ts"]), row["kind"], escape(row["entity"]),
                       escape((row["process"] or "")[:60]), row["status"], escape(what[:160]))
     console.print(table)
+
+
+def _register_hotspots() -> None:
+    # its own module (one module per command); registered here so it is `perfpilot daemon hotspots`
+    from perfpilot.cli.daemon_hotspots import hotspots
+
+    daemon.add_command(hotspots)
+
+
+_register_hotspots()

@@ -168,16 +168,21 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     if live is None:
         live = not sys.stdout.isatty()
     line = LiveLine(console) if (console.is_terminal and live and not quiet) else None
-    options = RunOptions(on_tick=line.update if line else None, claim_unseen_orphans=True)
+    from perfpilot.registry import build_plugin_manager
+
+    options = RunOptions(on_tick=line.update if line else None, claim_unseen_orphans=True,
+                         plugin_set=build_plugin_manager())
     argv = list(command)
     if imports and pid is not None:
         raise click.UsageError("--imports needs a command to launch (import times are printed at start-up)")
     seconds = parse_duration(duration, name="--duration") if duration is not None else None
     check_output_dirs(output, html, speedscope, collapsed)
+    capture = None
     if imports:
         from perfpilot.profilers import imports as import_times
 
-        argv, options = import_times.prepare(argv, options)
+        capture = import_times.prepare(argv, options)
+        argv, options = capture.argv, capture.options
 
     interrupted = False
     result: Profile | None = None
@@ -196,8 +201,8 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
         result = exc.profile
         interrupted = True
     finally:
-        if imports:
-            import_times.finish(result, options)
+        if capture is not None:
+            capture.finish(result)
     assert result is not None
     write_outputs(result, output, html, speedscope, collapsed, console)
     if not quiet:

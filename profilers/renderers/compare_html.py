@@ -11,7 +11,7 @@ from typing import Any
 from perfpilot.profilers.measure import Comparison
 from perfpilot.profilers.metrics import metric_kind
 from perfpilot.profilers.renderers.htmlpage import json_for_script, page
-from perfpilot.profilers.stats import Verdict
+from perfpilot.profilers.stats import DETERMINISTIC_RULE, Verdict
 
 output_file_extension = "html"
 
@@ -86,7 +86,8 @@ def _verdict_row(v: Verdict, primary: bool) -> str:
     klass = css + (" estimate" if v.source == "estimate" else "")
     return (
         "<tr>"
-        f"<td>{'<b>' if primary else ''}{html.escape(v.metric)}{'</b>' if primary else ''}</td>"
+        f"<td>{'<b>' if primary else ''}{html.escape(v.metric)}{'</b>' if primary else ''}"
+        f"{html.escape(v.source_suffix)}</td>"
         f"<td class=num>{_fmt(v.median_a / scale)} {html.escape(unit)}</td>"
         f"<td class=num>{_fmt(v.median_b / scale)} {html.escape(unit)}</td>"
         f"<td class=num>{v.ratio:.3f} [{v.ci_low:.3f}, {v.ci_high:.3f}]</td>"
@@ -99,16 +100,34 @@ def _verdict_row(v: Verdict, primary: bool) -> str:
     )
 
 
+def _interval_text(comparison: Comparison) -> tuple[str, str]:
+    """(table header, sentence) naming the level each interval was really computed at."""
+    names = sorted({v.interval_name for v in comparison.verdicts.values()})
+    header = f"B/A [{names[0]}]" if len(names) == 1 else "B/A [interval]"
+    primary = comparison.verdicts.get(comparison.primary)
+    if primary is None:
+        return header, ""
+    if primary.rule == DETERMINISTIC_RULE:
+        sentence = (f"{comparison.primary} is near-deterministic: its interval is a noise bound from the runs' "
+                    "spread, not a CI")
+    else:
+        sentence = f"Ratios are median(B)/median(A) with a {primary.interval_name} (percentile bootstrap)"
+    others = [f"{name}: {v.interval_name}" for name, v in comparison.verdicts.items()
+              if v.interval_name != primary.interval_name]
+    return header, sentence + (f" ({'; '.join(others)})" if others else "")
+
+
 def render(comparison: Comparison) -> str:
     verdicts = comparison.verdicts
     labels = comparison.labels
-    confidence = next(iter(verdicts.values())).confidence if verdicts else 0.95
+    header, interval = _interval_text(comparison)
     rows = "".join(_verdict_row(v, name == comparison.primary) for name, v in verdicts.items())
     notes = [*comparison.notes]
     for name, v in verdicts.items():
         notes.extend(f"{name}: {note}" for note in v.notes)
     how = comparison.plan.describe() if comparison.plan is not None else "one look at saved runs"
-    stopped = (f"stopped early after {comparison.runs} runs per side" if comparison.stopped_early
+    why = " for futility (B cannot be better by the threshold)" if comparison.stop_reason == "futility" else ""
+    stopped = (f"stopped early{why} after {comparison.runs} runs per side" if comparison.stopped_early
                else f"{comparison.runs} runs per side")
     data: dict[str, Any] = {"labels": list(labels), "metrics": []}
     charts = []
@@ -124,9 +143,9 @@ def render(comparison: Comparison) -> str:
     body = (
         f"<h1>perfpilot compare</h1>"
         f"<p><b>A</b>: <code>{html.escape(labels[0])}</code><br><b>B</b>: <code>{html.escape(labels[1])}</code></p>"
-        f"<p class=muted>{html.escape(stopped)}; {html.escape(how)}. Ratios are median(B)/median(A) with a "
-        f"{confidence:.1%} bootstrap interval; p is Mann-Whitney U, two-sided. Lower is better.</p>"
-        "<table><tr><th>metric</th><th>median A</th><th>median B</th><th>B/A [CI]</th><th>p</th><th>runs</th>"
+        f"<p class=muted>{html.escape(stopped)}; {html.escape(how)}. {html.escape(interval)}; "
+        "p is Mann-Whitney U, two-sided. Lower is better.</p>"
+        f"<table><tr><th>metric</th><th>median A</th><th>median B</th><th>{html.escape(header)}</th><th>p</th><th>runs</th>"
         f"<th>noise A / B</th><th>threshold</th><th>verdict</th></tr>{rows}</table>"
         + (f"<ul class=notes>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>" if notes else "")
         + "".join(charts)

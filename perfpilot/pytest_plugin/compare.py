@@ -38,7 +38,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from perfpilot.pytest_budgets import format_quantity
+from perfpilot.pytest_plugin.budgets import format_quantity
 
 DEFAULT_THRESHOLDS = {"wall": 0.10}
 NOISE_FLOOR = {"wall": 2e-4, "cpu": 2e-4, "peak_rss": 2.0**20, "io": 2.0**20, "io_read": 2.0**20,
@@ -186,7 +186,7 @@ def _ratio_text(finding: Finding) -> str:
 
 def compare_record(nodeid: str, base: Mapping[str, Any], current: Mapping[str, Any],
                    thresholds: Mapping[str, float]) -> list[Finding]:
-    """Findings for one test. ``base``/``current`` are baseline entries (see pytest_report.baseline_entry).
+    """Findings for one test. ``base``/``current`` are baseline entries (see report.baseline_entry).
 
     A test that measured callables with ``perfpilot_measure`` is judged on those calibrated
     distributions (wall and cpu per call) rather than on whole-test rounds.

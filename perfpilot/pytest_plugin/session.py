@@ -14,7 +14,7 @@ and sends its records to the controller, which writes the baseline and the repor
 Timings then include the contention of workers sharing cores; a baseline records its
 worker count and a comparison across different counts is flagged.
 
-``--perfpilot-suggest`` (:mod:`perfpilot.pytest_suggest`): a regressed test's hot spots are
+``--perfpilot-suggest`` (:mod:`perfpilot.pytest_plugin.suggest`): a regressed test's hot spots are
 taken in the call hook, right after its comparison (its fixtures are still set up), and
 travel with its record (also from xdist workers); the controller asks the proposer at
 session finish, before the JSON report is written.
@@ -33,10 +33,10 @@ from typing import Any, Generator
 import pytest
 
 from perfpilot.profilers.block import BlockMeter
-from perfpilot.pytest_baseline import Baseline, BaselineError, BaselineStore, load, make_meta
-from perfpilot.pytest_budgets import MARKER, Budget, BudgetError, budget_from_marker, merge_budgets
-from perfpilot.pytest_compare import compare_record
-from perfpilot.pytest_report import TestRecord, build_document, check_budget, terminal_lines
+from perfpilot.pytest_plugin.baseline import Baseline, BaselineError, BaselineStore, load, make_meta
+from perfpilot.pytest_plugin.budgets import MARKER, Budget, BudgetError, budget_from_marker, merge_budgets
+from perfpilot.pytest_plugin.compare import compare_record
+from perfpilot.pytest_plugin.report import TestRecord, build_document, check_budget, terminal_lines
 
 PLUGIN_NAME = "perfpilot-session"
 WORKER_KEY = "perfpilot"
@@ -95,13 +95,9 @@ def _timeout_of(item: pytest.Item) -> float | None:
 
 def _energy_estimate(cpu_tdp_w: float | None) -> tuple[float, str] | None:
     """The power collector's basis for CPU energy estimates, so both agree."""
-    try:
-        from perfpilot.config import Settings
-        from perfpilot.plugins.power import watts_per_cpu
-    except ImportError:
-        return None
-    watts, basis = watts_per_cpu(Settings(cpu_tdp_w=cpu_tdp_w))
-    return watts, f"estimate: cpu seconds x {watts:.3g} W per busy logical CPU ({basis})"
+    from perfpilot.profilers.hardware import estimate_note
+
+    return estimate_note(cpu_tdp_w)
 
 
 def _outcome_of(exc: BaseException) -> str:
@@ -132,7 +128,7 @@ class PerfpilotSession:
         self.saved: str | None = None
         self._host: dict[str, Any] | None = None
         self._current: TestRecord | None = None
-        self.suggester: Any = None  # perfpilot.pytest_suggest.Suggester, set by the plugin (controller only)
+        self.suggester: Any = None  # perfpilot.pytest_plugin.suggest.Suggester, set by the plugin (controller only)
         self._profiled: list[float] = []  # worst ratios of the regressed tests profiled so far
 
     # ---------------------------------------------------------------- session
@@ -289,7 +285,7 @@ class PerfpilotSession:
     def _hotspots(self, item: pytest.Item, record: TestRecord) -> None:
         """For --perfpilot-suggest: what the proposer will be shown about a regressed test.
         Done here, while its fixtures are still set up, so the test can be called again."""
-        from perfpilot import pytest_suggest as suggest
+        from perfpilot.pytest_plugin import suggest
 
         finding = suggest.worst_finding(record)
         if finding is None:
@@ -331,7 +327,7 @@ class PerfpilotSession:
         return "not profiled (not among the worst regressions when it ran): the test's source"
 
     def _profile(self, item: pytest.Item, record: TestRecord, function: Any) -> Any:
-        from perfpilot.pytest_suggest import Profiled, profile_rounds
+        from perfpilot.pytest_plugin.suggest import Profiled, profile_rounds
 
         seconds = self.options.suggest_profile
         timeout = _timeout_of(item)
@@ -382,7 +378,7 @@ class PerfpilotSession:
             self.options.json_path.write_text(json.dumps(self.document, indent=1, allow_nan=False) + "\n",
                                               encoding="utf-8")
         if self.options.html_path is not None:
-            from perfpilot.profilers.renderers.pytest_html import render
+            from perfpilot.pytest_plugin.html import render
 
             self.options.html_path.parent.mkdir(parents=True, exist_ok=True)
             self.options.html_path.write_text(render(self.document), encoding="utf-8")
@@ -448,7 +444,7 @@ class PerfpilotSession:
         terminalreporter.write_sep("=", "perfpilot")
         lines = terminal_lines(document, slowest=self.options.slowest)
         if "suggestions" in document:
-            from perfpilot.pytest_suggest import terminal_lines as suggestion_lines
+            from perfpilot.pytest_plugin.suggest import terminal_lines as suggestion_lines
 
             lines += suggestion_lines(document["suggestions"])
         for text, markup in lines:

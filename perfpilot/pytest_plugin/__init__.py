@@ -4,7 +4,7 @@ Inert unless enabled: without ``--perfpilot`` (or an option that implies it) thi
 adds its command-line options, the ``perf_budget`` marker's description and the
 ``perfpilot_measure`` fixture, and nothing else runs: no per-test hook is registered and
 no other perfpilot module is imported. Enabled, it registers
-:class:`perfpilot.pytest_session.PerfpilotSession`, which holds every hook.
+:class:`perfpilot.pytest_plugin.session.PerfpilotSession`, which holds every hook.
 
     pytest --perfpilot                                   # per-test telemetry and a summary
     pytest --perfpilot --perfpilot-save                  # store a baseline for this machine
@@ -15,7 +15,18 @@ no other perfpilot module is imported. Enabled, it registers
 
 Defaults can also live in ``[tool.perfpilot.pytest]`` (keys ``rounds``, ``max_time``,
 ``keep``, ``compare_fail``, ``dir``, ``slowest``, ``suggest_max``, ``suggest_profile``); command-line
-options win. ``--perfpilot-suggest`` is described in :mod:`perfpilot.pytest_suggest`.
+options win. ``--perfpilot-suggest`` is described in :mod:`perfpilot.pytest_plugin.suggest`.
+
+The package, one module per part (all but this one imported only when enabled):
+
+- ``session``: :class:`PerfpilotSession`, every pytest hook, xdist merging
+- ``measure``: the ``perfpilot_measure`` fixture over :mod:`perfpilot.profilers.block`
+- ``budgets``: ``perf_budget`` markers and ``--perfpilot-compare-fail`` thresholds
+- ``baseline``: the per-machine baseline store under ``.perfpilot/``
+- ``compare``: findings against the baseline, judged by :mod:`perfpilot.profilers.stats`
+- ``report``: per-test records, the JSON document and the terminal summary
+- ``suggest``: ``--perfpilot-suggest``, the proposer asked about the worst regressions
+- ``html``: ``--perfpilot-html``, the page drawn from the JSON document
 """
 
 from __future__ import annotations
@@ -87,12 +98,12 @@ def pytest_configure(config: pytest.Config) -> None:
         options = _options(config)
     except PerfpilotError as exc:
         raise pytest.UsageError(f"perfpilot: {exc}") from None
-    from perfpilot.pytest_session import PLUGIN_NAME, PerfpilotSession, XdistMerge
+    from perfpilot.pytest_plugin.session import PLUGIN_NAME, PerfpilotSession, XdistMerge
 
     session = PerfpilotSession(config, options)
     if options.suggest and not hasattr(config, "workerinput"):
         # Built before any test runs, so a missing backend or key costs nothing but a line.
-        from perfpilot.pytest_suggest import Suggester
+        from perfpilot.pytest_plugin.suggest import Suggester
 
         get = config.getoption
         try:
@@ -109,10 +120,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _options(config: pytest.Config) -> Any:
     from perfpilot.config import load_settings, parse_duration
-    from perfpilot.pytest_baseline import DEFAULT_KEEP
-    from perfpilot.pytest_budgets import BudgetError, parse_thresholds
-    from perfpilot.pytest_compare import DEFAULT_THRESHOLDS
-    from perfpilot.pytest_session import Options
+    from perfpilot.pytest_plugin.baseline import DEFAULT_KEEP
+    from perfpilot.pytest_plugin.budgets import BudgetError, parse_thresholds
+    from perfpilot.pytest_plugin.compare import DEFAULT_THRESHOLDS
+    from perfpilot.pytest_plugin.session import Options
 
     settings = load_settings(cwd=config.rootpath)
     table = dict(settings.pytest)
@@ -174,6 +185,6 @@ def perfpilot_measure(request: pytest.FixtureRequest) -> Any:
     each round, ``median``, ``result``). ``perfpilot_measure.measure(fn, args=..., name=...,
     rounds=...)`` sets the rounds; ``with perfpilot_measure.block() as b:`` measures a block once.
     """
-    from perfpilot.pytest_measure import PerfpilotMeasure
+    from perfpilot.pytest_plugin.measure import PerfpilotMeasure
 
     return PerfpilotMeasure(request.node.nodeid, request.config.pluginmanager.get_plugin("perfpilot-session"))

@@ -53,7 +53,7 @@ from perfpilot.agent.backends.errors import BackendError
 from perfpilot.agent.context import Context, estimate_tokens, is_secret_file
 from perfpilot.config import Settings
 from perfpilot.errors import ConfigError
-from perfpilot.pytest_report import TestRecord
+from perfpilot.pytest_plugin.report import TestRecord
 
 DEFAULT_MAX = 3
 DEFAULT_PROFILE_S = 1.0
@@ -206,7 +206,7 @@ def worst_regressions(records: Iterable[TestRecord], limit: int) -> list[tuple[T
 
 
 def describe(finding: Mapping[str, Any]) -> str:
-    from perfpilot.pytest_compare import Finding
+    from perfpilot.pytest_plugin.compare import Finding
 
     return Finding(**{k: finding[k] for k in ("nodeid", "metric", "kind", "verdict", "reason", "subject")}).describe()
 

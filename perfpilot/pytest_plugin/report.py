@@ -11,7 +11,7 @@ The JSON document (``--perfpilot-json``; also what the HTML report is drawn from
      "summary": {"tests", "measured", "budget_failures", "regressions", "noise", "improved"},
      "suggestions": {...}}                           # only with --perfpilot-suggest
 
-``suggestions`` (see :mod:`perfpilot.pytest_suggest`)::
+``suggestions`` (see :mod:`perfpilot.pytest_plugin.suggest`)::
 
     {"backend": "llm via openai (gpt-4.1)", "applied": false, "regressed_tests": int, "note"?: str,
      "requests": [{"nodeid", "subject", "metric", "ratio", "ci_low", "ci_high", "p_value", "finding",
@@ -28,7 +28,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from perfpilot.pytest_budgets import NEAR_LIMIT, format_quantity
+from perfpilot.pytest_plugin.budgets import NEAR_LIMIT, format_quantity
 
 SCHEMA = "perfpilot.pytest-report"
 VERSION = 1
@@ -201,7 +201,7 @@ def terminal_lines(doc: dict[str, Any], *, slowest: int) -> list[tuple[str, dict
 
 
 def _comparison_lines(doc: dict[str, Any], baseline: dict[str, Any]) -> list[tuple[str, dict[str, bool]]]:
-    from perfpilot.pytest_compare import Finding  # small module, only when comparing
+    from perfpilot.pytest_plugin.compare import Finding  # small module, only when comparing
 
     out: list[tuple[str, dict[str, bool]]] = [("", {})]
     meta = baseline.get("meta") or {}

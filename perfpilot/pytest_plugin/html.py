@@ -1,6 +1,6 @@
 """HTML report of a pytest run measured by perfpilot (``--perfpilot-html``).
 
-Drawn from the JSON document of :mod:`perfpilot.pytest_report`; one self-contained page
+Drawn from the JSON document of :mod:`perfpilot.pytest_plugin.report`; one self-contained page
 (Chart.js inlined by :func:`perfpilot.profilers.renderers.htmlpage.page`): the slowest
 tests, budget use, the comparison with the baseline (ratio and its CI per finding), the
 rounds of each measured distribution, the proposals of ``--perfpilot-suggest`` (escaped:
@@ -31,7 +31,7 @@ def _figure(test: dict[str, Any], metric: str) -> float | None:
 
 
 def _fmt(metric: str, value: float | None) -> str:
-    from perfpilot.pytest_budgets import format_quantity
+    from perfpilot.pytest_plugin.budgets import format_quantity
 
     return "-" if value is None else format_quantity(metric, value)
 
