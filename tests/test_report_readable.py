@@ -67,3 +67,15 @@ def test_no_samples_means_no_flame_graph_and_says_why() -> None:
     page = html_renderer.render(profile)
     assert 'id="flamegraph"' not in page and "No flame graph" in page
     assert "before py-spy could take a sample" in page
+
+
+def test_pytest_suggest_and_daemon_use_the_same_table() -> None:
+    from perfpilot.pytest_plugin.suggest import terminal_lines
+
+    section = {"backend": "mock", "requests": [{"nodeid": "t.py::test_a", "finding": "cpu 2.00x", "status": "ok",
+                                                "hotspots_note": "py-spy", "proposals": [],
+                                                "hotspots": [{k: SPOTS[0][k] for k in ("function", "line", "self_pct",
+                                                                                       "total_pct")}
+                                                             | {"file": "/proj/sqlparse/engine/statement_splitter.py"}]}]}
+    lines = [text for text, _ in terminal_lines(section)]
+    assert any(LONG in line for line in lines) and all(len(line) <= 80 for line in lines), lines

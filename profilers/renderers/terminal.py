@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -137,72 +137,87 @@ _PCT_W = {"self": 6, "total": 7}
 _MIN_CODE_W = 12
 
 
-def _layout(spots: Sequence[Mapping[str, Any]], width: int, has_energy: bool) -> tuple[list[str], int]:
+Extra = tuple[str, Callable[[Mapping[str, Any]], str]]  # (header, cell text) of a caller's own column
+
+
+def _layout(spots: Sequence[Mapping[str, Any]], width: int, has_energy: bool,
+            extras: Sequence[Extra] = ()) -> tuple[list[str], int]:
     """Which columns fit in ``width``: (columns, code width). The function and its
-    file:line are never cut; code shrinks then goes, then energy, then total %;
-    last, file:line moves under the function (``stacked``)."""
-    fn_w = max([8] + [len(str(s.get("function"))) for s in spots])
-    where_w = max([4] + [len(where(s)) for s in spots])
-    energy_w = max([6] + [len(_energy_text(s).plain) for s in spots]) if has_energy else 0
+    file:line are never cut; code shrinks then goes, then the caller's extra columns
+    (last first), then energy, then total %; last, file:line moves under the
+    function (``stacked``)."""
+    widths = {"self": 6, "total": 7,
+              "function": max([8] + [len(str(s.get("function"))) for s in spots]),
+              "where": max([4] + [len(where(s)) for s in spots]),
+              "energy": max([6] + [len(_energy_text(s).plain) for s in spots]) if has_energy else 0}
+    for i, (header, cell) in enumerate(extras):
+        widths[f"extra{i}"] = max([len(header)] + [len(cell(s)) for s in spots])
     code_w = max([4] + [len(str(s.get("code") or "")) for s in spots])
-    candidates = [["self", "total", "function", "where", "code", "energy"], ["self", "total", "function", "where",
-                  "energy"], ["self", "total", "function", "where"], ["self", "function", "where"]]
+    base = ["self", "total", "function", "where"]
+    energy = ["energy"] if has_energy else []
+    extra = [f"extra{i}" for i in range(len(extras))]
+    candidates = [base + extra + ["code"] + energy]
+    candidates += [base + extra[:n] + energy for n in range(len(extra), -1, -1)]
+    candidates += [base, ["self", "function", "where"]]
     for columns in candidates:
-        columns = [c for c in columns if c != "energy" or has_energy]
-        used = sum(2 + {"self": 6, "total": 7, "function": fn_w, "where": where_w, "energy": energy_w}.get(c, 0)
-                   for c in columns if c != "code")
-        if "code" in columns:
-            room = min(code_w, 60, width - used - 2)
-            if room >= _MIN_CODE_W:
-                return columns, room
+        used = sum(2 + widths[c] for c in columns if c != "code")
+        if "code" not in columns:
+            if used <= width:
+                return columns, 0
             continue
-        if used <= width:
-            return columns, 0
-    stacked_w = max(fn_w, 2 + where_w + (2 + energy_w if has_energy else 0))
+        room = min(code_w, 60, width - used - 2)
+        if room >= _MIN_CODE_W:
+            return columns, room
+    stacked_w = max(widths["function"], 2 + widths["where"] + (2 + widths["energy"] if has_energy else 0))
     return (["self", "total", "stacked"] if 8 + 9 + 2 + stacked_w <= width else ["self", "stacked"]), 0
 
 
 def hotspot_table(spots: Sequence[Mapping[str, Any]], *, width: int | None = None, title: str | None = None,
-                  caption: str | None = None, top: int | None = None) -> Table:
+                  caption: str | None = None, top: int | None = None, extras: Sequence[Extra] = ()) -> Table:
     """The one hot-spot table (profile report, pytest, daemon): ``spots`` are hot-spot
     dicts (``function``, ``file``/``short_file``, ``line``, ``self_pct``, optional
-    ``total_pct``, ``code``, ``energy_j``). At any ``width`` the function's full name and
-    its file:line are printed whole; lower-value columns give way first."""
+    ``total_pct``, ``code``, ``energy_j``); ``extras`` are a caller's own columns
+    (e.g. samples, hosts). At any ``width`` the function's full name and its file:line
+    are printed whole; lower-value columns give way first."""
     spots = list(spots[:top] if top else spots)
     has_energy = any("energy_j" in s for s in spots)
-    has_total = any("total_pct" in s for s in spots)
-    columns, code_w = _layout(spots, width or 10_000, has_energy)
-    if not has_total:
+    columns, code_w = _layout(spots, width or 10_000, has_energy, extras)
+    if not any("total_pct" in s for s in spots):
         columns = [c for c in columns if c != "total"]
     table = Table(title=title, title_justify="left", box=None, padding=(0, 1), caption=caption,
                   caption_justify="left")
-    heads = {"self": ("self %", dict(justify="right", style="bold", min_width=6)),
-             "total": ("total %", dict(justify="right", min_width=7)),
-             "function": ("function", dict(style="cyan")),
-             "where": ("line", {}),
-             "stacked": ("function  (file:line)", dict(overflow="fold")),
-             "code": ("code", dict(style="dim", overflow="ellipsis", max_width=code_w)),
-             "energy": ("energy", dict(justify="right"))}
+    heads: dict[str, tuple[str, dict[str, Any]]] = {
+        "self": ("self %", dict(justify="right", style="bold", min_width=6)),
+        "total": ("total %", dict(justify="right", min_width=7)),
+        "function": ("function", dict(style="cyan")),
+        "where": ("line", {}),
+        "stacked": ("function  (file:line)", dict(overflow="fold")),
+        "code": ("code", dict(style="dim", overflow="ellipsis", max_width=code_w)),
+        "energy": ("energy", dict(justify="right")),
+        **{f"extra{i}": (header, {}) for i, (header, _) in enumerate(extras)},
+    }
     for column in columns:
         header, options = heads[column]
         options.setdefault("overflow", "fold")  # never an ellipsis in a name or a path
-        table.add_column(header, no_wrap=column not in ("stacked",), **options)
+        table.add_column(header, no_wrap=column != "stacked", **options)
     for spot in spots:
-        table.add_row(*(_cell(spot, column) for column in columns))
+        table.add_row(*(_cell(spot, column, extras) for column in columns))
     return table
 
 
-def _cell(spot: Mapping[str, Any], column: str) -> Any:
+def _cell(spot: Mapping[str, Any], column: str, extras: Sequence[Extra] = ()) -> Any:
+    if column.startswith("extra"):
+        return Text(extras[int(column[5:])][1](spot))
     if column == "self":
         return f"{spot.get('self_pct', 0):.1f}"
     if column == "total":
         return f"{spot.get('total_pct', 0):.1f}"
     if column == "function":
-        return str(spot.get("function"))
+        return Text(str(spot.get("function")))
     if column == "where":
-        return where(spot)
+        return Text(where(spot))
     if column == "code":
-        return str(spot.get("code") or "")
+        return Text(str(spot.get("code") or ""))
     if column == "energy":
         return _energy_text(spot)
     text = Text(str(spot.get("function")), style="cyan")
