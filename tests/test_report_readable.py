@@ -78,4 +78,6 @@ def test_pytest_suggest_and_daemon_use_the_same_table() -> None:
                                                                                        "total_pct")}
                                                              | {"file": "/proj/sqlparse/engine/statement_splitter.py"}]}]}
     lines = [text for text, _ in terminal_lines(section)]
-    assert any(LONG in line for line in lines) and all(len(line) <= 80 for line in lines), lines
+    table = lines[[i for i, line in enumerate(lines) if "hot spots:" in line][0] + 1:]
+    assert any(LONG in line for line in table) and all(len(line) <= 80 for line in table), lines
+    assert any("statement_splitter.py:104" in line for line in table), lines
