@@ -168,8 +168,13 @@ def _layout(spots: Sequence[Mapping[str, Any]], width: int, has_energy: bool,
         room = min(code_w, 60, width - used - 2)
         if room >= _MIN_CODE_W:
             return columns, room
-    stacked_w = max(widths["function"], 2 + widths["where"] + (2 + widths["energy"] if has_energy else 0))
-    return (["self", "total", "stacked"] if 8 + 9 + 2 + stacked_w <= width else ["self", "stacked"]), 0
+    # Stacked: self and total % then the function, file:line (and energy) on the next line.
+    # total % stays while the function fits beside it, and the line either fits too or
+    # would fold even without it.
+    room = width - (8 + 9 + 2)
+    line_w = 2 + widths["where"] + (2 + widths["energy"] if has_energy else 0)
+    keep_total = widths["function"] <= room and (line_w <= room or line_w > room + 9)
+    return (["self", "total", "stacked"] if keep_total else ["self", "stacked"]), 0
 
 
 def hotspot_table(spots: Sequence[Mapping[str, Any]], *, width: int | None = None, title: str | None = None,
