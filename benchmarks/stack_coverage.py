@@ -48,6 +48,7 @@ class Run:
     coverage_pct: float | None = None
     python_coverage_pct: float | None = None
     python_started_s: float | None = None
+    unsampled_after_attach_s: float = 0.0
     note: str | None = None
     terminal: str = ""  # perfpilot's report, rendered at 80 columns
 
@@ -88,7 +89,8 @@ def run_perfpilot(cmd: list[str], tmp: Path, imports: bool = False) -> Run:
     profile = json.loads(out.read_text())
     status = profile["annotations"]["stacks"]
     return Run(profile["duration_s"], (profile.get("stacks") or {}).get("samples", 0), status.get("coverage_pct"),
-               status.get("python_coverage_pct"), status.get("python_started_s"), status.get("coverage_note"), done.stderr)
+               status.get("python_coverage_pct"), status.get("python_started_s"), status.get("unsampled_after_attach_s", 0.0),
+               status.get("coverage_note"), done.stderr)
 
 
 def run_py_spy(cmd: list[str], tmp: Path) -> Run:

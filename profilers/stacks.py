@@ -71,6 +71,7 @@ RETRY_MAX_S = 0.5
 POLL_FIRST_S = 0.005  # looking for a Python process in the tree: first 2 s
 POLL_LATER_S = 0.02  # ... up to 10 s
 POLL_IDLE_S = 0.1  # ... after that (a non-Python target pays at most this)
+EARLY_FRESH_S = 0.25  # Python appeared this long after the early py-spy began: start a fresh one too
 ROOTS_CHECK_S = 0.1  # while sampling: how often to look for Python processes py-spy does not follow
 CAP_SYS_PTRACE = 19
 
@@ -431,10 +432,19 @@ class StackRecorder:
             self._polls += 1
             return None
         if self.python_seen is None:
-            # Python at the first look: the command itself is the interpreter.
-            self.python_at_launch = self._polls == 0 and self.target_pid in roots
+            self.python_at_launch = self._polls == 0 and self.target_pid in roots and self._command_is(self.target_pid)
             self.python_seen = time.time()
         return self._choose(roots)
+
+    def _command_is(self, pid: int) -> bool:
+        """Whether the launched command is itself the binary pid runs (then Python ran
+        from launch; otherwise a launcher exec'd it before our first look, time unknown)."""
+        command = (self.target.command if self.target is not None else None) or []
+        found = shutil.which(command[0], path=os.environ.get("PATH")) if command else None
+        try:
+            return found is not None and os.path.realpath(found) == os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return False
 
     def _await_python(self) -> int | None:
         """Poll the tree until a Python process is in it; None once the target is gone."""
@@ -452,18 +462,32 @@ class StackRecorder:
     def _early(self) -> SpyRun | Attempt:
         """A py-spy on the launched pid before it runs Python: py-spy retries for ~0.5 s,
         so an interpreter that a launcher execs is sampled as soon as it can be, without
-        waiting for a py-spy to start. If Python shows up elsewhere (a child), that wins."""
-        early = self._spawn(self.target_pid, follow=False)
-        while not early._event.is_set() and not self._stop.is_set():
+        waiting for a py-spy to start. If the exec comes late in those retries, a fresh
+        py-spy joins (the first may run out of tries while Python starts up); whichever
+        samples first wins. If Python shows up elsewhere (a child), that wins."""
+        runs = [self._spawn(self.target_pid, follow=False)]
+        while not self._stop.is_set() and not any(r.attached for r in runs):
             pid = self._poll_python()
             if pid is not None and pid != self.target_pid:
-                early.interrupt()
                 break
+            if pid is not None and len(runs) == 1 and time.time() - runs[0].started > EARLY_FRESH_S:
+                runs.append(self._spawn(pid, follow=False))
+                continue
+            if all(r._event.is_set() for r in runs):
+                break  # every one gave up
             self._stop.wait(POLL_FIRST_S)
-        if early.wait_attached(self._stop):
-            self._poll_python()  # when Python started, for the coverage figures
-            return early
-        return self._collect(early)
+        attached = [r for r in runs if r.attached]
+        winner = min(attached, key=lambda r: r.attached or 0.0) if attached else None
+        attempt = Attempt("no_python")
+        for run in runs:
+            if run is not winner:
+                if run.running():
+                    run.interrupt(at=winner.attached if winner else None)
+                attempt = self._collect(run)
+        if winner is None:
+            return attempt
+        self._poll_python()  # when Python started, for the coverage figures
+        return winner
 
     # ------------------------------------------------------------ the thread
 
