@@ -68,7 +68,12 @@ def test_multiprocessing_children_show_in_hotspots(perfpilot_cli, python_exe, tm
     assert work is not None, [h["function"] for h in profile.hotspots[:10]]
     assert work is profile.hotspots[0] or work["self_pct"] >= 40
     assert work["processes"] == 2
-    assert work["line"] == marked_line(MULTI, "# WORKER HOT LINE")
+    # The loop's own line is hottest on a quiet machine; under heavy load the worker is
+    # often preempted at the process_time() syscall two lines up (old and new sampling
+    # alike: 17 vs 19 in 5 of 6 runs at load ~9), so the loop's lines are judged together.
+    hot = marked_line(MULTI, "# WORKER HOT LINE")
+    assert work["line"] in range(hot - 2, hot + 1), work["lines"][:3]
+    assert hot in [ln["line"] for ln in work["lines"][:3]], work["lines"][:3]
 
 
 def test_no_subprocesses_sees_only_the_parent(perfpilot_cli, python_exe, tmp_path) -> None:
