@@ -121,11 +121,19 @@ def study(runs: int, imports: bool, cmd: list[str], verbose: bool = True) -> tup
                 ours.append(run_perfpilot(cmd, tmp, imports))
             if verbose:
                 a, b = ours[-1], alone[-1]
-                print(f"{i + 1:3d}  wall {a.wall_s:6.2f} s  coverage {a.coverage_pct:5.1f}%  "
-                      f"(Python from {a.python_started_s:.2f} s: {a.python_coverage_pct:5.1f}%)  samples {a.samples:5d}  "
+                print(f"{i + 1:3d}  wall {a.wall_s:6.2f} s  coverage {_pct(a.coverage_pct)}  "
+                      f"(Python from {_num(a.python_started_s)} s: {_pct(a.python_coverage_pct)})  samples {a.samples:5d}  "
                       f"py-spy alone {b.samples:5d} in {b.wall_s:6.2f} s  ratio {a.samples / max(b.samples, 1):.3f}",
                       flush=True)
     return ours, alone
+
+
+def _pct(value: float | None) -> str:
+    return "    -" if value is None else f"{value:5.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def summary(ours: list[Run], alone: list[Run]) -> dict[str, float]:

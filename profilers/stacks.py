@@ -637,6 +637,8 @@ class StackRecorder:
             "sampling_errors": sum(w.errors for w in self.windows),
         }
         python_seen = t0 if self.python_at_launch else self.python_seen
+        if self.windows and (python_seen is None or python_seen > self.windows[0].start):
+            python_seen = min(w.start for w in self.windows)  # it ran by then at the latest
         status.update(coverage.figures(self.windows, t0, profile.duration_s, python_seen))
         if self.failures:
             status["failures"] = self.failures[:5]
