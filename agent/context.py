@@ -2,8 +2,10 @@
 knobs, and the history of earlier proposals with their measured outcomes.
 
 Secrets never leave the machine: files that hold them (``.env``, keys, credentials)
-are never quoted, and anything in quoted source that looks like a key or token is
-masked. The rendered prompt is sized to a token budget (about 4 characters a token) by
+are never quoted, and every message is masked by value through a
+:class:`~perfpilot.agent.secrets.Masker` (secret environment values, ``.env`` values, URL
+credentials, key shapes, high-entropy tokens): source excerpts, history (which carries
+failing tests' output), telemetry labels and command lines alike. The rendered prompt is sized to a token budget (about 4 characters a token) by
 dropping, in order: old history, source lines around hot spots, then whole hot spots.
 """
 
@@ -20,31 +22,16 @@ from perfpilot import prompts
 from perfpilot.agent.backends.openai_backend import KEY_VARIABLES
 from perfpilot.agent.knobs import Knob
 from perfpilot.agent.outcomes import Outcome
+from perfpilot.agent.project_paths import project_relative
+from perfpilot.agent.secrets import MASK, Masker, mask_secrets
 from perfpilot.profilers.profile import Profile
+
+__all__ = ["MASK", "Context", "classify_bottleneck", "estimate_tokens", "is_secret_file", "mask_secrets",
+           "target_kind"]
 
 CHARS_PER_TOKEN = 4
 SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ed25519*", "*secret*",
                 "*credential*", ".netrc", ".pypirc", "*.kdbx", ".npmrc")
-_SECRET_PATTERNS = [
-    re.compile(r"sk-[A-Za-z0-9_\-]{16,}"),  # OpenAI-style keys
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}\b"),  # GitHub tokens
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"),  # Slack tokens
-    re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}\b"),  # Google API keys
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._\-]{16,}"),
-]
-# key = "value" where the name says it is secret
-_SECRET_ASSIGN = re.compile(
-    r"""(?ix)(\b[\w.-]*(?:api[_-]?key|secret|token|passw(?:or)?d|credential|auth)[\w.-]*\b\s*[:=]\s*)
-    (["']?)([^\s"',;]{6,})(\2)""")
-MASK = "***"
-
-
-def mask_secrets(text: str) -> str:
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(MASK, text)
-    return _SECRET_ASSIGN.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(4)}", text)
 
 
 def is_secret_file(rel: str) -> bool:
@@ -141,34 +128,26 @@ class Context:
     # Values that must never leave (a daemon's bearer token, a key given on a flag);
     # API keys from the environment are always added.
     known_secrets: tuple[str, ...] = ()
+    # Shared with the optimiser's report so it can say how many values were masked; built
+    # from the environment and the project's .env files when none is given.
+    masker: Masker | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, *, project: Path, profile: Profile, objective: str, guards: Mapping[str, Any], run: str,
               test: str, knobs: Mapping[str, Knob], knob_values: Mapping[str, Any], env: Mapping[str, str],
               history: Sequence[Outcome], files: Sequence[str], budget_tokens: int,
-              extra_paths: Sequence[str] = ()) -> "Context":
+              extra_paths: Sequence[str] = (), masker: Masker | None = None) -> "Context":
         return cls(project=project, objective=objective, guards=dict(guards), run=run, test=test, profile=profile,
                    knobs=dict(knobs), knob_values=dict(knob_values), env=dict(env), history=list(history),
                    files=sorted(files), kind=target_kind(profile, project, run),
                    bottleneck=classify_bottleneck(profile), budget_tokens=budget_tokens,
-                   extra_paths=list(extra_paths))
+                   extra_paths=list(extra_paths), masker=masker or Masker.for_project(project))
 
     # ------------------------------------------------------------ sections
 
     def relative(self, file: str) -> str | None:
         """A profile's file path as a project-relative path, or None if outside it."""
-        if not file or file.startswith("<"):
-            return None
-        path = Path(file)
-        roots = [self.project, *map(Path, self.extra_paths)]
-        if not path.is_absolute():
-            return path.as_posix() if (self.project / path).is_file() else None
-        for root in roots:
-            try:
-                return path.resolve().relative_to(root.resolve()).as_posix()
-            except (ValueError, OSError):
-                continue
-        return None
+        return project_relative(file, self.project, self.extra_paths)
 
     def summary_text(self) -> str:
         s = self.profile.summary
@@ -207,7 +186,7 @@ class Context:
         lo, hi = max(1, line - window), min(len(lines), line + window)
         width = len(str(hi))
         text = "\n".join(f"{n:>{width}} | {lines[n - 1]}" for n in range(lo, hi + 1))
-        return mask_secrets(text)
+        return self.secrets().mask_text(text)
 
     def knobs_text(self) -> str:
         if not self.knobs:
@@ -231,7 +210,7 @@ class Context:
         dropped = len(self.history) - len(shown)
         if dropped:
             rows.insert(0, f"({dropped} earlier proposals not shown)")
-        return mask_secrets("\n".join(rows))
+        return self.secrets().mask_text("\n".join(rows))
 
     def files_text(self, limit: int = 200) -> str:
         shown = [f for f in self.files if not is_secret_file(f)][:limit]
@@ -275,15 +254,16 @@ class Context:
             text = self.render(top=top, window=window, last=last)
         return [{"role": "system", "content": system}, {"role": "user", "content": self._mask(text)}]
 
+    def secrets(self) -> Masker:
+        if self.masker is None:
+            self.masker = Masker.for_project(self.project)
+        self.masker.add([*self.known_secrets, *(os.environ.get(name, "") for name in KEY_VARIABLES)])
+        return self.masker
+
     def _mask(self, text: str) -> str:
         """The whole message masked once more before it leaves: a test id, a command
         line or a figure's label can carry a secret that no quoted section did."""
-        text = mask_secrets(text)
-        secrets = [*self.known_secrets, *(os.environ.get(name, "") for name in KEY_VARIABLES)]
-        for secret in secrets:
-            if secret and len(secret) >= 6:
-                text = text.replace(secret, MASK)
-        return text
+        return self.secrets().mask_text(text)
 
 
 def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:

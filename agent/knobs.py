@@ -9,7 +9,10 @@ Declared in ``[tool.perfpilot.knobs]``, one table per knob, exactly one of ``env
     num_workers = { config = "train.toml:data.num_workers", values = [0, 2, 4] }
 
 ``default`` (optional) names the value in effect when perfpilot sets nothing; for
-``config`` knobs it is read from the file.
+``config`` knobs it is read from the file. ``role`` (optional: checkpoint, dataloader,
+memory, compute) and ``requires = "gpu"`` (or ``"none"``) tell the knob search what
+evidence makes the knob worth trying and when to skip it; without them both are
+inferred from the knob's name (see ``agent/proposers/knob_evidence.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any, Mapping
 from perfpilot.errors import ConfigError
 
 KINDS = ("env", "arg", "config")
+ROLES = ("checkpoint", "dataloader", "memory", "compute")
+REQUIRES = ("gpu", "none")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class Knob:
     target: str  # variable name, flag, or "file:dotted.key"
     values: tuple[Any, ...]
     default: Any = None
+    role: str | None = None  # checkpoint | dataloader | memory | compute; None: inferred from the name
+    requires: str | None = None  # "gpu": pointless without one; "none": never skip; None: inferred
 
     @property
     def is_flag(self) -> bool:
@@ -67,10 +74,13 @@ def parse_knobs(table: Mapping[str, Any]) -> dict[str, Knob]:
         kinds = [k for k in KINDS if k in spec]
         if len(kinds) != 1:
             raise ConfigError(f"{where}: give exactly one of env, arg or config", hint=f"got {sorted(spec)}")
-        unknown = set(spec) - {*KINDS, "values", "default"}
+        unknown = set(spec) - {*KINDS, "values", "default", "role", "requires"}
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}",
-                              hint="known: env, arg, config, values, default")
+                              hint="known: env, arg, config, values, default, role, requires")
+        for key, allowed in (("role", ROLES), ("requires", REQUIRES)):
+            if key in spec and spec[key] not in allowed:
+                raise ConfigError(f"{where}: {key} = {spec[key]!r} is not one of {', '.join(allowed)}")
         kind = kinds[0]
         target = spec[kind]
         if not isinstance(target, str) or not target.strip():
@@ -83,7 +93,8 @@ def parse_knobs(table: Mapping[str, Any]) -> dict[str, Knob]:
         for value in values:
             if not isinstance(value, (str, int, float, bool)):
                 raise ConfigError(f"{where}: value {value!r} must be a string, number or boolean")
-        knobs[str(name)] = Knob(str(name), kind, target.strip(), tuple(values), spec.get("default"))
+        knobs[str(name)] = Knob(str(name), kind, target.strip(), tuple(values), spec.get("default"),
+                                spec.get("role"), spec.get("requires"))
     return knobs
 
 

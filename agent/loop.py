@@ -31,6 +31,8 @@ from perfpilot.agent.knobs import Knob, parse_knobs
 from perfpilot.agent.outcomes import Outcome
 from perfpilot.agent.output_check import OutputCheck, parse_output_check
 from perfpilot.agent.proposals import Proposal
+from perfpilot.agent.sandbox import Sandbox
+from perfpilot.agent.secrets import Masker
 from perfpilot.agent.workspace import Candidate, DidNotApply, Refused, State, Workspace
 from perfpilot.config import Settings, parse_percent
 from perfpilot.errors import ConfigError, PerfpilotError
@@ -122,6 +124,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     final_state: State = field(default_factory=State)
     workspace_dirs: list[str] = field(default_factory=list)  # to show profile paths relative to the project
+    masker: Masker | None = field(default=None, repr=False)  # the session's secrets, for the report
 
     @property
     def accepted(self) -> list[Outcome]:
@@ -207,10 +210,14 @@ class Optimizer:
             plugin_set = build_plugin_manager()
         self.plugin_set = plugin_set
         self.verify = verify or engine_verifier(settings, plugin_set, self.progress.run_done)
+        self.sandbox = Sandbox.create(settings.sandbox)
         self.run_argv = shlex.split(settings.run)
         self.workspace: Workspace | None = None
         self.result = Result(settings=settings, project=self.project, started_at=time.time(),
-                             objective=self.objective, guards=self.guards, proposer=proposer_name)
+                             objective=self.objective, guards=self.guards, proposer=proposer_name,
+                             masker=Masker.for_project(self.project))
+        if self.sandbox.note:
+            self.result.notes.append(self.sandbox.note)
         self._baseline_output: Profile | None = None
         self._context_profile: Profile | None = None
         self._test_timeout = settings.test_timeout
@@ -220,6 +227,10 @@ class Optimizer:
     def _argv(self, state: State) -> list[str]:
         assert self.workspace is not None
         return [*self.run_argv, *self.workspace.run_args(state)]
+
+    def _launch(self, state: State, cwd: Path) -> list[str]:
+        """The run command as launched: in the sandbox, with only ``cwd`` (its copy) writable."""
+        return self.sandbox.wrap(self._argv(state), cwd)
 
     def _env(self, state: State) -> dict[str, str]:
         assert self.workspace is not None
@@ -239,7 +250,8 @@ class Optimizer:
         try:
             # Its own process group: on a timeout (or Ctrl-C) the whole tree goes, not just the
             # test runner; a hung child left running would skew every later measurement.
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            proc = subprocess.Popen(self.sandbox.wrap(argv, cwd), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE,
                                     text=True, errors="replace", stdin=subprocess.DEVNULL, start_new_session=True)
         except FileNotFoundError:
             raise ConfigError(f"test command not found: {argv[0]}", hint="check `test` (is it on PATH?)") from None
@@ -255,14 +267,17 @@ class Optimizer:
             _drain(proc)
             raise
         _kill_group(proc.pid)  # whatever the tests left running in the background
-        return proc.returncode == 0, (stdout or "") + (stderr or ""), time.monotonic() - t0
+        output = (stdout or "") + (stderr or "")
+        if proc.returncode != 0:
+            output += self.sandbox.explain(output)
+        return proc.returncode == 0, output, time.monotonic() - t0
 
     def _profile(self, state: State, cwd: Path, *, stacks: bool) -> Profile:
         from perfpilot.profilers.session import RunOptions, profile_command
 
         options = RunOptions(env=self._env(state), cwd=str(cwd), capture_output=True, stdin_devnull=True,
                              plugin_set=self.plugin_set)
-        return profile_command(self._argv(state), self.settings.replace(stacks=stacks), options)
+        return profile_command(self._launch(state, cwd), self.settings.replace(stacks=stacks), options)
 
     # ------------------------------------------------------------ baseline
 
@@ -371,15 +386,17 @@ class Optimizer:
                     stderr = run.output[1].decode("utf-8", "replace") if run.output else ""
                     ws.reject()
                     return Outcome(index, proposal, "rejected", "run failed",
-                                   f"exit {run.exit_code}: {_tail(stderr, 1500)}", diff=candidate.diff)
+                                   f"exit {run.exit_code}: {_tail(stderr, 1500)}{self.sandbox.explain(stderr)}",
+                                   diff=candidate.diff)
                 assert self._baseline_output is not None
                 why = self.output_check.compare(self._baseline_output, run)
                 if why:
                     ws.reject()
                     return Outcome(index, proposal, "rejected", "output differs", why, diff=candidate.diff)
             self.progress.stage(f"#{index} {title}: verifying (interleaved runs)")
-            base = RunSpec(self._argv(ws.state), self._env(ws.state), ws.base, "baseline")
-            cand = RunSpec(self._argv(candidate.state), self._env(candidate.state), ws.candidate_dir, "candidate")
+            base = RunSpec(self._launch(ws.state, ws.base), self._env(ws.state), ws.base, "baseline")
+            cand = RunSpec(self._launch(candidate.state, ws.candidate_dir), self._env(candidate.state),
+                           ws.candidate_dir, "candidate")
             try:
                 verification = self.verify(base, cand, self.metrics, self.objective)
             except PerfpilotError as exc:
@@ -442,7 +459,7 @@ class Optimizer:
             project=ws.base, profile=self._context_profile, objective=self.objective, guards=self.settings.guards,
             run=shlex.join(self._argv(ws.state)), test=self.settings.test or "", knobs=self.knobs,
             knob_values={**self._knob_defaults(), **ws.state.knobs}, env=ws.state.env, history=self.result.outcomes,
-            files=files, budget_tokens=self.settings.context_tokens,
+            files=files, budget_tokens=self.settings.context_tokens, masker=self.result.masker,
         )
 
     def _knob_defaults(self) -> dict[str, Any]:
@@ -555,8 +572,8 @@ class Optimizer:
         ws = self.workspace
         assert ws is not None
         self.progress.stage("verifying all accepted changes together against the original")
-        origin = RunSpec(self._argv(State()), self._env(State()), ws.origin(), "original")
-        final = RunSpec(self._argv(ws.state), self._env(ws.state), ws.base, "optimised")
+        origin = RunSpec(self._launch(State(), ws.origin()), self._env(State()), ws.origin(), "original")
+        final = RunSpec(self._launch(ws.state, ws.base), self._env(ws.state), ws.base, "optimised")
         try:
             v = self.verify(origin, final, self.metrics, self.objective)
         except PerfpilotError as exc:

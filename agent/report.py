@@ -19,6 +19,7 @@ from typing import Any
 
 from perfpilot.agent.loop import Result
 from perfpilot.agent.outcomes import Outcome
+from perfpilot.agent.secrets import Masker
 
 SCHEMA_VERSION = 1
 JSON_NAME = "optimize-report.json"
@@ -111,7 +112,11 @@ def _counts(outcomes: list[Outcome]) -> dict[str, int]:
 def write(result: Result, output_dir: Path) -> dict[str, Path]:
     """Write the JSON, HTML and patch; returns what was written."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    data = build(result)
+    # Test output, diffs and commands can carry secrets: both report files are masked by value.
+    # perfpilot.patch is not: it is the user's own code, to be applied to their tree.
+    masker = result.masker or Masker.for_project(result.project)
+    data = masker.mask_obj(build(result))
+    data["secrets_masked"] = masker.count
     written = {"json": output_dir / JSON_NAME, "html": output_dir / HTML_NAME}
     written["json"].write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     written["html"].write_text(render_html(data), encoding="utf-8")
@@ -206,7 +211,8 @@ def render_html(data: dict[str, Any]) -> str:
         parts.append("<p>No change was proven better; the project is unchanged.</p>")
     counts = ", ".join(f"{n} {esc(k)}" for k, n in data["counts"].items()) or "none"
     parts.append(f"<p>{len(data['proposals'])} proposals: {counts}. Verification used {data['verification_runs']} "
-                 f"measured runs. Patch: {esc(data['patch'] or 'none')}.</p>")
+                 f"measured runs. Patch: {esc(data['patch'] or 'none')}. "
+                 f"Secret values masked in prompts and this report: {data.get('secrets_masked', 0)}.</p>")
     baseline = data.get("baseline")
     if baseline:
         parts.append(f"<h2>Baseline</h2><p>{esc(objective)} over {len(baseline['values'])} runs: "

@@ -1,7 +1,8 @@
 """Settings: ``[tool.perfpilot]`` / ``perfpilot.toml``, then ``PERFPILOT_*``, then flags.
 
 Each source overrides the one before. Unknown keys in a file are an error that names
-the key (a typo must never be silently ignored). Tables (``knobs``, ``guards``,
+the key (a typo must never be silently ignored). Durations and percentages are read by
+:mod:`perfpilot.units` (``interval = "100ms"``; ``threshold = 2``, ``"2%"`` and ``0.02`` are all 2%). Tables (``knobs``, ``guards``,
 ``daemon``, ``pytest``) are passed through as dicts and validated by their consumers.
 """
 
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from perfpilot.errors import ConfigError
+from perfpilot.units import check_interval, parse_bool, parse_duration, parse_percent
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,53 +26,6 @@ else:  # pragma: no cover
 ENV_PREFIX = "PERFPILOT_"
 # Environment variables that are not settings (read elsewhere, never an error).
 ENV_NOT_SETTINGS = {"PERFPILOT_LOAD_PLUGINS", "PERFPILOT_DISABLE_PLUGINS", "PERFPILOT_API_KEY"}
-
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ns|us|µs|ms|s|sec|m|min|h)?\s*$")
-_DURATION_SCALE = {None: 1.0, "s": 1.0, "sec": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9,
-                   "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: Any, *, name: str = "duration") -> float:
-    """``0.1``, ``"100ms"``, ``"1s"``, ``"2m"`` -> seconds (float, > 0)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}: expected a duration like 100ms or 1s, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ConfigError(f"{name}: expected a duration like 100ms or 1s, got {value!r}")
-        seconds = float(match.group(1)) * _DURATION_SCALE[match.group(2)]
-    if not seconds > 0:
-        raise ConfigError(f"{name}: must be greater than zero, got {value!r}")
-    return seconds
-
-
-def parse_percent(value: Any, *, name: str = "threshold") -> float:
-    """``"2%"``, ``0.02``, ``2`` (taken as percent when > 1) -> fraction."""
-    try:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.endswith("%"):
-                return float(text[:-1]) / 100.0
-            value = float(text)
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a percentage like 2%, got {value!r}") from None
-    return number / 100.0 if number > 1 else number
-
-
-def parse_bool(value: Any, *, name: str = "value") -> bool:
-    """``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off`` -> bool."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}: expected true or false, got {value!r}")
-
 
 def _as_list(value: Any, name: str) -> list[str]:
     if isinstance(value, str):
@@ -121,6 +75,7 @@ class Settings:
     llm_timeout: float = field(default=120.0, metadata={"kind": "duration"})
     llm_retries: int = field(default=3, metadata={"kind": "int"})
     test_timeout: float | None = field(default=None, metadata={"kind": "duration"})
+    sandbox: str = "auto"  # auto / on / off: candidates under bubblewrap (perfpilot.agent.sandbox)
     # other modes
     daemon: dict[str, Any] = field(default_factory=dict, metadata={"kind": "table"})
     pytest: dict[str, Any] = field(default_factory=dict, metadata={"kind": "table"})
@@ -195,6 +150,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}", hint="fix the file or pass --config") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files must be UTF-8",
+                          hint="re-save it as UTF-8 or pass --config") from None
 
 
 def find_config_file(start: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -258,4 +216,5 @@ def load_settings(
     settings = _apply(settings, env_values(os.environ if environ is None else environ), "environment")
     if overrides:
         settings = _apply(settings, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    check_interval(settings.interval)
     return settings

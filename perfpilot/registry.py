@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "perfpilot.plugins.io",
     "perfpilot.plugins.gpu",
     "perfpilot.plugins.power",
+    "perfpilot.plugins.processes",
     "perfpilot.agent.backends.openai_backend",
     "perfpilot.agent.backends.mock_backend",
     "perfpilot.agent.proposers.llm_proposer",

@@ -13,6 +13,9 @@ A collector is created per run by the factory its plugin registered (see
 ``stop()``               totals for the Profile's ``summary`` (exact figures where the
                          OS has them, e.g. ``target.exact_totals()``), merged into it;
                          ``energy`` entries are merged per domain.
+``annotate()``           optional: structured results that are not totals (a table, a
+                         list), merged into the Profile's ``annotations`` after ``stop()``
+                         (the ``processes`` collector's per-process table is one).
 """
 
 from __future__ import annotations
@@ -138,6 +141,19 @@ class CollectorSet:
                 else:
                     summary[key] = value
         return summary
+
+    def annotations(self) -> dict[str, Any]:
+        """Every started collector's optional ``annotate()``, isolated like ``stop()``."""
+        merged: dict[str, Any] = {}
+        for slot in self.slots:
+            annotate = getattr(slot.collector, "annotate", None)
+            if not slot.started or annotate is None:
+                continue
+            try:
+                merged.update(annotate() or {})
+            except Exception as exc:  # noqa: BLE001
+                slot.record("annotate", exc)
+        return merged
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {slot.name: slot.status() for slot in self.slots}

@@ -123,6 +123,7 @@ class Profile:
         if unknown:
             raise ProfileFormatError(f"{origin}: unknown top-level keys {sorted(unknown)}")
         kwargs = {key: data[key] for key in TOP_LEVEL_KEYS if key in data}
+        _check_types(kwargs, origin)
         return cls(**kwargs)
 
     @classmethod
@@ -132,8 +133,40 @@ class Profile:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ProfileFormatError(f"cannot read profile {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ProfileFormatError(f"{path}: not a perfpilot Profile (not UTF-8 text: byte {exc.start})",
+                                     hint="give the .json file perfpilot profile wrote") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ProfileFormatError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         return cls.from_dict(data, origin=str(path))
+
+
+# What each top-level key must be, so a hand-edited or foreign file fails here, in one line,
+# and not deep inside compare or a renderer.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "target": (dict,), "host": (dict,), "started_at": (str,), "duration_s": (int, float), "summary": (dict,),
+    "series": (dict,), "hotspots": (list,), "stacks": (dict,), "collectors": (dict,), "annotations": (dict,),
+}
+
+
+def _check_types(data: dict[str, Any], origin: str) -> None:
+    for key, types in _TYPES.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, types) or isinstance(value, bool)):
+            want = " or ".join("a number" if t in (int, float) else f"a JSON {_JSON_NAME[t]}" for t in types[:1])
+            raise ProfileFormatError(f"{origin}: {key!r} must be {want}, got {type(value).__name__} {value!r:.40}",
+                                     hint="give the .json file perfpilot profile wrote, unedited")
+    for name, value in data.get("summary", {}).items():
+        if name == "energy":
+            if not isinstance(value, dict) or not all(isinstance(e, dict) for e in value.values()):
+                raise ProfileFormatError(f"{origin}: summary.energy must map each domain to "
+                                         '{"joules": ..., "source": ...}')
+        elif value is not None and not isinstance(value, (int, float, str, list, dict)):
+            raise ProfileFormatError(f"{origin}: summary.{name} has an unexpected value {value!r:.40}")
+    if not all(isinstance(h, dict) for h in data.get("hotspots", [])):
+        raise ProfileFormatError(f"{origin}: every hotspots entry must be an object")
+
+
+_JSON_NAME = {dict: "object", list: "array", str: "string"}

@@ -34,6 +34,7 @@ from perfpilot.errors import CommandNotExecutable, CommandNotFound, ConfigError,
 from perfpilot.profilers.collector import CollectorSet, CollectorSource
 from perfpilot.profilers.host import host_info
 from perfpilot.profilers.profile import Profile
+from perfpilot.profilers import ranks
 from perfpilot.profilers.target import Target, add_io, add_rusage, own_hwm_bytes, read_proc_io, rusage_to_dict
 
 TickCallback = Callable[[float, Mapping[str, float]], None]
@@ -201,7 +202,7 @@ def _split_command(command: Sequence[str] | str) -> list[str]:
 def _start_stacks(target: Target, settings: Settings) -> Any:
     if not settings.stacks:
         return None
-    from perfpilot.profilers import stacks
+    from perfpilot.profilers import ranks, stacks
 
     return stacks.start(target, settings)
 
@@ -295,6 +296,7 @@ class _Observation:
         profile = Profile(target=target_info, host=host_info(), started_at=self.started_at, duration_s=wall,
                           series=self.sampler.series())
         profile.summary = {"wall_s": wall, **self.collectors.stop()}
+        profile.annotations.update(self.collectors.annotations())
         profile.collectors = self.collectors.status()
         return profile
 
@@ -304,6 +306,7 @@ class _Observation:
             self.stacks.finish(profile)
         elif self.stacks_note:
             profile.annotations["stacks_note"] = self.stacks_note
+        ranks.annotate(profile)  # needs both the processes table and the stacks
         self.plugin_set.profile_finished(profile)
         if interrupted:
             raise ProfileInterrupted(profile)

@@ -187,3 +187,32 @@ def test_openai_is_imported_only_when_the_backend_is_used():
             "build_plugin_manager().backends(); print('openai' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_builtins_are_what_the_protocols_describe(server, tmp_path: Path):
+    from perfpilot.agent.backends import Backend
+    from perfpilot.agent.proposers import Proposer
+
+    replies = tmp_path / "replies.json"
+    replies.write_text("[]")
+    settings = Settings(mock_replies=str(replies), knobs={"t": {"env": "T", "values": ["1", "2"]}})
+    plugins = build_plugin_manager(load="")
+    made = [plugins.backends()["mock"].factory(settings), backend(server.url), ScriptedBackend()]
+    assert all(isinstance(b, Backend) for b in made)
+    proposers = [plugins.proposers()[name].factory(settings, made[0]) for name in ("llm", "knobs")]
+    assert all(isinstance(p, Proposer) for p in proposers)
+    assert not isinstance(object(), Backend) and not isinstance(made[0], Proposer)
+
+
+def test_the_openai_backend_keeps_no_record_of_requests(server):
+    # a daemon asks for as long as it runs: nothing may grow with each request
+    server.script = [(200, completion(f"reply {i}")) for i in range(5)]
+    b = backend(server.url)
+
+    def sizes() -> dict[str, int]:
+        return {k: len(v) for k, v in vars(b).items() if isinstance(v, (list, dict, set, tuple))}
+
+    before = sizes()
+    for i in range(5):
+        assert b.complete(MESSAGES) == f"reply {i}"
+    assert sizes() == before

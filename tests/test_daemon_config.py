@@ -51,9 +51,10 @@ def test_bad_settings_name_the_problem(table: dict, message: str, monkeypatch: p
 
 def test_off_loopback_with_a_token_file(tmp_path: Path) -> None:
     token = tmp_path / "token"
-    token.write_text("s3cret\n")
+    token.write_text("s3cret-s3cret-s3cret\n")
+    token.chmod(0o600)
     config = daemon_config({"listen": "0.0.0.0:10464", "token_file": str(token)})
-    assert config.resolved_token() == "s3cret"
+    assert config.resolved_token() == "s3cret-s3cret-s3cret"
     token.write_text("")
     with pytest.raises(ConfigError, match="is empty"):
         config.resolved_token()
@@ -76,7 +77,7 @@ def test_cli_bad_selector_is_one_line(perfpilot_cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("flags, message", [
     ({"interval": "0s"}, "--interval: must be greater than zero"),
-    ({"max_db_bytes": "12parsecs"}, "--max-db-size: expected a size"),
+    ({"max_db_bytes": "12parsecs"}, "--max-db-size: unknown size unit 'parsecs'"),
 ])
 def test_bad_flags_name_the_flag(flags: dict, message: str) -> None:
     # used to read "command line.interval" / "command line.max_db_bytes": no such option

@@ -7,6 +7,8 @@ but idle (fake NVML: there is no GPU here), a watched process that dies and rest
 from __future__ import annotations
 
 import json
+import os
+import resource
 import socket
 import subprocess
 import sys
@@ -157,14 +159,52 @@ def test_tiny_disk_bound_retention_kicks_in_without_a_crash(run_daemon, tmp_path
 
 def test_token_required_off_loopback(run_daemon, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("let-me-in\n")
+    token_file.write_text("let-me-in-0123456789\n")
+    token_file.chmod(0o600)
     daemon = run_daemon({"listen": f"0.0.0.0:{free_port()}", "token_file": str(token_file)})
     port = daemon.exporter.port
     for path in ("/metrics", "/healthz", "/api/latest", "/api/hotspots", "/api/findings"):
         assert get(port, path)[0] == 401, path
         assert get(port, path, token="wrong")[0] == 401, path
-    status, body = get(port, "/metrics", token="let-me-in")
+    status, body = get(port, "/metrics", token="let-me-in-0123456789")
     assert status == 200 and b"perfpilot_ticks_total" in body
+
+
+def test_weak_tokens_and_readable_token_files_are_refused(tmp_path: Path) -> None:
+    from perfpilot.errors import ConfigError
+
+    token_file = tmp_path / "token"
+    token_file.write_text("abc\n")
+    token_file.chmod(0o600)
+    off_loopback = {"listen": "0.0.0.0:10464", "db": str(tmp_path / "pp.db"), "token_file": str(token_file)}
+    with pytest.raises(ConfigError, match="3 characters; at least 16"):
+        daemon_config(off_loopback)
+    token_file.write_text("a-long-enough-token-0123\n")
+    token_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by other users \\(mode 644\\)") as caught:
+        daemon_config(off_loopback)
+    assert caught.value.hint == f"chmod 600 {token_file}"
+    token_file.chmod(0o600)
+    assert daemon_config(off_loopback).resolved_token() == "a-long-enough-token-0123"
+    done = subprocess.run([sys.executable, "-m", "perfpilot", "daemon", "--listen", "0.0.0.0:10464", "--db",
+                           str(tmp_path / "pp.db")], env={**os.environ, "PERFPILOT_DAEMON_TOKEN": "short"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        "perfpilot: error: PERFPILOT_DAEMON_TOKEN: the token has 5 characters; at least 16 are needed "
+        "(use a random one: openssl rand -hex 32)"]
+
+
+def test_odd_query_parameters_are_400_with_one_line(run_daemon) -> None:
+    port = run_daemon({}).exporter.port
+    for query in ("id=abc", "id=%C2%B2", "id=99999999999999999999999", "id=0", "id=-1", "limit=x", "limit=%C2%B2",
+                  "limit=0", "limit=1e3", "limit=99999999999999999999999"):
+        status, body = get(port, f"/api/proposals?{query}")
+        error = json.loads(body)["error"]
+        assert status == 400 and "\n" not in error and "Error" not in error, (query, error)
+        assert error.startswith(("id must be", "limit must be")), error
+    assert get(port, "/api/proposals?id=12345")[0] == 404
+    assert get(port, "/api/proposals?limit=100000")[0] == 200  # served as the most rows there are
 
 
 def test_loopback_needs_no_token_and_unknown_paths_are_404(run_daemon) -> None:
@@ -228,3 +268,40 @@ def test_a_watched_process_that_restarts_is_followed(run_daemon) -> None:
             if proc is not None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_logged_once_and_healthz_says_degraded(tmp_path: Path) -> None:
+    # A real write limit on the daemon process (RLIMIT_FSIZE: writes past it fail with EFBIG,
+    # as on a full disk), lifted later from outside; no fake store.
+    port = free_port()
+    config = tmp_path / "d.toml"
+    config.write_text(f'[daemon]\nlisten = "127.0.0.1:{port}"\ndb = "{tmp_path / "pp.db"}"\ninterval = "0.05s"\n'
+                      'flush_interval = "0.1s"\n[daemon.snapshots]\nenabled = false\n')
+    limit = 160 * 1024
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "perfpilot", "daemon", "--config", str(config)], stdout=out,
+                                stderr=out, preexec_fn=lambda: resource.setrlimit(
+                                    resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)))
+    try:
+        def status() -> dict:
+            try:
+                return json.loads(get(port, "/healthz")[1])
+            except OSError:
+                return {}
+
+        wait_for(lambda: proc.poll() is not None or status().get("status") == "degraded", timeout=60)
+        health = status()
+        assert health["status"] == "degraded", log.read_text()
+        assert health["degraded"][0].startswith("store: writes failing since") and health["store"]["dropped"] > 0
+        time.sleep(0.5)  # more failing flushes: still one log line
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        wait_for(lambda: status().get("status") == "ok", timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lines = log.read_text().splitlines()
+    failed = [line for line in lines if "cannot write to" in line]
+    assert len(failed) == 1 and "dropping rows until writes succeed again" in failed[0], lines
+    assert len([line for line in lines if "work again" in line]) == 1, lines

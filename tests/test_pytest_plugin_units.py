@@ -38,10 +38,11 @@ def test_quantities_with_units(metric: str, text: object, value: float) -> None:
 @pytest.mark.parametrize(
     ("metric", "text", "fragment"),
     [
-        ("wall", "200 MB", "unknown time unit 'MB'"), ("peak_rss", "5 ms", "unknown size unit 'ms'"),
-        ("energy", "2 W", "unknown energy unit 'W'"), ("wall", "fast", "is not a quantity"),
-        ("wall", "", "is not a quantity"), ("wall", True, "is not a quantity"), ("wall", "0 s", "must be a positive"),
-        ("wall", -1, "must be a positive"), ("nope", "1 s", "unknown budget metric 'nope'"),
+        ("wall", "200 MB", "unknown duration unit 'MB'"), ("peak_rss", "5 ms", "unknown size unit 'ms'"),
+        ("energy", "2 W", "unknown energy unit 'W'"), ("wall", "fast", "expected a duration like"),
+        ("wall", "", "expected a duration"), ("wall", True, "expected a duration"), ("peak_rss", "50", "has no unit"), ("wall", "0 s", "greater than zero"),
+        ("wall", -1, "greater than zero"), ("nope", "1 s", "unknown budget metric 'nope'"),
+        ("energy", "1 MWh", "unknown energy unit 'MWh'"),
     ],
 )
 def test_bad_quantities_say_what_and_how(metric: str, text: object, fragment: str) -> None:
@@ -67,8 +68,10 @@ def test_thresholds() -> None:
         with pytest.raises(BudgetError):
             parse_thresholds(bad)
     # a bare 10 used to become a 1000% threshold: nothing would ever fail
-    with pytest.raises(BudgetError, match="wall:10%"):
+    with pytest.raises(BudgetError, match="ambiguous .*write 10% for 10 percent or 10x"):
         parse_thresholds("wall:10")
+    # ratios, as the summary speaks: 2x fails at twice the baseline, 1.1x at +10%
+    assert parse_thresholds("cpu:2x,wall:1.1x") == {"cpu": pytest.approx(1.0), "wall": pytest.approx(0.1)}
     assert parse_thresholds("wall:95%") == {"wall": pytest.approx(0.95)}
     # 100% and more: "fail at 2.5x", for runners whose speed drifts between sessions
     assert parse_thresholds("cpu:150%") == {"cpu": pytest.approx(1.5)}

@@ -62,7 +62,8 @@ def test_llm_proposals_on_the_torch_target_are_checked_and_explained(tmp_path, m
     from perfpilot.config import load_settings
     from perfpilot.testing import ScriptedBackend
 
-    shutil.copy(ROOT / "examples" / "torch_training" / "train.py", tmp_path / "train.py")
+    for name in ("train.py", "ddp.py"):
+        shutil.copy(ROOT / "examples" / "torch_training" / name, tmp_path / name)
     (tmp_path / "train.toml").write_text(TRAIN_TOML)
     (tmp_path / "pyproject.toml").write_text(PYPROJECT.format(python=sys.executable))
     for name in [k for k in os.environ if k.startswith("TRAIN_")]:

@@ -68,7 +68,8 @@ activation_checkpointing = { env = "TRAIN_ACTIVATION_CHECKPOINTING", values = ["
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     project = tmp_path_factory.mktemp("torch_project")
-    shutil.copy(ROOT / "examples" / "torch_training" / "train.py", project / "train.py")
+    for name in ("train.py", "ddp.py"):
+        shutil.copy(ROOT / "examples" / "torch_training" / name, project / name)
     (project / "train.toml").write_text(TRAIN_TOML)
     (project / "pyproject.toml").write_text(PYPROJECT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_")}

@@ -28,6 +28,9 @@ def load_replies(path: str | Path) -> list[str]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})",
                           hint="the mock replies file is a JSON list of reply strings") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})",
+                          hint="the mock replies file is a UTF-8 JSON list of reply strings") from None
     if isinstance(data, dict):
         data = data.get("replies")
     if not isinstance(data, list):

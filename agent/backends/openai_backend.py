@@ -17,6 +17,7 @@ import os
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
+from perfpilot.agent.backends import Messages
 from perfpilot.agent.backends.errors import BackendError
 from perfpilot.config import Settings
 from perfpilot.hookspecs import hookimpl
@@ -54,11 +55,11 @@ class OpenAIBackend:
         key = find_api_key(os.environ if environ is None else environ, self.base_url)
         self.client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout,
                                     max_retries=self.retries)
-        self.history: list[list[dict[str, str]]] = []
+        # No record of requests: the daemon asks for as long as it runs. What was sent is kept by the
+        # callers that promise it (the optimiser's report, the daemon's store, pytest's JSON).
 
-    def complete(self, messages: list[dict[str, str]]) -> str:
+    def complete(self, messages: Messages) -> str:
         openai = self._openai
-        self.history.append(list(messages))
         where = f"{self.base_url} (model {self.model!r})"
         try:
             response: Any = self.client.chat.completions.create(model=self.model, messages=messages)

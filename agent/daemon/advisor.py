@@ -6,7 +6,8 @@ without any), the advisor builds the optimiser's :class:`~perfpilot.agent.contex
 for the process behind it -- its hot spots with source, the watch's telemetry, the
 finding as the bottleneck -- and asks the configured proposer (``llm`` with any backend:
 ``openai``, ``mock``) on its own thread, so a slow or dead LLM never delays sampling.
-The reply is parsed by the optimiser's own parser; the result is written to the store's
+The question is asked as pytest's ``--perfpilot-suggest`` asks it (:mod:`perfpilot.agent.advice`: the
+optimiser's own context and reply parser); the result is written to the store's
 ``proposals`` table and shown by ``/api/proposals`` and ``perfpilot daemon proposals``:
 
     ok       the reply held usable proposals (stored as the optimiser's proposal dicts)
@@ -38,14 +39,14 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from perfpilot.agent.backends.errors import BackendError
-from perfpilot.agent.context import MASK, Context, is_secret_file, mask_secrets
+from perfpilot.agent.advice import Question, ask
+from perfpilot.agent.context import MASK, Context, mask_secrets
 from perfpilot.agent.daemon.sampler import WatchState
-from perfpilot.profilers.profile import Profile
+from perfpilot.agent.proposers import Proposer
 
 log = logging.getLogger("perfpilot.daemon")
 
@@ -106,7 +107,7 @@ class AdvisorStats:
 class Advisor:
     """Turns findings into stored proposals; one worker thread, bounded queue."""
 
-    def __init__(self, proposer: Any, *, backend: str, store: Any, every: float, wait_s: float, window: float,
+    def __init__(self, proposer: Proposer, *, backend: str, store: Any, every: float, wait_s: float, window: float,
                  hotspots: Callable[[], dict[int, tuple[list[str], list[dict[str, Any]]]]],
                  process: Callable[[int], Any], budget_tokens: int = 12000, secrets: Iterable[str] = ()) -> None:
         """``hotspots()``: pid -> (watches, rolling hot spots); ``process(pid)``: its
@@ -268,30 +269,14 @@ class Advisor:
     def handle(self, request: Request) -> dict[str, Any]:
         """Ask the proposer and record the outcome (called on the worker thread)."""
         finding = request.finding
-        context = self.context(request)
-        messages = context.messages()
-        proposals: list[dict[str, Any]] = []
-        error = ""
-        try:
-            replied = self.proposer.propose(context)
-        except BackendError as exc:
-            status, error = "failed", str(exc)
-        except Exception as exc:  # noqa: BLE001 - a broken backend plugin is a failure, not a crash
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-        else:
-            usable = [p for p in replied if p.kind != "invalid"]
-            if usable:
-                status = "ok"
-                proposals = [p.to_dict() for p in usable]
-            else:
-                status = "invalid"
-                error = "; ".join(problem for p in replied for problem in p.problems) or "no usable proposal"
+        answer = ask(self.proposer, self.context(request))
+        status, proposals = answer.status, answer.proposals
         now = time.time()
         record = {
             "ts": now, "kind": finding["kind"], "entity": finding["entity"], "pid": request.pid,
             "process": request.command, "status": status, "backend": self.backend,
-            "finding": finding.get("message", ""), "proposals": proposals, "error": error[:2000],
-            "request": messages, "applied": False,
+            "finding": finding.get("message", ""), "proposals": proposals, "error": answer.error[:2000],
+            "request": answer.messages, "applied": False,
         }
         record["id"] = self.store.add_proposal(record)
         self.recent.append(record)
@@ -305,17 +290,19 @@ class Advisor:
                      finding["kind"], request.command[:80], "; ".join(finding["proposal"]["titles"])[:200])
         else:
             log.warning("perfpilot daemon: proposal for %s on %s %s: %s", finding["kind"], request.command[:80],
-                        status, error[:300])
+                        status, answer.error[:300])
         return record
 
     def context(self, request: Request) -> Context:
         """The optimiser's context for one finding's process."""
+        return self.question(request).context()
+
+    def question(self, request: Request) -> Question:
         finding = request.finding
-        project = _project_root(request.argv, request.cwd)
-        state = request.state
-        window = float(finding.get("details", {}).get("span_s") or finding.get("details", {}).get("window_s")
-                       or self.window)
+        details = finding.get("details") or {}
+        window = float(details.get("span_s") or details.get("window_s") or self.window)
         summary: dict[str, Any] = {"wall_s": window}
+        state = request.state
         if state is not None and state.processes:
             summary["cpu_utilization_mean_pct"] = round(state.cpu_pct, 1)
             summary["cpu_user_s"] = round(state.cpu_pct / 100.0 * window, 3)  # user+system, as the daemon reads it
@@ -325,22 +312,15 @@ class Advisor:
             summary["threads"] = state.threads
             if state.gpu_memory_bytes:
                 summary["gpu_memory_peak_bytes"] = state.gpu_memory_bytes
-        for key, value in (finding.get("details") or {}).items():
+        for key, value in details.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 summary[f"finding.{key}"] = value
-        profile = Profile(target={"command": request.command, "pid": request.pid, "cwd": str(project)},
-                          duration_s=window, summary=summary, hotspots=list(request.hotspots))
-        files = sorted({rel for spot in request.hotspots
-                        if (rel := _relative(str(spot.get("file") or ""), project)) and not is_secret_file(rel)})
-        context = Context.build(
-            project=project, profile=profile, objective=OBJECTIVE.get(finding["kind"], "cpu"), guards={},
-            run=request.command, test="", knobs={}, knob_values={}, env={}, history=[], files=files,
-            budget_tokens=self.budget_tokens)
-        label = BOTTLENECK.get(finding["kind"], context.bottleneck[0])
-        context = replace(context, bottleneck=(label, f"perfpilot daemon finding {finding['kind']}: "
-                                                      f"{finding.get('message', '')}"),
-                          known_secrets=tuple(self.secrets))
-        return context
+        label = BOTTLENECK.get(finding["kind"])  # None: the classifier's, from the figures
+        why = f"perfpilot daemon finding {finding['kind']}: {finding.get('message', '')}"
+        return Question(project=_project_root(request.argv, request.cwd), command=request.command,
+                        objective=OBJECTIVE.get(finding["kind"], "cpu"), bottleneck=(label, why), summary=summary,
+                        hotspots=list(request.hotspots), duration_s=window, budget_tokens=self.budget_tokens,
+                        pid=request.pid, secrets=self.secrets)
 
     def listing(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in r.items() if k != "request"} for r in reversed(self.recent)]
@@ -361,12 +341,3 @@ def _project_root(argv: tuple[str, ...], cwd: str | None) -> Path:
         if candidate is not None and candidate.is_absolute() and candidate.is_dir() and str(candidate) != "/":
             return candidate.resolve()
     return Path("/nonexistent-perfpilot-project")  # nothing quoted: hot spots are named only
-
-
-def _relative(file: str, project: Path) -> str | None:
-    if not file or file.startswith("<"):
-        return None
-    try:
-        return Path(file).resolve().relative_to(project).as_posix()
-    except (ValueError, OSError):
-        return None

@@ -27,7 +27,9 @@ such as ``plugins``/``disable_plugins`` apply too)::
     window = "60s"
     cpu_saturation_pct = 90
 
-Unknown keys are an error naming the key, like everywhere else in perfpilot.
+Unknown keys are an error naming the key, like everywhere else in perfpilot. Durations,
+sizes and percentages follow :mod:`perfpilot.units` (a bare number is seconds or bytes;
+a ``*_pct`` key takes ``90``, ``"90%"`` or ``0.9``).
 
 Default port 10464: the exporter range 9100-9999 is fully allocated on Prometheus's
 port-allocation page, 9464 is OpenTelemetry's Prometheus exporter default, and the issue
@@ -39,13 +41,12 @@ a well-known default of any exporter or Kubernetes component (those sit at 10250
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from perfpilot.config import parse_bool, parse_duration, parse_percent
 from perfpilot.errors import ConfigError
+from perfpilot.units import check_interval, parse_bool, parse_duration, parse_percent, parse_size
 
 DEFAULT_PORT = 10464
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -55,40 +56,9 @@ PROPOSE_NEEDS_BACKEND = (
     "the config, or pass --backend openai --model NAME [--base-url URL], or --backend mock --mock-replies FILE"
 )
 
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_SIZE_SCALE = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-               "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
-               "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
-
-
-def parse_size(value: Any, *, name: str) -> int:
-    """``1048576``, ``"64MB"``, ``"512MiB"`` -> bytes (int, > 0)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}: expected a size like 64MiB, got {value!r}")
-    if isinstance(value, (int, float)):
-        size = int(value)
-    else:
-        match = _SIZE.match(str(value))
-        if not match:
-            raise ConfigError(f"{name}: expected a size like 64MiB, got {value!r}")
-        size = int(float(match.group(1)) * _SIZE_SCALE[(match.group(2) or "").lower()])
-    if size <= 0:
-        raise ConfigError(f"{name}: must be greater than zero, got {value!r}")
-    return size
-
-
-_DAYS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(d|day|days|w|week|weeks)\s*$", re.IGNORECASE)
-
-
-def parse_span(value: Any, *, name: str) -> float:
-    """perfpilot's durations plus days and weeks (``"30d"``), which retention needs."""
-    match = _DAYS.match(str(value)) if isinstance(value, str) else None
-    if match:
-        days = float(match.group(1)) * (7 if match.group(2).lower().startswith("w") else 1)
-        if days <= 0:
-            raise ConfigError(f"{name}: must be greater than zero, got {value!r}")
-        return days * 86400.0
-    return parse_duration(value, name=name)
+# `perfpilot daemon query --since 7d` imports it under this name; days and weeks, which retention needs,
+# are part of perfpilot.units' one grammar.
+parse_span = parse_duration
 
 
 def default_db_path() -> Path:
@@ -156,16 +126,36 @@ class DaemonConfig:
 
     def resolved_token(self) -> str | None:
         if self.token:
-            return self.token
+            return _strong_token(self.token, "daemon token")
         if self.token_file is not None:
             try:
-                text = self.token_file.read_text().strip()
+                mode = self.token_file.stat().st_mode
+                text = self.token_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(f"daemon token_file {self.token_file}: cannot read: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"daemon token_file {self.token_file} is not UTF-8 text",
+                                  hint="write a random token into it: openssl rand -hex 32") from None
+            if mode & 0o077:
+                # As ssh does with private keys: a secret others can read is no secret.
+                raise ConfigError(f"daemon token_file {self.token_file} is readable by other users "
+                                  f"(mode {mode & 0o777:o})", hint=f"chmod 600 {self.token_file}")
             if not text:
                 raise ConfigError(f"daemon token_file {self.token_file} is empty", hint="write a random token into it")
-            return text
-        return os.environ.get(TOKEN_ENV) or None
+            return _strong_token(text, f"daemon token_file {self.token_file}")
+        value = os.environ.get(TOKEN_ENV) or None
+        return _strong_token(value, TOKEN_ENV) if value else None
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def _strong_token(token: str, origin: str) -> str:
+    """A bearer token short enough to guess is refused, not accepted silently."""
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{origin}: the token has {len(token)} characters; at least {MIN_TOKEN_CHARS} are needed",
+                          hint="use a random one: openssl rand -hex 32")
+    return token
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -223,7 +213,7 @@ def _coerce(obj: Any, table: Mapping[str, Any], origin: str) -> None:
             raise ConfigError(f"{origin}: unknown key {key!r}", hint=f"known keys: {', '.join(known)}")
         current = getattr(obj, norm)
         if norm in _DURATIONS:
-            value = parse_span(value, name=name)
+            value = parse_duration(value, name=name)
         elif norm in _SIZES:
             value = parse_size(value, name=name)
         elif norm in _PERCENTS:
@@ -277,6 +267,7 @@ def validate(config: DaemonConfig) -> None:
     split_listen(config.listen)
     for text in config.watch:
         Selector(text)  # a typo in a selector is an error now, not an empty group later
+    check_interval(config.interval, name="daemon interval")
     if config.flush_interval < config.interval:
         # Writing more often than sampling buys nothing and costs fsyncs.
         config.flush_interval = config.interval

@@ -323,8 +323,16 @@ class Daemon:
             age = time.time() - self.counters.last_tick
             healthy = age <= max(5 * self.config.interval, 5.0) and not self._stop.is_set()
             stats = self.store.stats
+            # Degraded, not down: telemetry and /metrics still work while the store drops rows,
+            # and a restart would not free the disk. 200, so liveness probes do not kill it.
+            degraded = []
+            if stats.failing_since is not None:
+                since = time.strftime("%H:%M:%S", time.localtime(stats.failing_since))
+                degraded.append(f"store: writes failing since {since} ({stats.dropped_while_failing} rows dropped): "
+                                f"{stats.last_error}")
             return (200 if healthy else 503), {
-                "status": "ok" if healthy else "stale",
+                "status": "stale" if not healthy else "degraded" if degraded else "ok",
+                "degraded": degraded,
                 "version": __version__,
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started_at, 3),
@@ -374,18 +382,36 @@ class Daemon:
         enabled = self.advisor is not None
         wanted = (query.get("id") or [None])[0]
         if wanted is not None:
-            if not wanted.isdigit():
-                return 400, {"error": f"id must be a number, got {wanted!r}"}
-            rows = self.store.proposals(proposal_id=int(wanted), with_request=True)
+            proposal_id = _int_param("id", wanted, 1, 2**63 - 1)
+            if isinstance(proposal_id, str):
+                return 400, {"error": proposal_id}
+            rows = self.store.proposals(proposal_id=proposal_id, with_request=True)
             if not rows:
-                return 404, {"error": f"no proposal {wanted}"}
+                return 404, {"error": f"no proposal {proposal_id}"}
             return 200, {"proposal": rows[0]}
-        limit = (query.get("limit") or ["50"])[0]
-        rows = self.store.proposals(limit=max(1, min(500, int(limit) if limit.isdigit() else 50)))
+        limit = _int_param("limit", (query.get("limit") or ["50"])[0], 1, 2**31)
+        if isinstance(limit, str):
+            return 400, {"error": limit}
+        rows = self.store.proposals(limit=min(MAX_LIMIT, limit))
         if not rows and enabled:
             rows = self.advisor.listing()  # type: ignore[union-attr] - the store could not take them
         return 200, {"enabled": enabled, "applied": False, "proposals": rows,
                      "stats": dataclasses.asdict(self.advisor.stats) if self.advisor is not None else {}}
+
+
+MAX_LIMIT = 500  # ?limit= above this is served as this many rows
+
+
+def _int_param(name: str, text: str, low: int, high: int) -> int | str:
+    """A query parameter as an int in [low, high], or the one-line error for a 400.
+    ASCII digits only: str.isdigit() accepts "²", which int() then refuses."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return f"{name} must be a whole number, got {text[:40]!r}"
+    value = int(text)
+    if not low <= value <= high:
+        return f"{name} must be between {low} and {high}, got {value}"
+    return value
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from perfpilot.errors import PerfpilotError
+
+log = logging.getLogger("perfpilot.daemon")
 
 SCHEMA_VERSION = 1
 PAGE_SIZE = 4096
@@ -90,6 +93,10 @@ class StoreStats:
     flushed_until: float = 0.0
     last_error: str = ""
     opened_after_crash: bool = False
+    # Set while writes fail (disk full, I/O errors): rows are being dropped. /healthz says
+    # "degraded" meanwhile; the first failure and the recovery are logged, once each.
+    failing_since: float | None = None
+    dropped_while_failing: int = 0
 
 
 @dataclass
@@ -302,20 +309,43 @@ class Store:
                 try:
                     written = self._write(batch)
                 except sqlite3.OperationalError as exc:
-                    if self.conn.in_transaction:
-                        self.conn.execute("ROLLBACK")
+                    self._rollback()
                     self.stats.last_error = str(exc)
                     if _is_full(exc) and attempt == 1:
                         self._shrink(target=int(self.max_bytes * 0.5))
                         continue
-                    self.stats.dropped += len(batch)
+                    self._write_failed(exc, len(batch))
                     return 0
+                self._write_succeeded()
                 self.stats.flushes += 1
                 self.stats.rows_written += written
                 if batch.samples:
                     self.stats.flushed_until = max(self.stats.flushed_until, max(r[0] for r in batch.samples) / 1000)
                 return written
         return 0
+
+    def _rollback(self) -> None:
+        try:
+            if self.conn is not None and self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite rolls back on its own when the failing statement already did
+
+    def _write_failed(self, exc: sqlite3.Error, rows: int) -> None:
+        self.stats.dropped += rows
+        self.stats.dropped_while_failing += rows
+        if self.stats.failing_since is None:
+            self.stats.failing_since = time.time()
+            hint = " (is the disk full?)" if _is_full(exc) or "I/O" in str(exc) else ""
+            log.warning("perfpilot daemon: cannot write to %s: %s%s; dropping rows until writes succeed again "
+                        "(/healthz reports degraded)", self.path, exc, hint)
+
+    def _write_succeeded(self) -> None:
+        if self.stats.failing_since is not None:
+            log.warning("perfpilot daemon: writes to %s work again; %d rows were dropped over %.0f s", self.path,
+                        self.stats.dropped_while_failing, time.time() - self.stats.failing_since)
+            self.stats.failing_since = None
+            self.stats.dropped_while_failing = 0
 
     def _series_id(self, entity: str, metric: str) -> int:
         key = (entity, metric)

@@ -7,10 +7,15 @@ Settings, for ``perfpilot optimize``, the daemon's ``--propose`` and pytest's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from perfpilot.config import Settings
 from perfpilot.errors import ConfigError
+
+if TYPE_CHECKING:  # heavy modules; proposers are registered at every start-up
+    from perfpilot.agent.context import Context
+    from perfpilot.agent.proposals import Proposal
+    from perfpilot.registry import PluginSet
 
 NOTHING_TO_PROPOSE = (
     "nothing can propose changes: add knobs under [tool.perfpilot.knobs] "
@@ -19,7 +24,26 @@ NOTHING_TO_PROPOSE = (
 )
 
 
-def choose_proposer(settings: Settings, plugin_set: Any, requested: str | None) -> tuple[Any, str]:
+@runtime_checkable
+class Proposer(Protocol):
+    """A source of candidate changes. A proposer plugin registers ``factory(settings, backend)``
+    (``perfpilot_register_proposers``; ``backend`` is a :class:`~perfpilot.agent.backends.Backend` or None)
+    returning one of these."""
+
+    name: str
+
+    def propose(self, context: Context) -> list[Proposal]:
+        """Candidates for this context; ``[]`` when it has nothing more. A reply nothing can be used from
+        is one ``invalid`` proposal; a backend failure raises ``BackendError``."""
+        ...
+
+    def feedback(self, proposal: Proposal, outcome: Any) -> None:
+        """What became of ``proposal`` (an :class:`~perfpilot.agent.outcomes.Outcome`, or a plain object
+        with its ``status``, ``accepted`` and ``verdicts`` for a caller outside the loop)."""
+        ...
+
+
+def choose_proposer(settings: Settings, plugin_set: PluginSet, requested: str | None) -> tuple[Proposer, str]:
     """(proposer, description): the LLM with the configured backend, else the knob search."""
     proposers = plugin_set.proposers()
     name = requested or ("llm" if settings.backend else ("knobs" if settings.knobs else None))

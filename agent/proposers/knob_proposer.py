@@ -2,7 +2,11 @@
 
 1. Screen, one knob at a time: every declared value other than the current one is
    tried as a *trial* against the current baseline, verified exactly like any other
-   proposal (tests, interleaved runs, guards) but never adopted.
+   proposal (tests, interleaved runs, guards) but never adopted. Knobs are screened in
+   the order the baseline's evidence gives (checkpoint stall -> checkpoint knobs first,
+   DataLoader waits -> workers, memory pressure or a memory objective -> checkpointing
+   and offload; see ``knob_evidence``); GPU-only knobs are skipped on a host without a
+   GPU, each skip noted (``notes``) with its reason for the report.
 2. Combine: the best winning value of each knob that had a winner, together, as one
    candidate that is verified and adopted if it is proven better.
 3. If the combination is not (knobs can interact) and there was more than one
@@ -16,34 +20,45 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from perfpilot.agent.knobs import Knob, parse_knobs
+from perfpilot.agent.proposers.knob_evidence import rank, skipped_values
 from perfpilot.agent.proposals import Proposal
 from perfpilot.config import Settings
 from perfpilot.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # the context module is heavy; proposers are registered at every start-up
+    from perfpilot.agent.backends import Backend
     from perfpilot.agent.context import Context
 
 
 class KnobProposer:
     name = "knobs"
 
-    def __init__(self, settings: Settings, backend: Any = None) -> None:
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.knobs: dict[str, Knob] = parse_knobs(settings.knobs)
         self.queue: list[Proposal] | None = None
         self.winners: dict[str, list[tuple[Any, float]]] = {}
         self.phase = "screen"
         self.combined_failed = False
+        self.notes: list[str] = []
 
     def _screen_queue(self, context: Context) -> list[Proposal]:
         queue = []
-        for name, knob in self.knobs.items():
+        for ranked in rank(self.knobs.values(), context.profile, context.objective):
+            knob, name = ranked.knob, ranked.knob.name
+            if ranked.skip:
+                self.notes.append(f"knob {name} skipped: {ranked.skip}")
+                continue
             current = context.knob_values.get(name, knob.default)
+            skipped = dict(skipped_values(knob, knob.values, context.profile))
+            for value, reason in skipped.items():
+                self.notes.append(f"knob value skipped: {reason}")
+            why = f"; tried early: {ranked.evidence}" if ranked.evidence else ""
             for value in knob.values:
-                if current is not None and str(value).lower() == str(current).lower():
+                if value in skipped or (current is not None and str(value).lower() == str(current).lower()):
                     continue
                 queue.append(Proposal(kind="knob", knob=name, value=value, trial=True, source=self.name,
                                       title=f"try {name}={value}",
-                                      rationale=f"screening {name} one value at a time (current: {current!r})"))
+                                      rationale=f"screening {name} one value at a time (current: {current!r}){why}"))
         return queue
 
     def _best(self) -> list[tuple[str, Any, float]]:

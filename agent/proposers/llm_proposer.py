@@ -15,13 +15,14 @@ from perfpilot.config import Settings
 from perfpilot.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # the context module is heavy; proposers are registered at every start-up
+    from perfpilot.agent.backends import Backend
     from perfpilot.agent.context import Context
 
 
 class LLMProposer:
     name = "llm"
 
-    def __init__(self, settings: Settings, backend: Any) -> None:
+    def __init__(self, settings: Settings, backend: Backend | None) -> None:
         if backend is None:
             from perfpilot.errors import ConfigError
 

@@ -40,7 +40,7 @@ EOF
 PERFPILOT=("$PY" -m perfpilot)
 
 WORK=$(mktemp -d)
-cp "$ROOT/examples/torch_training/train.py" "$WORK/"
+cp "$ROOT/examples/torch_training/train.py" "$ROOT/examples/torch_training/ddp.py" "$WORK/"
 # 12 blocks of width 1024 (100M parameters: 0.4 GB weights, 0.8 GB AdamW moments) and a
 # 1024-sample batch (~0.5 GB of saved activations): both kinds of memory matter.
 printf '[model]\nwidth = %s\ndepth = %s\n[train]\neffective_batch = %s\n[data]\nsamples = 8192\neval_samples = 1024\n' \
@@ -49,7 +49,7 @@ printf '[model]\nwidth = %s\ndepth = %s\n[train]\neffective_batch = %s\n[data]\n
 search() {  # name, objective, steps, knobs (TOML lines), extra optimize args...
     local name=$1 objective=$2 steps=$3 knobs=$4; shift 4
     mkdir -p "$WORK/$name"
-    cp "$WORK/train.py" "$WORK/train.toml" "$WORK/$name/"
+    cp "$WORK/train.py" "$WORK/ddp.py" "$WORK/train.toml" "$WORK/$name/"
     printf '[tool.perfpilot]\nrun = "%s train.py --steps %s"\nobjective = "%s"\nruns = 4\nmin_runs = 4\nmax_failures = 10\nstacks = false\n[tool.perfpilot.knobs]\n%s\n' \
         "$PY" "$steps" "$objective" "$knobs" > "$WORK/$name/pyproject.toml"
     (cd "$WORK/$name" && timeout 200 "${PERFPILOT[@]}" optimize --budget 2 --output-dir "$OUT/$name" "$@") \

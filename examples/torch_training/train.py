@@ -26,13 +26,20 @@ pin_memory               --pin-memory               DataLoader page-locked batch
 compile                  --compile                  ``torch.compile`` the model (slow first step)
 checkpoint_every         --checkpoint-every         save model + optimizer every N steps (0: never)
 async_checkpoint         --async-checkpoint         snapshot in memory, write + fsync in a thread
+bucket_cap_mb            --bucket-cap-mb            DDP gradient bucket size, MB (under torchrun)
+gradient_as_bucket_view  --gradient-as-bucket-view  DDP gradients alias the all-reduce buckets
 ======================== ========================== ===================================================
+
+Under ``torchrun --nproc_per_node N`` the script trains with DistributedDataParallel
+(``ddp.py``: gloo on CPU, NCCL on GPUs), each rank taking 1/N of the effective batch;
+``--slow-rank R --slow-rank-ms MS`` gives rank R extra CPU work each step (a straggler,
+for trying out ``perfpilot profile``'s per-rank view).
 
 Environment names are ``TRAIN_<KNOB>`` in upper case (``TRAIN_AMP=bf16``); other settings
 (``--width``, ``--depth``, ``--steps``, ``--effective-batch``, ``--threads``...) work the same way. ``train.toml``
 keys: ``train.amp``, ``train.activation_checkpointing``, ``train.offload_optimizer``,
 ``train.batch_size``, ``train.compile``, ``data.num_workers``, ``data.pin_memory``,
-``checkpoint.every``, ``checkpoint.async``.
+``checkpoint.every``, ``checkpoint.async``, ``ddp.bucket_cap_mb``, ``ddp.gradient_as_bucket_view``.
 
 Output: ``final_loss: <float>`` on stdout (eval loss in fp32 on a fixed held-out set, so it
 can be compared with a tolerance across knobs), and per-run figures through
@@ -65,6 +72,8 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import ddp
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -122,6 +131,11 @@ class Config:
     checkpoint_every: int = 0
     async_checkpoint: bool = False
     checkpoint_dir: str = "checkpoints"
+    # distributed (under torchrun; see ddp.py)
+    bucket_cap_mb: float = 25.0
+    gradient_as_bucket_view: bool = False
+    slow_rank: int = -1  # a rank that does slow_rank_ms of extra CPU work each step: a straggler to find
+    slow_rank_ms: float = 0.0
     # safety
     memory_limit_mb: int = 0
 
@@ -137,6 +151,7 @@ TOML_KEYS = {
     "data.samples": "samples", "data.eval_samples": "eval_samples", "data.num_workers": "num_workers",
     "data.pin_memory": "pin_memory",
     "checkpoint.every": "checkpoint_every", "checkpoint.async": "async_checkpoint", "checkpoint.dir": "checkpoint_dir",
+    "ddp.bucket_cap_mb": "bucket_cap_mb", "ddp.gradient_as_bucket_view": "gradient_as_bucket_view",
 }
 
 # Ranges a value must fall in; outside them the run is refused before any work.
@@ -144,7 +159,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "width": (1, 65536), "depth": (1, 1024), "in_dim": (1, 65536), "steps": (1, 10_000_000),
     "effective_batch": (1, 1 << 20), "lr": (0.0, 10.0), "samples": (1, 1 << 26), "eval_samples": (1, 1 << 24),
     "batch_size": (0, 1 << 20), "num_workers": (0, 64), "checkpoint_every": (0, 10_000_000),
-    "memory_limit_mb": (0, 1 << 24), "threads": (0, 1024), "seed": (0, 2**63 - 1),
+    "memory_limit_mb": (0, 1 << 24), "threads": (0, 1024), "seed": (0, 2**63 - 1), "bucket_cap_mb": (0.001, 4096),
+    "slow_rank": (-1, 1 << 20), "slow_rank_ms": (0, 60_000),
 }
 
 AMP_VALUES = {"off": "off", "0": "off", "none": "off", "fp32": "off", "false": "off",
@@ -230,8 +246,8 @@ def load_config(argv: list[str] | None = None) -> Config:
 
 def validate(config: Config) -> None:
     """Cross-field rules, so a bad combination is refused before any work."""
-    if config.batch_size == 0:
-        config.batch_size = config.effective_batch
+    if config.batch_size == 0:  # no accumulation: each rank's share of the effective batch in one go
+        config.batch_size = config.effective_batch // max(1, ddp.detect().size)
     if config.batch_size > config.effective_batch:
         raise KnobError(f"batch_size={config.batch_size} is larger than effective_batch={config.effective_batch}; "
                         "use at most the effective batch")
@@ -510,6 +526,13 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
+def _busy(seconds: float) -> None:
+    """Burn CPU on this thread for ``seconds`` (a straggler rank's extra work)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sum(i * i for i in range(1000))
+
+
 def train(config: Config) -> tuple[dict[str, float], str]:
     import torch
 
@@ -529,28 +552,41 @@ def train(config: Config) -> tuple[dict[str, float], str]:
         print("train.py: note: offload_optimizer on a CPU-only run moves state host-to-host: it only costs time",
               file=sys.stderr)
 
+    world = ddp.detect()
+    if world.distributed:
+        if config.effective_batch % (world.size * config.batch_size):
+            raise KnobError(f"effective_batch={config.effective_batch} must split into {world.size} ranks of whole "
+                            f"micro-batches of {config.batch_size}; pick a batch_size dividing "
+                            f"{config.effective_batch // world.size}")
+        device = ddp.start(world, device.type)
     x_train, y_train, x_eval, y_eval = make_data(config)
     model = build_model(config).to(device)
     params = list(model.parameters())
     optimizer: Any = (OffloadedAdamW(params, config.lr) if config.offload_optimizer
                       else torch.optim.AdamW(params, lr=config.lr))
     step_model = torch.compile(model) if config.compile else model
+    if world.distributed:
+        step_model = ddp.wrap(step_model, world, device, config.bucket_cap_mb, config.gradient_as_bucket_view)
     if config.memory_limit_mb:
         _memory_limit(config.memory_limit_mb)
 
+    dataset = torch.utils.data.TensorDataset(x_train, y_train)
+    shard = ddp.sampler(dataset, world, config.seed + 2) if world.distributed else None
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x_train, y_train),
+        dataset,
         batch_size=config.batch_size,
-        shuffle=True,
+        shuffle=shard is None,
+        sampler=shard,
         drop_last=True,
         num_workers=config.num_workers,
         pin_memory=config.pin_memory and device.type == "cuda",
         generator=torch.Generator().manual_seed(config.seed + 2),
         persistent_workers=config.num_workers > 0,
     )
-    accumulation = config.effective_batch // config.batch_size
+    accumulation = config.effective_batch // world.size // config.batch_size
     amp_dtype = torch.bfloat16 if config.amp == "bf16" else None
-    writer = CheckpointWriter(Path(config.checkpoint_dir), config.async_checkpoint) if config.checkpoint_every else None
+    saves = config.checkpoint_every and world.main  # one copy of the state: rank 0 writes it
+    writer = CheckpointWriter(Path(config.checkpoint_dir), config.async_checkpoint) if saves else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     meter = EnergyMeter(device)
@@ -580,6 +616,8 @@ def train(config: Config) -> tuple[dict[str, float], str]:
             if step == 1:
                 first_loss += float(loss.detach())
         optimizer.step()
+        if world.rank == config.slow_rank:
+            _busy(config.slow_rank_ms / 1000.0)
         if writer is not None and step % config.checkpoint_every == 0:
             writer.save(model, optimizer, step)
         if device.type == "cuda":
@@ -598,6 +636,9 @@ def train(config: Config) -> tuple[dict[str, float], str]:
     model.eval()
     with torch.no_grad():
         final_loss = float(torch.nn.functional.mse_loss(model(x_eval.to(device)).float(), y_eval.to(device)))
+    if world.distributed:
+        loop_s = ddp.mean_across_ranks(loop_s, device)  # every rank's share of the job, on every rank
+        ddp.finish(world)
     if not math.isfinite(final_loss):
         raise RuntimeError(f"training diverged: final loss is {final_loss}")
 
@@ -647,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         report_metric("oom", 1.0)
         return EXIT_OOM
+    if not ddp.detect().main:  # rank 0 speaks for the job
+        return 0
     for name, value in figures.items():
         report_metric(name, value)
     print(f"steps: {config.steps}  step_time_s: {figures['step_time_s']:.4f}  "

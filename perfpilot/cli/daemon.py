@@ -15,13 +15,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from perfpilot.config import load_settings
+
+T = TypeVar("T")
 
 
 def _settings_and_config(config_file: Path | None, overrides: dict[str, Any],
@@ -154,10 +156,22 @@ def _since(text: str) -> float:
     return parse_span(text, name="--since")
 
 
-def _open_readonly(config: Any) -> Any:
+def _read(config: Any, read: Callable[[Any], T]) -> T:
+    """What ``read(store)`` returns from the daemon's database, opened read-only for it."""
     from perfpilot.agent.daemon.store import Store
 
-    return Store(config.db, readonly=True).open()
+    store = Store(config.db, readonly=True).open()
+    try:
+        return read(store)
+    finally:
+        store.close()
+
+
+def _table(*columns: str, right: tuple[str, ...] = ()) -> Table:
+    table = Table(box=None, padding=(0, 2))
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table
 
 
 def _when(ts: float | None) -> str:
@@ -199,11 +213,7 @@ def _fetch_health(config: Any, listen: str) -> dict[str, Any] | None:
 def status(ctx: click.Context, config_file: Path | None, db: Path | None, as_json: bool) -> None:
     """Is the daemon running, what does its database hold."""
     config = _resolve(ctx, config_file, db)
-    store = _open_readonly(config)
-    try:
-        summary = store.summary()
-    finally:
-        store.close()
+    summary = _read(config, lambda store: store.summary())
     # the daemon that writes this database recorded where it listens; the config's address
     # is the fallback (a database from before that record, or a daemon moved since)
     tried = list(dict.fromkeys(a for a in (summary.get("listen"), config.listen) if a))
@@ -245,20 +255,13 @@ def query(ctx: click.Context, config_file: Path | None, db: Path | None, since: 
     """Print stored values of a metric (raw samples, then 1-minute means for older data)."""
     config = _resolve(ctx, config_file, db)
     seconds = _since(since)
-    store = _open_readonly(config)
-    try:
-        if metric is None:
-            rows = [{"entity": e, "metric": m} for e, m in store.metrics() if entity is None or e == entity]
-            if as_json:
-                for row in rows:
-                    click.echo(json.dumps(row))
-            else:
-                for row in rows:
-                    click.echo(f"{row['entity']}\t{row['metric']}")
-            return
-        rows = store.query(metric, time.time() - seconds, entity=entity)
-    finally:
-        store.close()
+    if metric is None:
+        names = _read(config, lambda store: store.metrics())
+        for e, m in names:
+            if entity is None or e == entity:
+                click.echo(json.dumps({"entity": e, "metric": m}) if as_json else f"{e}\t{m}")
+        return
+    rows = _read(config, lambda store: store.query(metric, time.time() - seconds, entity=entity))
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -266,9 +269,7 @@ def query(ctx: click.Context, config_file: Path | None, db: Path | None, since: 
     if not rows:
         click.echo(f"no values of {metric} in the last {since}", err=True)
         return
-    table = Table(box=None, padding=(0, 2))
-    for column in ("time", "watch", "value", "kind"):
-        table.add_column(column, justify="right" if column == "value" else "left")
+    table = _table("time", "watch", "value", "kind", right=("value",))
     for row in rows[-2000:]:
         table.add_row(_when(row["ts"]), row["entity"], f"{row['value']:.6g}", row["kind"])
     Console().print(table)
@@ -286,20 +287,14 @@ def findings(ctx: click.Context, config_file: Path | None, db: Path | None, sinc
     """Findings: CPU saturation, memory growth, idle GPU, I/O wait, CPU steal, restarts."""
     config = _resolve(ctx, config_file, db)
     seconds = _since(since)
-    store = _open_readonly(config)
-    try:
-        rows = store.findings(since=time.time() - seconds, active_only=active)
-    finally:
-        store.close()
+    rows = _read(config, lambda store: store.findings(since=time.time() - seconds, active_only=active))
     if as_json:
         click.echo(json.dumps(rows, indent=1, default=str))
         return
     if not rows:
         click.echo(f"no findings in the last {since}")
         return
-    table = Table(box=None, padding=(0, 2))
-    for column in ("kind", "watch", "state", "first seen", "last seen", "message", "proposal"):
-        table.add_column(column)
+    table = _table("kind", "watch", "state", "first seen", "last seen", "message", "proposal")
     for row in rows:
         proposal = row.get("proposal") or {}
         table.add_row(row["kind"], row["entity"], "active" if row["active"] else "resolved",
@@ -324,17 +319,13 @@ def proposals(ctx: click.Context, config_file: Path | None, db: Path | None, sin
 
     config = _resolve(ctx, config_file, db)
     seconds = _since(since)
-    store = _open_readonly(config)
-    try:
-        if proposal_id is not None:
-            rows = store.proposals(proposal_id=proposal_id, with_request=True)
-            if not rows:
-                raise PerfpilotError(f"no proposal #{proposal_id} in {config.db}",
-                                     hint="list them with `perfpilot daemon proposals`")
-        else:
-            rows = store.proposals(since=time.time() - seconds)
-    finally:
-        store.close()
+    if proposal_id is not None:
+        rows = _read(config, lambda store: store.proposals(proposal_id=proposal_id, with_request=True))
+        if not rows:
+            raise PerfpilotError(f"no proposal #{proposal_id} in {config.db}",
+                                 hint="list them with `perfpilot daemon proposals`")
+    else:
+        rows = _read(config, lambda store: store.proposals(since=time.time() - seconds))
     if as_json:
         click.echo(json.dumps(rows[0] if proposal_id is not None else rows, indent=1, default=str))
         return
@@ -360,9 +351,7 @@ def proposals(ctx: click.Context, config_file: Path | None, db: Path | None, sin
     if not rows:
         click.echo(f"no proposals in the last {since}")
         return
-    table = Table(box=None, padding=(0, 2))
-    for column in ("id", "time", "finding", "watch", "process", "status", "proposals / error"):
-        table.add_column(column)
+    table = _table("id", "time", "finding", "watch", "process", "status", "proposals / error")
     for row in rows:
         what = "; ".join(p.get("title") or p.get("kind", "") for p in row["proposals"]) or row["error"] or ""
         table.add_row(str(row["id"]), _when(row["ts"]), row["kind"], escape(row["entity"]),

@@ -42,6 +42,7 @@ def _project_dir(settings: Settings, config_file: Path | None) -> Path:
 @click.option("--protect", "protect", multiple=True, metavar="GLOB", help="More files candidates may not touch (repeatable).")
 @click.option("--context-tokens", type=int, default=None, help="Token budget for the LLM context (default 12000).")
 @click.option("--output-dir", type=click.Path(path_type=Path), default=None, help="Where to write the report and patch (default: the project).")
+@click.option("--sandbox", type=click.Choice(["auto", "on", "off"]), default=None, help="Run candidates under bubblewrap: workspace writable, loopback only (default auto: where bwrap works).")
 @click.option("--apply", "apply_result", is_flag=True, help="Apply the accepted changes to the project (clean git tree only).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="Config file (pyproject.toml or perfpilot.toml).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final summary.")
@@ -49,7 +50,8 @@ def optimize(run_command: str | None, test_command: str | None, objective: str |
              budget: int | None, time_budget: str | None, max_failures: int | None, proposer: str | None,
              backend: str | None, model: str | None, base_url: str | None, mock_replies: Path | None,
              runs: int | None, min_runs: int | None, threshold: str | None, output_check: str | None,
-             protect: tuple[str, ...], context_tokens: int | None, output_dir: Path | None, apply_result: bool,
+             protect: tuple[str, ...], context_tokens: int | None, output_dir: Path | None, sandbox: str | None,
+             apply_result: bool,
              config_file: Path | None, quiet: bool) -> None:
     """Propose changes, apply each in an isolated copy, run the tests, re-measure, and
     keep only what is proven better. Writes optimize-report.json/.html and
@@ -70,7 +72,7 @@ def optimize(run_command: str | None, test_command: str | None, objective: str |
     overrides: dict[str, Any] = dict(run=run_command, test=test_command, objective=objective, budget=budget,
                                      time_budget=time_budget, max_failures=max_failures, backend=backend, model=model,
                                      base_url=base_url, runs=runs, min_runs=min_runs, threshold=threshold,
-                                     output_check=output_check, context_tokens=context_tokens,
+                                     output_check=output_check, context_tokens=context_tokens, sandbox=sandbox,
                                      mock_replies=str(mock_replies.resolve()) if mock_replies else None)
     settings = load_settings(config_file=config_file, overrides=overrides)
     if guards:
@@ -102,6 +104,8 @@ def optimize(run_command: str | None, test_command: str | None, objective: str |
     progress = TerminalProgress(console, quiet=quiet)
     optimizer = Optimizer(settings, project, chosen, progress=progress, plugin_set=plugin_set,
                           proposer_name=description)
+    if optimizer.sandbox.note:
+        console.print(f"[yellow]note:[/] {escape(optimizer.sandbox.note)}", soft_wrap=True)
     if not quiet:
         console.print(f"[bold cyan]perfpilot optimize[/] {escape(str(project))}: objective [bold]{settings.objective}[/]"
                       + (f", guards {settings.guards}" if settings.guards else "")

@@ -1,4 +1,9 @@
-"""Options shared by several commands (one definition, one spelling)."""
+"""Options shared by several commands (one definition, one spelling).
+
+Values with units (``--interval 100ms``, ``--threshold 2%``, ``--max-db-size 512MiB``) stay text here and
+are read by :mod:`perfpilot.units` when Settings (or the daemon's config) take them, so a flag, an
+environment variable and a config file accept the same spellings and fail with the same message.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,12 +16,13 @@ from rich.live import Live
 from rich.text import Text
 
 from perfpilot.cli.options import collector_options, settings_from
-from perfpilot.errors import PerfpilotError
+from perfpilot.errors import EXIT_PERFPILOT_FAILURE, PerfpilotError
 from perfpilot.profilers.profile import Profile
 from perfpilot.profilers.renderers import terminal
 from perfpilot.profilers.session import ProfileInterrupted, RunOptions, profile_command, profile_pid
 
 DEFAULT_OUTPUT = "perfpilot-profile.json"
+EXPORT_FAILED = EXIT_PERFPILOT_FAILURE  # a clean run whose --html/--speedscope/--collapsed was not written
 
 
 class LiveLine:
@@ -95,16 +99,31 @@ def check_output_dirs(*paths: Path | None) -> None:
                                  hint="create it first or choose another path")
         if path.is_dir():
             raise PerfpilotError(f"cannot write {path}: it is a directory", hint="give a file name")
+        _check_writable(path, parent)
+
+
+def _check_writable(path: Path, parent: Path) -> None:
+    """Create (and remove) a file beside ``path``: permission bits say nothing for root, and
+    a read-only mount or a full quota only shows when something is written."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".perfpilot-write-check-"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        raise PerfpilotError(f"cannot write {path}: {exc.strerror or exc}",
+                             hint="choose a folder you can write to (checked before the target runs)") from None
 
 
 def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope: Path | None,
-                  collapsed: Path | None, console: Console) -> None:
+                  collapsed: Path | None, console: Console) -> bool:
+    """Write the Profile and the exports asked for; False when an export failed."""
     from perfpilot.profilers.renderers.collapsed import NoStacksError
 
     _write_file(lambda p, path: p.save(path), profile, output)
     written = [str(output)]
-    # The target already ran: an export that cannot be made is a warning, and the
-    # target's exit code still wins.
+    ok = True
+    # The target already ran: every other file is still written, then the exit code says so.
     for kind, path in (("html", html), ("speedscope", speedscope), ("collapsed", collapsed)):
         if path is None:
             continue
@@ -113,8 +132,13 @@ def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope:
         except NoStacksError as exc:
             console.print(f"[yellow]perfpilot: {path} not written: {exc}[/]")
         except PerfpilotError as exc:
-            console.print(f"[red]perfpilot: error: {exc}[/]")
+            console.print(f"[red]perfpilot: error: {exc}[/]", soft_wrap=True)  # one line, never wrapped
+            ok = False
+        except Exception as exc:  # noqa: BLE001 - a renderer's bug must not lose the Profile already written
+            console.print(f"[red]perfpilot: error: {path} not written: {type(exc).__name__}: {exc}[/]", soft_wrap=True)
+            ok = False
     console.print(f"[dim]wrote {', '.join(written)}[/]")
+    return ok
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -152,7 +176,7 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     The target's output passes through untouched and its exit code becomes
     perfpilot's. Ctrl-C stops the target and still writes the Profile.
     """
-    from perfpilot.config import parse_duration
+    from perfpilot.units import parse_duration
 
     console = Console(stderr=True)
     if pid is not None and command:
@@ -204,7 +228,7 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
         if capture is not None:
             capture.finish(result)
     assert result is not None
-    write_outputs(result, output, html, speedscope, collapsed, console)
+    exports_ok = write_outputs(result, output, html, speedscope, collapsed, console)
     if not quiet:
         terminal.render(result, console)
     elif result.annotations.get("stacks_note"):
@@ -213,4 +237,5 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
         console.print("[yellow]interrupted: target stopped, profile written[/]")
         sys.exit(130)
     code = result.target.get("exit_code")
-    sys.exit(code or 0)
+    # The target's exit code wins; a clean run whose requested export failed still fails.
+    sys.exit(code or (0 if exports_ok else EXPORT_FAILED))

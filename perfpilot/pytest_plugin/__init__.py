@@ -119,11 +119,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _options(config: pytest.Config) -> Any:
-    from perfpilot.config import load_settings, parse_duration
+    from perfpilot.config import load_settings
     from perfpilot.pytest_plugin.baseline import DEFAULT_KEEP
     from perfpilot.pytest_plugin.budgets import BudgetError, parse_thresholds
     from perfpilot.pytest_plugin.compare import DEFAULT_THRESHOLDS
-    from perfpilot.pytest_plugin.session import Options
+    from perfpilot.pytest_plugin.session import SUGGEST_MAX, SUGGEST_PROFILE_S, Options
+    from perfpilot.units import parse_duration
 
     settings = load_settings(cwd=config.rootpath)
     table = dict(settings.pytest)
@@ -151,10 +152,10 @@ def _options(config: pytest.Config) -> Any:
     if keep < 1:
         raise BudgetError(f"--perfpilot-keep must be at least 1, got {keep}")
     folder = pick("perfpilot_dir", "dir", None)
-    suggest_max = int(pick("perfpilot_suggest_max", "suggest_max", 3))
+    suggest_max = int(pick("perfpilot_suggest_max", "suggest_max", SUGGEST_MAX))
     if suggest_max < 1:
         raise BudgetError(f"--perfpilot-suggest-max must be at least 1, got {suggest_max}")
-    suggest_profile = table.get("suggest_profile", 1.0)
+    suggest_profile = table.get("suggest_profile", SUGGEST_PROFILE_S)
     # 0 turns py-spy profiling of regressed tests off (their source is sent instead)
     suggest_profile = 0.0 if suggest_profile in (0, "0", False) else parse_duration(
         suggest_profile, name="[tool.perfpilot.pytest] suggest_profile")

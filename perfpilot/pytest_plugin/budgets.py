@@ -1,30 +1,27 @@
 """Budgets for the pytest plugin: the ``perf_budget`` marker, quantities with units, and
 the ``--perfpilot-compare-fail`` thresholds.
 
-Units (a bare number is in the base unit: seconds, bytes, joules):
-
-* time: ``ns``, ``us``/``µs``, ``ms``, ``s``, ``min``, ``h``
-* size: ``B``; decimal ``kB``/``KB``, ``MB``, ``GB``, ``TB`` (powers of 1000); binary
-  ``KiB``, ``MiB``, ``GiB``, ``TiB`` (powers of 1024). pytest-memray reads ``MB`` as MiB;
-  we follow SI/IEC, so write ``MiB`` when you mean 2**20.
-* energy: ``mJ``, ``J``, ``kJ``, ``mWh``, ``Wh``, ``kWh``
+Quantities and thresholds follow perfpilot's one grammar (:mod:`perfpilot.units`): time in ``ns`` ... ``h``,
+sizes in ``B``, ``kB``/``MB``/``GB`` (powers of 1000) or ``KiB``/``MiB``/``GiB`` (powers of 1024), energy
+in ``mJ``/``J``/``Wh``; a number is in the base unit (seconds, bytes, joules), while a string must name
+its unit (``peak_rss="50"`` is refused: 50 bytes is never what was meant). A threshold is
+``10%`` or a ratio ``2x``; a bare number below 1 is a fraction, and ``wall:10`` is refused as ambiguous.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from perfpilot import units
 from perfpilot.errors import ConfigError
 
 MARKER = "perf_budget"
 
-# metric -> (kind, base unit). Names are those of perfpilot.profilers.metrics.
-BUDGET_METRICS: dict[str, tuple[str, str]] = {
-    "wall": ("time", "s"),
-    "cpu": ("time", "s"),
+# metric -> (kind in perfpilot.units, base unit). Names are those of perfpilot.profilers.metrics.
+BUDGET_METRICS: dict[str, tuple[units.Kind, str]] = {
+    "wall": ("duration", "s"),
+    "cpu": ("duration", "s"),
     "peak_rss": ("size", "B"),
     "io": ("size", "B"),
     "io_read": ("size", "B"),
@@ -33,16 +30,7 @@ BUDGET_METRICS: dict[str, tuple[str, str]] = {
     "gpu_memory": ("size", "B"),
 }
 
-UNITS: dict[str, dict[str, float]] = {
-    "time": {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0},
-    "size": {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-             "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30, "tib": 2.0**40},
-    "energy": {"mj": 1e-3, "j": 1.0, "kj": 1e3, "mwh": 3.6, "wh": 3600.0, "kwh": 3.6e6},
-}
-
 NEAR_LIMIT = 0.8  # a figure at or above this share of its budget is "near the limit"
-
-_QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµ]+)?\s*$")
 
 
 class BudgetError(ConfigError):
@@ -53,28 +41,10 @@ def parse_quantity(metric: str, value: Any) -> float:
     """``("wall", "200 ms")`` -> 0.2; ``("peak_rss", "1 GiB")`` -> 1073741824.0."""
     if metric not in BUDGET_METRICS:
         raise BudgetError(f"unknown budget metric {metric!r}", hint=f"use one of {', '.join(BUDGET_METRICS)}")
-    kind, base = BUDGET_METRICS[metric]
-    examples = {"time": "'200 ms'", "size": "'50 MB' or '1 GiB'", "energy": "'2 J'"}[kind]
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BudgetError(f"{metric}={value!r} is not a quantity", hint=f"write it like {examples}")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        match = _QUANTITY.match(value)
-        if not match:
-            raise BudgetError(f"{metric}={value!r} is not a quantity", hint=f"write it like {examples}")
-        unit = match.group(2)
-        if unit is None:
-            raise BudgetError(f"{metric}={value!r} has no unit", hint=f"write it like {examples}")
-        table = UNITS[kind]
-        key = unit if kind == "time" else unit.lower()
-        if key not in table:
-            raise BudgetError(f"{metric}={value!r}: unknown {kind} unit {unit!r}",
-                              hint=f"use one of {', '.join(u for u in table if u != 'b') if kind != 'size' else 'B, kB, MB, GB, KiB, MiB, GiB'}")
-        number = float(match.group(1)) * table[key]
-    if not math.isfinite(number) or number <= 0:
-        raise BudgetError(f"{metric}={value!r} must be a positive quantity", hint=f"write it like {examples}")
-    return number
+    try:
+        return units.parse_quantity(BUDGET_METRICS[metric][0], value, name=metric, require_unit=True)
+    except ConfigError as exc:
+        raise BudgetError(exc.message, hint=exc.hint) from None
 
 
 @dataclass(frozen=True)
@@ -105,28 +75,14 @@ def merge_budgets(budgets: list[Budget]) -> Budget | None:
 
 
 def format_quantity(metric: str, value: float) -> str:
-    kind = BUDGET_METRICS.get(metric, ("other", ""))[0]
-    if kind == "time":
-        if value < 1e-3:
-            return f"{value * 1e6:.0f} µs"
-        if value < 1:
-            return f"{value * 1e3:.1f} ms"
-        return f"{value:.3f} s"
-    if kind == "size":
-        for unit, scale in (("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
-            if abs(value) >= scale:
-                return f"{value / scale:.1f} {unit}"
-        return f"{value:.0f} B"
-    if kind == "energy":
-        return f"{value:.3g} J"
-    return f"{value:.4g}"
+    return units.format_quantity(BUDGET_METRICS.get(metric, ("other", ""))[0], value)
 
 
 MAX_THRESHOLD = 10.0  # 1000%: fail at 11x; more says "never", which is not a threshold
 
 
 def parse_thresholds(text: str) -> dict[str, float]:
-    """``"wall:10%,peak_rss:20%"`` -> ``{"wall": 0.1, "peak_rss": 0.2}`` (``0.1`` also reads as 10%)."""
+    """``"wall:10%,peak_rss:20%"`` -> ``{"wall": 0.1, "peak_rss": 0.2}`` (``0.1`` and ``1.1x`` also read as 10%)."""
     out: dict[str, float] = {}
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -138,14 +94,9 @@ def parse_thresholds(text: str) -> dict[str, float]:
                               hint=f"write METRIC:PERCENT pairs like wall:10%,peak_rss:20%; metrics: {', '.join(BUDGET_METRICS)}")
         amount = amount.strip()
         try:
-            fraction = float(amount[:-1]) / 100 if amount.endswith("%") else float(amount)
-        except ValueError:
-            raise BudgetError(f"--perfpilot-compare-fail: {amount!r} is not a percentage for {metric}",
-                              hint="write it like wall:10%") from None
-        if not amount.endswith("%") and fraction >= 1:
-            # "wall:10" almost always means 10%, not the 1000% a fraction of 10 would be
-            raise BudgetError(f"--perfpilot-compare-fail: {metric}:{amount} is ambiguous",
-                              hint=f"write {metric}:{amount}% for {amount} percent (a bare number is a fraction: 0.1 = 10%)")
+            fraction = units.parse_change(amount, name=f"--perfpilot-compare-fail: {metric}")
+        except ConfigError as exc:
+            raise BudgetError(exc.message, hint=exc.hint) from None
         if not 0 < fraction <= MAX_THRESHOLD:
             raise BudgetError(f"--perfpilot-compare-fail: {metric} threshold must be above 0% and at most "
                               f"{MAX_THRESHOLD:.0%}, got {amount!r}")

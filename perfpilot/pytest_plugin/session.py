@@ -28,7 +28,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generator
+from typing import TYPE_CHECKING, Any, Generator
 
 import pytest
 
@@ -38,9 +38,18 @@ from perfpilot.pytest_plugin.budgets import MARKER, Budget, BudgetError, budget_
 from perfpilot.pytest_plugin.compare import compare_record
 from perfpilot.pytest_plugin.report import TestRecord, build_document, check_budget, terminal_lines
 
+if TYPE_CHECKING:  # the proposer's modules load only with --perfpilot-suggest
+    from perfpilot.pytest_plugin.suggest import Suggester
+
 PLUGIN_NAME = "perfpilot-session"
 WORKER_KEY = "perfpilot"
 BUDGET_KEY = pytest.StashKey[Budget | None]()
+
+
+# --perfpilot-suggest's defaults (README, [tool.perfpilot.pytest] suggest_max / suggest_profile)
+SUGGEST_MAX = 3  # regressed tests sent to the proposer, worst first
+SUGGEST_PROFILE_S = 1.0  # py-spy seconds per regressed test
+PROFILE_CAP_FACTOR = 3  # at most this many times suggest_max tests are profiled per process
 
 
 @dataclass
@@ -58,8 +67,8 @@ class Options:
     slowest: int
     cpu_tdp_w: float | None
     suggest: bool = False
-    suggest_max: int = 3
-    suggest_profile: float = 1.0  # seconds of py-spy per regressed test; 0: send its source only
+    suggest_max: int = SUGGEST_MAX
+    suggest_profile: float = SUGGEST_PROFILE_S  # seconds of py-spy per regressed test; 0: send its source only
 
 
 def budget_for(item: pytest.Item) -> Budget | None:
@@ -128,7 +137,7 @@ class PerfpilotSession:
         self.saved: str | None = None
         self._host: dict[str, Any] | None = None
         self._current: TestRecord | None = None
-        self.suggester: Any = None  # perfpilot.pytest_plugin.suggest.Suggester, set by the plugin (controller only)
+        self.suggester: Suggester | None = None  # set by the plugin (controller only)
         self._profiled: list[float] = []  # worst ratios of the regressed tests profiled so far
 
     # ---------------------------------------------------------------- session
@@ -313,7 +322,7 @@ class PerfpilotSession:
         if self.options.suggest_profile <= 0 or function is None or not _repeatable(item):
             return False
         limit = self.options.suggest_max
-        if len(self._profiled) >= limit * 3:
+        if len(self._profiled) >= limit * PROFILE_CAP_FACTOR:
             return False
         ratio = float((finding.get("verdict") or {}).get("ratio") or 0.0)
         # Only a regression among the worst seen so far can be among those sent.

@@ -40,7 +40,6 @@ requests are skipped rather than each waiting for the same dead server.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import time
@@ -49,16 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from perfpilot.agent.backends.errors import BackendError
-from perfpilot.agent.context import Context, estimate_tokens, is_secret_file
+from perfpilot.agent.advice import Question, ask
+from perfpilot.agent.context import Context
+from perfpilot.agent.project_paths import project_relative
+from perfpilot.agent.proposers import Proposer
 from perfpilot.config import Settings
 from perfpilot.errors import ConfigError
 from perfpilot.pytest_plugin.report import TestRecord
 
-DEFAULT_MAX = 3
-DEFAULT_PROFILE_S = 1.0
 PROFILE_RATE_HZ = 250
-PROFILE_CAP_FACTOR = 3
 TOP_HOTSPOTS = 12
 MAX_NAMED_FUNCTIONS = 6
 NO_BACKEND = (
@@ -78,7 +76,7 @@ class Suggester:
     """The configured proposer and what it needs to build each request."""
 
     settings: Settings
-    proposer: Any
+    proposer: Proposer
     description: str
     project: Path
     secrets: tuple[str, ...] = ()
@@ -128,53 +126,26 @@ class Suggester:
             if failed:
                 entry.update(status="skipped", error=f"not asked: the backend failed on an earlier request ({failed})")
                 continue
-            context = self.context(record, finding)
-            messages = context.messages()
-            entry["request"] = messages
-            entry["request_tokens"] = estimate_tokens(messages)
-            notes_before = len(getattr(self.proposer, "notes", []))
-            started = time.perf_counter()
-            try:
-                replied = self.proposer.propose(context)
-            except BackendError as exc:
-                entry.update(status="failed", error=str(exc))
-                failed = type(exc).__name__
-            except Exception as exc:  # noqa: BLE001 - a broken backend plugin is a failure, not a crash
-                entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-                failed = type(exc).__name__
-            else:
-                usable = [p for p in replied if p.kind != "invalid"]
-                problems = [problem for p in replied if p.kind == "invalid" for problem in p.problems]
-                problems += list(getattr(self.proposer, "notes", []))[notes_before:]
-                entry["proposals"] = [p.to_dict() for p in usable]
-                entry["problems"] = problems
-                if usable:
-                    entry["status"] = "ok"
-                else:
-                    entry.update(status="invalid", error="; ".join(problems) or "no usable proposal")
-            entry["seconds"] = round(time.perf_counter() - started, 3)
+            answer = ask(self.proposer, self.context(record, finding))
+            entry.update(request=answer.messages, request_tokens=answer.request_tokens, status=answer.status,
+                         error=answer.error, proposals=answer.proposals, problems=answer.problems,
+                         seconds=answer.seconds)
+            failed = answer.failure
         return section
 
-    def context(self, record: TestRecord, finding: Mapping[str, Any]) -> Context:
-        from perfpilot.profilers.profile import Profile
-
-        metric = str(finding["metric"])
-        hotspots = list(record.hotspots)
-        summary = record_summary(record, finding)
-        run = f"python -m pytest {record.nodeid}"
-        profile = Profile(target={"command": run, "cwd": str(self.project)},
-                          duration_s=float(record.figure("wall") or 0.0), summary=summary, hotspots=hotspots)
-        files = sorted({rel for spot in hotspots
-                        if (rel := _relative(str(spot.get("file") or ""), self.project)) and not is_secret_file(rel)})
-        context = Context.build(
-            project=self.project, profile=profile, objective=metric, guards={}, run=run, test="python -m pytest",
-            knobs={}, knob_values={}, env={}, history=[], files=files, budget_tokens=self.settings.context_tokens)
+    def question(self, record: TestRecord, finding: Mapping[str, Any]) -> Question:
         where = f"`{record.nodeid}`" + (f" (measured callable `{finding['subject']}`)" if finding.get("subject") else "")
         why = (f"{where} is significantly worse than this machine's saved baseline: {describe(finding)}. "
                f"Hot spots: {record.hotspots_note or 'none'}. The test itself must not change: find what in the code "
                "it exercises makes it slower, and propose changes to that code that win the time back.")
-        return dataclasses.replace(context, bottleneck=("significant regression in a test", why),
-                                   known_secrets=tuple(self.secrets))
+        return Question(project=self.project, command=f"python -m pytest {record.nodeid}",
+                        objective=str(finding["metric"]), bottleneck=("significant regression in a test", why),
+                        summary=record_summary(record, finding), hotspots=list(record.hotspots),
+                        duration_s=float(record.figure("wall") or 0.0), test="python -m pytest",
+                        budget_tokens=self.settings.context_tokens, secrets=self.secrets)
+
+    def context(self, record: TestRecord, finding: Mapping[str, Any]) -> Context:
+        return self.question(record, finding).context()
 
 
 # --------------------------------------------------------------- regressions
@@ -241,15 +212,6 @@ def record_summary(record: TestRecord, finding: Mapping[str, Any]) -> dict[str, 
         if isinstance(v.get(key), (int, float)):
             summary[label] = v[key]
     return summary
-
-
-def _relative(file: str, project: Path) -> str | None:
-    if not file or file.startswith("<"):
-        return None
-    try:
-        return Path(file).resolve().relative_to(project.resolve()).as_posix()
-    except (ValueError, OSError):
-        return None
 
 
 # ------------------------------------------------------------ hot spots
@@ -338,7 +300,7 @@ def profile_rounds(call: Callable[[], None], *, function: str, file: str, second
     # so are pytest's and pluggy's, which py-spy's --nonblocking reads can also tear into a
     # stack below the test (a CI run saw one in a test that never calls pytest)
     spots = [s for s in hs.aggregate(focused, cwd=str(project), top=TOP_HOTSPOTS + 8)
-             if _relative(str(s.get("file") or ""), project) is not None
+             if project_relative(str(s.get("file") or ""), project) is not None
              or not any(str(s.get("file") or "").startswith(root) for root in harness)][:TOP_HOTSPOTS]
     note = f"py-spy, {samples} samples at {rate} Hz over {rounds} extra round(s) of the test"
     return Profiled(hotspots=spots, note=note + (f" ({error})" if error else ""), rounds=rounds, samples=samples)
@@ -391,7 +353,7 @@ def _in_project(obj: Any, project: Path) -> bool:
         return False
     if not file or "site-packages" in file or "dist-packages" in file:
         return False
-    return _relative(file, project) is not None
+    return project_relative(file, project) is not None
 
 
 def source_spot(obj: Any, *, share: float) -> dict[str, Any] | None:

@@ -241,8 +241,11 @@ class FakeNVML:
         return out
 
     def _build_module(self) -> types.ModuleType:
-        """The ``pynvml`` stand-in. Over 80 lines on purpose: one short closure per NVML
-        function, side by side, reads as the list of what the fake supports."""
+        """The ``pynvml`` stand-in.
+
+        Long because it is a table: one short closure per NVML function, side by side,
+        reads as the list of what the fake supports.
+        """
         fake = self
         mod = types.ModuleType("pynvml")
         mod.__doc__ = "perfpilot.testing.FakeNVML (not the real NVML)"

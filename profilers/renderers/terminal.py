@@ -273,6 +273,11 @@ def render(profile: Profile, console: Console | None = None, *, show_collectors:
     if profile.hotspots:
         parts.append(Text(""))
         parts.append(hotspots_table(profile, top, width=console.width))
+    from perfpilot.profilers.renderers.ranks_table import ranks_view  # it formats with this module's helpers
+
+    ranks = ranks_view(profile)
+    if ranks is not None:
+        parts += [Text(""), ranks]
     imports = imports_table(profile, top)
     if imports is not None:
         parts.append(Text(""))
