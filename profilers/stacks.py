@@ -425,16 +425,16 @@ class StackRecorder:
             return roots[0]
         return self.target_pid
 
-    def _poll_python(self) -> int | None:
-        """The pid to point py-spy at if a Python process is in the tree now."""
+    def _poll_python(self) -> list[int]:
+        """The Python roots in the tree now (and when the first one was seen)."""
         roots = self._python_roots()
         if not roots:
             self._polls += 1
-            return None
+            return roots
         if self.python_seen is None:
             self.python_at_launch = self._polls == 0 and self.target_pid in roots and self._command_is(self.target_pid)
             self.python_seen = time.time()
-        return self._choose(roots)
+        return roots
 
     def _command_is(self, pid: int) -> bool:
         """Whether the launched command is itself the binary pid runs (then Python ran
@@ -450,9 +450,9 @@ class StackRecorder:
         """Poll the tree until a Python process is in it; None once the target is gone."""
         begun = time.monotonic()
         while not self._stop.is_set():
-            pid = self._poll_python()
-            if pid is not None:
-                return pid
+            roots = self._poll_python()
+            if roots:
+                return self._choose(roots)
             if not self._alive():
                 return None
             waited = time.monotonic() - begun
@@ -467,11 +467,11 @@ class StackRecorder:
         samples first wins. If Python shows up elsewhere (a child), that wins."""
         runs = [self._spawn(self.target_pid, follow=False)]
         while not self._stop.is_set() and not any(r.attached for r in runs):
-            pid = self._poll_python()
-            if pid is not None and pid != self.target_pid:
+            roots = self._poll_python()
+            if roots and self.target_pid not in roots:
                 break
-            if pid is not None and len(runs) == 1 and time.time() - runs[0].started > EARLY_FRESH_S:
-                runs.append(self._spawn(pid, follow=False))
+            if roots and len(runs) == 1 and time.time() - runs[0].started > EARLY_FRESH_S:
+                runs.append(self._spawn(self.target_pid, follow=False))
                 continue
             if all(r._event.is_set() for r in runs):
                 break  # every one gave up
@@ -528,12 +528,19 @@ class StackRecorder:
                 pid = self._await_python()
                 if pid is None:
                     return None
-                run = self._spawn(pid, follow=False)
+                # Several Python processes under a launcher: the first one at once, then a
+                # py-spy on the launcher that follows them all (it is slow to attach while
+                # they start up: it retries each child only 5 times).
+                first = pid if self._finder.is_python(pid) else (self._python_roots() or [pid])[0]
+                run = self._spawn(first, follow=False)
                 if run.wait_attached(self._stop):
                     return self._handoff(run, pid) if self.settings.subprocesses else run
                 attempt = self._collect(run)
+                pid = first
             else:
                 attempt, pid, early = early, self.target_pid, None
+                if attempt.kind == "no_python" and can_read_process(pid) is not False:
+                    continue  # the early py-spy gave up, or Python runs in a child: look again now
             if attempt.kind in ("denied", "unsupported"):
                 self.reason = self._explain(attempt)
                 return None
