@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import os
 import shlex
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -27,9 +26,12 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from perfpilot.agent import config_files
 from perfpilot.agent.backends.errors import BackendError, BackendExhausted
 from perfpilot.agent.context import Context
+from perfpilot.agent.figures import ci_label, human_value
+from perfpilot.agent.gate import (GateResult, SeedSource, TestRun, failed_tests, flaky_summary, has_pytest_randomly,
+                                  randomly_refused, run_gate, run_test_command, with_order_seed)
 from perfpilot.agent.knobs import Knob, parse_knobs
 from perfpilot.agent.outcomes import Outcome
-from perfpilot.agent.output_check import OutputCheck, parse_output_check
+from perfpilot.agent.output_check import OutputCheck, first_variation, parse_output_check, stdout_of
 from perfpilot.agent.proposals import Proposal
 from perfpilot.agent.sandbox import Sandbox
 from perfpilot.agent.secrets import Masker
@@ -46,6 +48,10 @@ OUTPUT_TAIL = 3000
 
 class BaselineTestsFailed(PerfpilotError):
     """The project's tests fail on the unchanged project: nothing can be verified."""
+
+
+class BaselineTestsFlaky(PerfpilotError):
+    """The project's tests pass on some hash seeds and fail on others, unchanged."""
 
 
 class BaselineRunFailed(PerfpilotError):
@@ -71,6 +77,7 @@ class Verification:
     values_a: list[float]
     values_b: list[float]
     notes: list[str] = field(default_factory=list)
+    measured: int = 0  # processes run for it (0: 2 x runs); fewer when baseline runs were reused
 
 
 Verifier = Callable[[RunSpec, RunSpec, Sequence[str], str], Verification]
@@ -103,6 +110,7 @@ class Baseline:
     values: list[float]  # the objective over repeated runs
     metrics: dict[str, float]  # median of each judged metric
     tests_s: float | None
+    tests: list[dict[str, Any]] = field(default_factory=list)  # each baseline test run: seed, passed, seconds
 
 
 @dataclass
@@ -124,6 +132,8 @@ class Result:
     notes: list[str] = field(default_factory=list)
     final_state: State = field(default_factory=State)
     workspace_dirs: list[str] = field(default_factory=list)  # to show profile paths relative to the project
+    final_tests: list[dict[str, Any]] = field(default_factory=list)  # the combined result's re-test, fresh seeds
+    output_check: str = ""  # what the output check did (auto decides at the baseline)
     masker: Masker | None = field(default=None, repr=False)  # the session's secrets, for the report
 
     @property
@@ -132,7 +142,7 @@ class Result:
 
     @property
     def verification_runs(self) -> int:
-        return sum(2 * o.runs for o in self.outcomes)
+        return sum(o.measured_runs or 2 * o.runs for o in self.outcomes)
 
 
 def parse_guards(guards: Mapping[str, Any]) -> dict[str, float]:
@@ -150,23 +160,51 @@ def parse_guards(guards: Mapping[str, Any]) -> dict[str, float]:
 
 
 def engine_verifier(settings: Settings, plugin_set: Any, on_run: Callable[[str, int, Profile], None] | None) -> Verifier:
-    """The real verification: :func:`perfpilot.profilers.measure.compare`."""
+    """The real verification: :func:`perfpilot.profilers.measure.compare`.
+
+    Two savings, both from the engine: a candidate that can no longer be better by the
+    threshold stops at the first planned look (``stop_for_futility``; its false-reject
+    rate is in benchmarks/futility.py), and the baseline's runs from the previous
+    verification are reused while the baseline is unchanged (same command, environment,
+    folder and committed tree; the engine re-checks them against fresh anchor runs)."""
     from perfpilot.profilers.measure import Arm, compare
     from perfpilot.profilers.metrics import metric_value
 
+    kept: dict[tuple[Any, ...], list[Profile]] = {}
+
     def verify(a: RunSpec, b: RunSpec, metrics: Sequence[str], primary: str) -> Verification:
+        key = _baseline_identity(a, metrics)
         comparison = compare(
             Arm(a.argv, env=a.env, cwd=str(a.cwd), label=a.label), Arm(b.argv, env=b.env, cwd=str(b.cwd), label=b.label),
             metrics=list(metrics), primary=primary, settings=settings, max_runs=settings.runs,
             min_runs=min(settings.min_runs, settings.runs), threshold=settings.threshold,
-            confidence=settings.confidence, on_run=on_run, capture_output=True, plugin_set=plugin_set)
+            confidence=settings.confidence, on_run=on_run, capture_output=True, plugin_set=plugin_set,
+            stop_for_futility=True, reuse_a=kept.get(key, []) if key else [])
+        if key:
+            kept.clear()  # only the latest baseline can come back
+            kept[key] = list(comparison.a)
         verdicts = {primary: comparison.verdicts[primary].to_dict()}
         verdicts.update({m: v.to_dict() for m, v in comparison.verdicts.items() if m != primary})
+        notes = list(comparison.notes)
+        if comparison.reused_a:
+            notes.append(f"{comparison.reused_a} baseline runs reused from the previous verification")
         return Verification(verdicts=verdicts, runs=comparison.runs,
                             values_a=[metric_value(p, primary) for p in comparison.a],
-                            values_b=[metric_value(p, primary) for p in comparison.b], notes=list(comparison.notes))
+                            values_b=[metric_value(p, primary) for p in comparison.b], notes=notes,
+                            measured=len(comparison.a) - comparison.reused_a + len(comparison.b))
 
     return verify
+
+
+def _baseline_identity(a: RunSpec, metrics: Sequence[str]) -> tuple[Any, ...] | None:
+    """What makes two baselines the same: command, environment, folder, metrics and the
+    folder's committed tree (accepting a change commits it). None when not a git tree."""
+    head = subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=a.cwd, capture_output=True, text=True)
+    # Tracked edits count (knob config files are edited in place); the runs' own output does not.
+    edits = subprocess.run(["git", "diff", "HEAD"], cwd=a.cwd, capture_output=True, text=True)
+    if head.returncode or edits.returncode:
+        return None
+    return (tuple(a.argv), tuple(sorted(a.env.items())), str(a.cwd), tuple(metrics), head.stdout.strip(), edits.stdout)
 
 
 def _tail(text: str, limit: int = OUTPUT_TAIL) -> str:
@@ -204,6 +242,9 @@ class Optimizer:
             raise ConfigError(f"budget must be at least 1 proposal, got {settings.budget}")
         if settings.runs < 2:
             raise ConfigError(f"runs must be at least 2 per side for a verdict, got {settings.runs}")
+        if settings.test_repeats < 1:
+            raise ConfigError(f"test_repeats must be at least 1, got {settings.test_repeats}",
+                              hint="the default, 3, runs the tests with three different PYTHONHASHSEED values")
         if plugin_set is None:
             from perfpilot.registry import build_plugin_manager
 
@@ -221,6 +262,9 @@ class Optimizer:
         self._baseline_output: Profile | None = None
         self._context_profile: Profile | None = None
         self._test_timeout = settings.test_timeout
+        self.seeds = SeedSource()
+        self._order = False  # the test command is pytest with pytest-randomly: vary the order too
+        self._last_tests: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------ commands
 
@@ -236,41 +280,34 @@ class Optimizer:
         assert self.workspace is not None
         return self.workspace.run_env(state)
 
-    def _run_tests(self, cwd: Path, state: State) -> tuple[bool, str, float]:
+    def _run_tests(self, cwd: Path, state: State, extra: Mapping[str, str] | None = None) -> tuple[bool, str, float]:
         """(passed, output, seconds) of the test command in ``cwd``."""
         assert self.settings.test
         try:
             argv = shlex.split(self.settings.test)
         except ValueError as exc:
             raise ConfigError(f"test command: {exc}") from None
-        env = {**os.environ, **self._env(state)}
+        env = {**os.environ, **self._env(state), **(extra or {})}
         env.pop("PERFPILOT_METRICS_FILE", None)
-        timeout = self._test_timeout
-        t0 = time.monotonic()
-        try:
-            # Its own process group: on a timeout (or Ctrl-C) the whole tree goes, not just the
-            # test runner; a hung child left running would skew every later measurement.
-            proc = subprocess.Popen(self.sandbox.wrap(argv, cwd), cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE,
-                                    text=True, errors="replace", stdin=subprocess.DEVNULL, start_new_session=True)
-        except FileNotFoundError:
-            raise ConfigError(f"test command not found: {argv[0]}", hint="check `test` (is it on PATH?)") from None
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            stdout, stderr = _drain(proc)
-            return False, (f"{stdout}{stderr}\n(the tests did not finish within {timeout:.0f}s; "
-                           "they and every process they started were stopped)"), time.monotonic() - t0
-        except BaseException:
-            _kill_group(proc.pid)
-            _drain(proc)
-            raise
-        _kill_group(proc.pid)  # whatever the tests left running in the background
-        output = (stdout or "") + (stderr or "")
-        if proc.returncode != 0:
+        passed, output, seconds = run_test_command(self.sandbox.wrap(argv, cwd), cwd, env, self._test_timeout)
+        if not passed:
             output += self.sandbox.explain(output)
-        return proc.returncode == 0, output, time.monotonic() - t0
+        return passed, output, seconds
+
+    def _test_once(self, cwd: Path, state: State, seed: int, order_seed: int | None) -> TestRun:
+        env = with_order_seed({**os.environ, **self._env(state)}, order_seed)
+        extra = {"PYTHONHASHSEED": str(seed)}
+        if "PYTEST_ADDOPTS" in env:
+            extra["PYTEST_ADDOPTS"] = env["PYTEST_ADDOPTS"]
+        passed, output, seconds = self._run_tests(cwd, state, extra)
+        return TestRun(seed, passed, seconds, order_seed, [] if passed else failed_tests(output),
+                       "" if passed else _tail(output))
+
+    def _gate(self, cwd: Path, state: State, *, seeds: Sequence[int] | None = None, stop: bool = True) -> GateResult:
+        """The tests, once per hash seed (fresh seeds unless given); see :mod:`perfpilot.agent.gate`."""
+        chosen = list(seeds) if seeds is not None else self.seeds.draw(self.settings.test_repeats)
+        return run_gate(lambda seed, order: self._test_once(cwd, state, seed, order), chosen, order=self._order,
+                        stop_on_failure=stop)
 
     def _profile(self, state: State, cwd: Path, *, stacks: bool) -> Profile:
         from perfpilot.profilers.session import RunOptions, profile_command
@@ -287,15 +324,10 @@ class Optimizer:
         ws = self.workspace
         assert ws is not None
         tests_s = None
+        tests: list[TestRun] = []
         if self.settings.test:
-            self.progress.stage("baseline: running the tests on the unchanged project")
-            passed, output, tests_s = self._run_tests(ws.base, ws.state)
-            if not passed:
-                self.progress.output("test output (unchanged project)", _tail(output))
-                raise BaselineTestsFailed("the tests fail on the unchanged project, so no change could be verified",
-                                  hint=f"fix them first; test command: {self.settings.test}")
-            if self._test_timeout is None:
-                self._test_timeout = max(TEST_TIMEOUT_FLOOR_S, TEST_TIMEOUT_FACTOR * tests_s)
+            tests = self._baseline_tests()
+            tests_s = max(r.seconds for r in tests)
         self.progress.stage("baseline: profiling the run command with stacks")
         profile = self._profile(ws.state, ws.base, stacks=self.settings.stacks)
         if profile.exit_code or profile.target.get("signal") or profile.target.get("timed_out"):
@@ -307,6 +339,7 @@ class Optimizer:
         self._baseline_output = profile
         self._context_profile = profile
         values: list[float] = []
+        outputs = [stdout_of(profile)]
         medians: dict[str, list[float]] = {m: [] for m in self.metrics}
         runs = max(2, min(BASELINE_RUNS, self.settings.runs))
         for index in range(1, runs + 1):
@@ -315,13 +348,62 @@ class Optimizer:
             if run.exit_code:
                 raise BaselineRunFailed(f"the run command exited with {run.exit_code} on a repeated baseline run",
                                         hint="the command is flaky; make it deterministic first")
+            outputs.append(stdout_of(run))
             for metric in self.metrics:
                 medians[metric].append(metric_value(run, metric))  # MetricUnavailable: a clear error
         values = medians[self.objective]
+        self._settle_output_check(outputs)
         import statistics
 
         return Baseline(profile=profile, values=values,
-                        metrics={m: statistics.median(v) for m, v in medians.items()}, tests_s=tests_s)
+                        metrics={m: statistics.median(v) for m, v in medians.items()}, tests_s=tests_s,
+                        tests=[r.to_dict() for r in tests])
+
+    def _baseline_tests(self) -> list[TestRun]:
+        """The unchanged project's tests, ``test_repeats`` times: failing, flaky or good."""
+        ws = self.workspace
+        assert ws is not None and self.settings.test
+        try:
+            argv = shlex.split(self.settings.test)
+        except ValueError as exc:
+            raise ConfigError(f"test command: {exc}") from None
+        self._order = has_pytest_randomly(argv, ws.base, {**os.environ, **self._env(ws.state)})
+        repeats = self.settings.test_repeats
+        self.progress.stage(f"baseline: running the tests on the unchanged project ({repeats} hash seeds"
+                            + (", random test order)" if self._order else ")"))
+        gate = self._gate(ws.base, ws.state, stop=False)
+        if self._order and any(randomly_refused(r.output) for r in gate.runs if not r.passed):
+            self._order = False  # the project turns pytest-randomly off (-p no:randomly): keep its order
+            gate = self._gate(ws.base, ws.state, stop=False)
+        if self._test_timeout is None:
+            self._test_timeout = max(TEST_TIMEOUT_FLOOR_S, TEST_TIMEOUT_FACTOR * max(r.seconds for r in gate.runs))
+        bad = gate.first_failure
+        if bad is not None:
+            self.progress.output(f"test output (unchanged project, {bad.describe()})", bad.output)
+        if not any(r.passed for r in gate.runs):
+            raise BaselineTestsFailed("the tests fail on the unchanged project, so no change could be verified",
+                                      hint=f"fix them first; test command: {self.settings.test}")
+        if bad is not None:
+            raise BaselineTestsFlaky(
+                f"the tests are flaky on the unchanged project: {flaky_summary(gate)}",
+                hint=f"make that test deterministic or leave it out of the test command; reproduce: "
+                     f"{bad.reproduce(self.settings.test)}")
+        return gate.runs
+
+    def _settle_output_check(self, outputs: list[str]) -> None:
+        """``auto``: compare stdout only when the unchanged program's is deterministic."""
+        check = self.output_check
+        if check.mode != "auto":
+            self.result.output_check = check.describe()
+            return
+        varies = first_variation(outputs)
+        if varies is None:
+            self.result.output_check = f"stdout identical (the baseline printed the same over {len(outputs)} runs)"
+            return
+        self.output_check = parse_output_check("ignore")
+        self.result.output_check = "off: the baseline's stdout varies between runs"
+        self.result.notes.append(f"output not compared: the unchanged program's stdout varies between runs ({varies}); "
+                                 'set output_check = "command:<your check>" to judge it your way')
 
     # ------------------------------------------------------------ one proposal
 
@@ -349,8 +431,17 @@ class Optimizer:
         ws = self.workspace
         assert ws is not None
         t0 = time.monotonic()
-        outcome = self._evaluate(proposal, index)
+        self._last_tests = []
+        try:
+            outcome = self._evaluate(proposal, index)
+        except (OSError, ValueError, UnicodeError) as exc:
+            # What a candidate makes the OS refuse (an argument or env value it cannot take) ends
+            # that candidate, not the run.
+            ws.reject()
+            outcome = Outcome(index, proposal, "rejected", "error", f"{type(exc).__name__}: {exc}",
+                              diff=proposal.diff or "")
         outcome.duration_s = time.monotonic() - t0
+        outcome.tests = self._last_tests
         return outcome
 
     def _evaluate(self, proposal: Proposal, index: int) -> Outcome:
@@ -366,7 +457,8 @@ class Optimizer:
         except Refused as exc:
             return Outcome(index, proposal, "refused", "refused", str(exc), diff=proposal.diff or "")
         except DidNotApply as exc:
-            return Outcome(index, proposal, "rejected", "did not apply", str(exc), diff=proposal.diff or "")
+            return Outcome(index, proposal, "rejected", "did not apply", self._did_not_apply(exc, proposal),
+                           diff=proposal.diff or "")
         try:
             if ws.is_noop(candidate) or self._is_semantic_noop(candidate):
                 ws.reject()
@@ -374,11 +466,14 @@ class Optimizer:
                                "the change leaves the program as it was (no file, setting or environment differs, "
                                "or only comments/formatting do); nothing to measure", diff=candidate.diff)
             if self.settings.test:
-                self.progress.stage(f"#{index} {title}: running the tests")
-                passed, output, _ = self._run_tests(ws.candidate_dir, candidate.state)
-                if not passed:
+                repeats = self.settings.test_repeats
+                self.progress.stage(f"#{index} {title}: running the tests ({repeats} hash seeds)")
+                gate = self._gate(ws.candidate_dir, candidate.state)
+                self._last_tests = [r.to_dict() for r in gate.runs]
+                if not gate.passed:
                     ws.reject()
-                    return Outcome(index, proposal, "rejected", "tests failed", _tail(output), diff=candidate.diff)
+                    return Outcome(index, proposal, "rejected", "tests failed",
+                                   gate.failure_detail(self.settings.test, repeats), diff=candidate.diff)
             if self.output_check.enabled:
                 self.progress.stage(f"#{index} {title}: checking the output")
                 run = self._profile(candidate.state, ws.candidate_dir, stacks=False)
@@ -389,10 +484,10 @@ class Optimizer:
                                    f"exit {run.exit_code}: {_tail(stderr, 1500)}{self.sandbox.explain(stderr)}",
                                    diff=candidate.diff)
                 assert self._baseline_output is not None
-                why = self.output_check.compare(self._baseline_output, run)
+                why = self.output_check.compare(self._baseline_output, run, cwd=ws.base)
                 if why:
                     ws.reject()
-                    return Outcome(index, proposal, "rejected", "output differs", why, diff=candidate.diff)
+                    return Outcome(index, proposal, "rejected", "output changed", why, diff=candidate.diff)
             self.progress.stage(f"#{index} {title}: verifying (interleaved runs)")
             base = RunSpec(self._launch(ws.state, ws.base), self._env(ws.state), ws.base, "baseline")
             cand = RunSpec(self._launch(candidate.state, ws.candidate_dir), self._env(candidate.state),
@@ -417,13 +512,19 @@ class Optimizer:
     def _decide(self, proposal: Proposal, index: int, v: Verification, candidate: Candidate) -> Outcome:
         objective = v.verdicts[self.objective]
         common = dict(verdicts=v.verdicts, runs=v.runs, values_a=v.values_a, values_b=v.values_b,
-                      diff=candidate.diff)
+                      diff=candidate.diff, measured_runs=v.measured)
         notes = "; ".join([*(objective.get("notes") or []), *v.notes])
         if not objective.get("improved"):
             word = objective.get("verdict", "inconclusive")
             reason = {"faster": "inconclusive", "smaller": "inconclusive"}.get(word, word)
-            detail = (f"{self.objective}: {word}, ratio {objective['ratio']:.3f} "
-                      f"(CI {objective['ci_low']:.3f}–{objective['ci_high']:.3f}, threshold ±{objective['threshold']:.1%})")
+            ci = f"{ci_label(objective)} {objective['ci_low']:.3f}–{objective['ci_high']:.3f}"
+            if word == "inconclusive" and _no_effect(objective):
+                # A CI around 1 with the point estimate inside the threshold: nothing to chase
+                # with more runs, whatever a power calculation says.
+                detail = (f"{self.objective}: no measurable effect, ratio {objective['ratio']:.3f} ({ci} includes 1, "
+                          f"threshold ±{objective['threshold']:.1%})")
+                return Outcome(index, proposal, "rejected", "no change", detail, **common)
+            detail = f"{self.objective}: {word}, ratio {objective['ratio']:.3f} ({ci}, threshold ±{objective['threshold']:.1%})"
             return Outcome(index, proposal, "rejected", reason, detail + (f"; {notes}" if notes else ""), **common)
         for metric, limit in self.guards.items():
             guard = v.verdicts.get(metric)
@@ -431,11 +532,32 @@ class Optimizer:
                 continue
             if guard["ratio"] > 1 + limit:
                 return Outcome(index, proposal, "rejected", "guard violated",
-                               f"{metric} ratio {guard['ratio']:.3f} exceeds the allowed +{limit:.0%}", **common)
+                               f"{metric} ratio {guard['ratio']:.3f} exceeds the allowed +{limit:.0%} "
+                               f"({human_value(metric, guard.get('median_a'))} → {human_value(metric, guard.get('median_b'))})",
+                               **common)
         detail = (f"{self.objective} ratio {objective['ratio']:.3f} "
-                  f"(CI {objective['ci_low']:.3f}–{objective['ci_high']:.3f}, p={objective['p_value']:.2g})")
+                  f"({ci_label(objective)} {objective['ci_low']:.3f}–{objective['ci_high']:.3f}, p={objective['p_value']:.2g})")
         status = "winner" if proposal.trial else "accepted"
         return Outcome(index, proposal, status, "improved", detail, **common)
+
+    def _did_not_apply(self, exc: DidNotApply, proposal: Proposal) -> str:
+        """Say what the patch was applied to: the accepted changes, and whether the original takes it."""
+        ws = self.workspace
+        assert ws is not None
+        accepted = self.result.accepted
+        if not accepted:
+            return f"{exc} (applied to the project as it is, no change accepted yet)"
+        names = ", ".join(f"#{o.index} {o.title()}" for o in accepted)
+        onto = f"applied on top of the {len(accepted)} change(s) already accepted ({names})"
+        try:
+            original = ws.applies_to_origin(proposal)
+        except PerfpilotError:
+            original = None
+        if original is True:
+            return f"{exc}; {onto}; it does apply to the original project, so it conflicts with those changes"
+        if original is False:
+            return f"{exc}; {onto}; it does not apply to the original project either"
+        return f"{exc}; {onto}"
 
     def _refresh_context_profile(self) -> None:
         """Re-profile the new baseline with stacks so the next context shows its hot spots."""
@@ -494,14 +616,26 @@ class Optimizer:
         try:
             self.progress.stage("setting up the isolated workspace")
             self.workspace = Workspace.create(self.project, protected=self.settings.protected, knobs=self.knobs,
-                                              commands=[self.settings.run, self.settings.test])
+                                              commands=[self.settings.run, self.settings.test,
+                                                        self.output_check.command or None])
             result.workspace_dirs = [str(self.workspace.base), str(self.workspace.candidate_dir)]
             result.baseline = self._baseline()
-            self._loop()
-            self._cumulative()
+            for step in (self._loop, self._final_retest, self._cumulative):
+                try:
+                    step()
+                except Exception as exc:  # noqa: BLE001 - what was won is kept; the error is reported
+                    if not result.outcomes:
+                        raise
+                    self._stopped_early(exc, step.__name__)
+                    if step is self._loop:
+                        continue  # still re-test what was accepted before the patch is written
+                    break
         except KeyboardInterrupt:
             result.interrupted = True
             result.stop_reason = "interrupted (Ctrl-C)"
+            if result.accepted and not result.final_tests and self.settings.test:
+                result.notes.append("interrupted before the accepted changes were re-tested together: "
+                                    "run the tests on perfpilot.patch before using it")
         finally:
             try:
                 if self.workspace is not None:
@@ -513,6 +647,55 @@ class Optimizer:
                 self.workspace.cleanup()
             result.duration_s = time.time() - result.started_at
         return result
+
+    def _stopped_early(self, exc: Exception, step: str) -> None:
+        result = self.result
+        text = " ".join(str(exc).split()) if isinstance(exc, PerfpilotError) else f"{type(exc).__name__}: {exc}"
+        text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate must not break the report
+        result.error = text if len(text) <= 500 else text[:499] + "…"
+        result.stop_reason = f"stopped early: {result.error}"
+        if step == "_final_retest":
+            result.notes.append("stopped while re-testing the accepted changes together: run the tests on "
+                                "perfpilot.patch before using it")
+        elif step != "_loop":
+            result.notes.append(f"stopped during {step.strip('_').replace('_', ' ')}; what was accepted before is kept")
+
+    def _final_retest(self) -> None:
+        """All accepted changes together, tested once more with fresh seeds before the patch.
+
+        When they fail, the latest accepted changes are dropped (newest first) until the
+        tests pass again, with the seed that failed and fresh ones; a change accepted on
+        top of a wrong one was measured on top of it, so it goes too.
+        """
+        result = self.result
+        ws = self.workspace
+        accepted = result.accepted
+        if not accepted or not self.settings.test or ws is None:
+            return
+        self.progress.stage(f"re-testing the {len(accepted)} accepted change(s) together with fresh hash seeds")
+        gate = self._gate(ws.base, ws.state)
+        result.final_tests = [r.to_dict() for r in gate.runs]
+        if gate.passed:
+            return
+        failures = [gate.failure_detail(self.settings.test, self.settings.test_repeats)]
+        bad = gate.first_failure
+        assert bad is not None
+        keep = len(accepted) - 1
+        while keep > 0:
+            ws.rollback(keep)
+            check = self._gate(ws.base, ws.state, seeds=[bad.seed, *self.seeds.draw(self.settings.test_repeats)])
+            result.final_tests += [r.to_dict() for r in check.runs]
+            if check.passed:
+                break
+            failures.append(check.failure_detail(self.settings.test, len(check.runs)))
+            keep -= 1
+        ws.rollback(keep)
+        for outcome in accepted[keep:]:
+            outcome.status, outcome.reason = "rejected", "tests failed"
+            outcome.detail = f"dropped at the final re-test of the accepted changes together: {failures[0]}"
+        result.final_state = ws.state.copy()
+        result.notes.append(f"the final re-test failed ({bad.describe()}): dropped {len(accepted) - keep} accepted "
+                            f"change(s), #{', #'.join(str(o.index) for o in accepted[keep:])}")
 
     def _loop(self) -> None:
         result = self.result
@@ -534,8 +717,8 @@ class Optimizer:
                 except BackendError as exc:
                     if proposed == 0:
                         raise
-                    result.error = str(exc)
-                    result.stop_reason = f"the backend failed: {exc}"
+                    result.error = " ".join(str(exc).split())
+                    result.stop_reason = f"the backend failed: {result.error}"
                     return
                 for note in getattr(self.proposer, "notes", [])[len(result.notes):]:
                     result.notes.append(note)
@@ -583,24 +766,11 @@ class Optimizer:
                              "measured": True, "values_a": v.values_a, "values_b": v.values_b}
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _drain(proc: subprocess.Popen) -> tuple[str, str]:
-    """What a killed process wrote; gives up on pipes that a process which left the group holds."""
-    try:
-        stdout, stderr = proc.communicate(timeout=5)
-        return stdout or "", stderr or ""
-    except subprocess.TimeoutExpired:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()
-        return "", ""
+def _no_effect(verdict: Mapping[str, Any]) -> bool:
+    low, high, ratio, t = (verdict.get(k) for k in ("ci_low", "ci_high", "ratio", "threshold"))
+    if not all(isinstance(x, (int, float)) for x in (low, high, ratio, t)):
+        return False
+    return low <= 1 <= high and abs(ratio - 1) <= t
 
 
 def _list_files(root: Path, limit: int = 500) -> list[str]:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.status import Status
 
+from perfpilot.agent.figures import ci_label, shorten
 from perfpilot.agent.outcomes import Outcome
 from perfpilot.profilers.profile import Profile
 
@@ -59,12 +60,15 @@ class TerminalProgress:
         line = f"[{style}]{escape(outcome.status):>9}[/] #{outcome.index} {escape(outcome.title())}: {escape(outcome.reason)}"
         verdict = outcome.verdicts.get(objective)
         if verdict:
-            line += (f" — {objective} ×{verdict['ratio']:.3f} (CI {verdict['ci_low']:.3f}–{verdict['ci_high']:.3f}, "
-                     f"{verdict['runs_a']}+{verdict['runs_b']} runs)")
+            line += (f" — {objective} ×{verdict['ratio']:.3f} ({ci_label(verdict)} {verdict['ci_low']:.3f}–"
+                     f"{verdict['ci_high']:.3f}, {verdict['runs_a']}+{verdict['runs_b']} runs)")
+            if not outcome.improved and outcome.reason == "no change":
+                line += " [dim](no measurable effect)[/]"
         elif outcome.detail and not outcome.improved:
-            first = outcome.detail.strip().splitlines()[-1] if outcome.detail.strip() else ""
-            shown = first if len(first) <= 120 else first[:119] + "…"
-            line += f" [dim]({escape(shown)})[/]"
+            # The first line says why (the failing seed, the first output difference); a test
+            # runner's last line is only its tally.
+            first = outcome.detail.strip().splitlines()[0] if outcome.detail.strip() else ""
+            line += f" [dim]({escape(shorten(first, 160))})[/]"
         self.console.print(line)
 
     def output(self, title: str, text: str) -> None:

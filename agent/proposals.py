@@ -150,6 +150,17 @@ def _load_json(text: str) -> tuple[Any, str | None]:
     return None, error or "no JSON object found in the reply"
 
 
+def _without_surrogates(value: Any) -> Any:
+    """Lone surrogates (which no UTF-8 file, pipe or terminal takes) as U+FFFD, everywhere in ``value``."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
@@ -169,6 +180,7 @@ def validate(item: Any, index: int = 0) -> tuple[Proposal | None, str | None]:
     rationale = item.get("rationale", "")
     if not isinstance(title, str) or not isinstance(rationale, str):
         return None, f"{where}: title and rationale must be strings"
+    title = "".join(ch if ch.isprintable() else " " for ch in title)  # it becomes a commit message and a line
     proposal = Proposal(kind=kind, title=title.strip()[:MAX_TITLE], rationale=rationale.strip()[:MAX_RATIONALE])
     if kind == "patch":
         diff = item["diff"]
@@ -214,9 +226,12 @@ def parse_reply(text: str, *, source: str = "llm") -> ParsedReply:
     """Parse an untrusted reply; never raises for bad content."""
     if not isinstance(text, str) or not text.strip():
         return ParsedReply([], ["the reply was empty"])
+    # A lone surrogate cannot be written as UTF-8 (to git, a report, a terminal): U+FFFD instead.
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     data, error = _load_json(text)
     if error is not None:
         return ParsedReply([], [error])
+    data = _without_surrogates(data)  # JSON's "\ud800" escape makes one too
     if isinstance(data, dict) and "proposals" in data:
         items = data["proposals"]
     elif isinstance(data, dict) and "kind" in data:

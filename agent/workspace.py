@@ -13,11 +13,18 @@ and moves ``base`` to it; rejecting resets the candidate.
 What a candidate may touch (everything else is refused, with the reason recorded):
 paths inside the project only (no ``..``, absolute paths, ``.git``, or symlinks that
 resolve outside), files the project tracks (git's index when it is a git project; new
-files may be created), and nothing matching the protected globs: tests, the run/test
-harness (files named in the run and test commands), perfpilot's own config, plus the
-user's ``protected`` setting. A glob with a ``/`` matches the relative path or a trailing
-part of it (``*`` crosses folders: ``tests/*`` protects ``pkg/tests/a/b.py``); one without
+files may be created), nothing that configures how the tests or the interpreter run
+(:mod:`perfpilot.agent.policy`), and nothing matching the protected globs: tests, the
+run/test harness (files named in the run and test commands), plus the user's
+``protected`` setting. A glob with a ``/`` matches the relative path or a trailing part
+of it (``*`` crosses folders: ``tests/*`` protects ``pkg/tests/a/b.py``); one without
 matches the file name.
+
+Paths are judged the way git applies them: git itself lists what a patch touches
+(``git apply --numstat -z``, so C-quoted names such as ``"conft\\145st.py"`` arrive
+decoded), and after applying, the candidate is judged by its tree's content against the
+accepted state (every file, ignored or not), never by ``git status``, which obeys a
+``.gitignore`` the candidate itself could add.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
-from perfpilot.agent import config_files
+from perfpilot.agent import config_files, policy
 from perfpilot.agent.knobs import Knob, knob_args, knob_env
 from perfpilot.agent.proposals import Proposal
 from perfpilot.errors import PerfpilotError
@@ -42,8 +49,6 @@ DEFAULT_PROTECTED = (
     "tests/*", "test/*", "testing/*", "test_*.py", "*_test.py", "conftest.py",
     "perfpilot.toml", "pyproject.toml", "setup.py", "setup.cfg", "tox.ini", "noxfile.py", ".github/*", ".ci/*",
 )
-# Config edits by key may touch these protected files, except perfpilot's own table.
-KEY_EDITABLE = {"pyproject.toml", "setup.cfg", "tox.ini"}
 OUTPUT_NAMES = {"optimize-report.json", "optimize-report.html", "perfpilot.patch"}
 SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".tox", ".nox",
              "node_modules", ".perfpilot", ".ipynb_checkpoints"}
@@ -88,8 +93,9 @@ def _git(args: list[str], cwd: Path, *, check: bool = True, input: str | None = 
     env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C",
            "GIT_TERMINAL_PROMPT": "0"}
     try:
-        result = subprocess.run(["git", *_GIT_IDENTITY, *args], cwd=cwd, env=env, input=input, text=True,
-                                capture_output=True)
+        # surrogateescape: git prints paths as raw bytes (-z), which need not be UTF-8.
+        result = subprocess.run(["git", *_GIT_IDENTITY, *args], cwd=cwd, env=env, input=input, encoding="utf-8",
+                                errors="surrogateescape", capture_output=True)
     except FileNotFoundError:
         raise WorkspaceError("git is not installed", hint="install git; perfpilot uses it to apply and revert changes") from None
     if check and result.returncode != 0:
@@ -173,6 +179,7 @@ def diff_paths(diff: str) -> tuple[list[str], int]:
             raw.append("b/" + line.split(" ", 2)[2].strip())
     if not raw:
         return [], 1
+    raw = [p[1:-1] if len(p) > 1 and p.startswith('"') and p.endswith('"') else p for p in raw]
     level = 1 if all(p.startswith(("a/", "b/")) for p in raw) else 0
     paths = []
     for path in raw:
@@ -239,6 +246,7 @@ class Workspace:
         self.knobs = dict(knobs)
         self.state = State()
         self.origin_sha = ""
+        self.accepted: list[tuple[str, State]] = []  # (commit, state) after each accepted change
 
     # -------------------------------------------------------------- lifecycle
 
@@ -279,8 +287,8 @@ class Workspace:
 
     # ------------------------------------------------------------ path policy
 
-    def check_path(self, rel: str, *, creating: bool = False, key_edit: bool = False) -> None:
-        """Raise :class:`Refused` when a candidate may not touch ``rel``."""
+    def check_path(self, rel: str, *, creating: bool = False, declared: bool = False) -> None:
+        """Raise :class:`Refused` when a candidate may not touch ``rel`` (``declared``: a knob's file)."""
         if not rel or rel.strip() != rel:
             raise Refused(f"invalid path {rel!r}")
         if rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel) or rel.startswith("~"):
@@ -296,12 +304,20 @@ class Workspace:
             raise Refused(f"{rel}: reaches outside the project through a symlink")
         if (self.candidate_dir / rel).is_symlink():
             raise Refused(f"{rel}: is a symlink; perfpilot edits regular files only")
-        glob = matches(rel, self.protected)
-        if glob is not None and not (key_edit and rel in KEY_EDITABLE):
-            raise Refused(f"{rel}: protected (matches {glob!r}: tests, the run/test harness and perfpilot's "
-                          "config are not for candidates to change)")
         # Judged against the accepted state: a file this candidate creates is new, not untracked.
         exists = (self.base / rel).exists() or (self.base / rel).is_symlink()
+        if declared:
+            return
+        try:
+            top = parts[0]
+            top_exists = (self.base / top).exists() or (self.base / f"{top.removesuffix('.py')}.py").exists()
+            policy.check_file(rel, exists=exists, top_exists=top_exists and len(parts) > 1)
+        except policy.NotAllowed as exc:
+            raise Refused(str(exc)) from None
+        glob = matches(rel, self.protected)
+        if glob is not None:
+            raise Refused(f"{rel}: protected (matches {glob!r}: tests, the run/test harness and perfpilot's "
+                          "config are not for candidates to change)")
         if exists and self.tracked is not None and rel not in self.tracked:
             raise Refused(f"{rel}: not tracked by the project (git ls-files); perfpilot only edits tracked files")
         if not exists and not creating and not (self.candidate_dir / rel).exists():
@@ -325,13 +341,11 @@ class Workspace:
             for part in proposal.parts():
                 self._apply(part, state)
             changed = self._changed_files()
-            for rel in changed:  # defence in depth: whatever actually changed must be allowed
-                allowed_key_edit = proposal.kind in {"config", "knob", "combined"} and rel in KEY_EDITABLE
-                self.check_path(rel, creating=True, key_edit=allowed_key_edit or self._knob_file(rel, proposal))
+            for rel in changed:  # whatever the tree now holds that differs must be allowed
+                self.check_path(rel, creating=True, declared=self._knob_file(rel, proposal))
         except (Refused, DidNotApply):
             self.reset_candidate()
             raise
-        _git(["add", "-A", "-f", "."], self.candidate_dir)
         diff = _git(["diff", "--cached", "--binary", "HEAD"], self.candidate_dir).stdout
         return Candidate(proposal, state, diff, changed)
 
@@ -343,20 +357,14 @@ class Workspace:
         return False
 
     def _changed_files(self) -> list[str]:
-        out = _git(["status", "--porcelain", "-z", "--untracked-files=all"], self.candidate_dir).stdout
-        files = []
-        entries = out.split("\0")
-        i = 0
-        while i < len(entries):
-            entry = entries[i]
-            i += 1
-            if not entry:
-                continue
-            status, path = entry[:2], entry[3:]
-            if status[0] in "RC":
-                i += 1  # the next entry is the rename's source
-            files.append(path)
-        return files
+        """Every path whose content differs from the accepted state, ignored files included.
+
+        Staged with ``-f`` and compared as trees: ``git status`` would obey a ``.gitignore``
+        (or ``info/exclude``) and hide a file the candidate added.
+        """
+        _git(["add", "-A", "-f", "."], self.candidate_dir)
+        out = _git(["diff", "--cached", "--name-only", "--no-renames", "-z", "HEAD"], self.candidate_dir).stdout
+        return [p for p in out.split("\0") if p]
 
     def _apply(self, proposal: Proposal, state: State) -> None:
         if proposal.kind == "patch":
@@ -364,7 +372,13 @@ class Workspace:
         elif proposal.kind == "config":
             self._apply_config(proposal.file or "", proposal.key or "", proposal.value, knob=False)
         elif proposal.kind == "env":
-            state.env[str(proposal.name)] = str(proposal.value)
+            name, value = str(proposal.name), str(proposal.value)
+            declared = {k.target for k in self.knobs.values() if k.kind == "env"}
+            try:
+                policy.check_env(name, value, declared)
+            except policy.NotAllowed as exc:
+                raise Refused(str(exc)) from None
+            state.env[name] = value
         elif proposal.kind == "knob":
             knob = self.knobs.get(proposal.knob or "")
             if knob is None:
@@ -381,26 +395,71 @@ class Workspace:
             raise Refused(f"unknown proposal kind {proposal.kind!r}")
 
     def _apply_patch(self, diff: str) -> None:
-        paths, level = diff_paths(diff)
+        diff, level = self._applicable(diff, self.candidate_dir)
+        args = ["apply", f"-p{level}", "--whitespace=nowarn"]
+        done = _git([*args, "-"], self.candidate_dir, check=False, input=diff)
+        if done.returncode != 0:
+            raise DidNotApply(f"patch does not apply: {done.stderr.strip()[:300]}")
+
+    def applies_to_origin(self, proposal: Proposal) -> bool | None:
+        """Whether a patch proposal would apply to the original project (None: not a patch)."""
+        if proposal.kind != "patch" or not proposal.diff:
+            return None
+        try:
+            self._applicable(proposal.diff, self.origin())
+        except (DidNotApply, Refused):
+            return False
+        return True
+
+    def git_paths(self, diff: str, level: int) -> list[str]:
+        """The paths ``git apply`` will touch, as git decodes them (quoted names included).
+
+        ``--numstat`` names a rename's or copy's destination only; the same diff read in
+        reverse (``-R``) names its source, so both sides are judged.
+        """
+        paths: list[str] = []
+        for reverse in ([], ["-R"]):
+            listed = _git(["apply", *reverse, f"-p{level}", "--numstat", "-z", "-"], self.candidate_dir,
+                          check=False, input=diff)
+            if listed.returncode != 0:
+                reason = " ".join(listed.stderr.strip().splitlines()[:2]) or "git apply could not read it"
+                raise DidNotApply(f"patch is not a diff git can apply: {reason}")
+            for entry in listed.stdout.split("\0"):
+                fields = entry.split("\t", 2)
+                if len(fields) == 3 and fields[2] and fields[2] not in paths:
+                    paths.append(fields[2])
+        summary = _git(["apply", f"-p{level}", "--summary", "-"], self.candidate_dir, check=False, input=diff).stdout
+        if re.search(r"mode 120000", summary):
+            raise Refused("the patch creates a symlink; perfpilot edits regular files only")
+        return paths
+
+    def _applicable(self, diff: str, cwd: Path) -> tuple[str, int]:
+        """(the diff, recounted if need be; its -p level) once every path is allowed and git says it applies."""
+        _, level = diff_paths(diff)
+        # LLMs often get hunk line counts wrong. git's own --recount cannot be used: in a
+        # diff without "diff --git" lines it swallows the next file's "--- a/x" header
+        # into the hunk as a removed line, so every multi-file diff fails.
+        recounted = recount_hunks(diff)
+        paths: list[str] = []
+        unreadable: DidNotApply | None = None
+        for text in dict.fromkeys([diff, recounted]):  # either may be what gets applied: judge both
+            try:
+                paths += [p for p in self.git_paths(text, level) if p not in paths]
+            except DidNotApply as exc:
+                unreadable = unreadable or exc
         if not paths:
-            raise DidNotApply("the diff names no files")
+            raise unreadable or DidNotApply("the diff names no files")
         for rel in paths:
             self.check_path(rel, creating=True)
         args = ["apply", f"-p{level}", "--whitespace=nowarn"]
-        check = _git([*args, "--check", "-"], self.candidate_dir, check=False, input=diff)
+        check = _git([*args, "--check", "-"], cwd, check=False, input=diff)
         if check.returncode != 0:
-            # LLMs often get hunk line counts wrong. git's own --recount cannot be used: in a
-            # diff without "diff --git" lines it swallows the next file's "--- a/x" header
-            # into the hunk as a removed line, so every multi-file diff fails.
-            recounted = recount_hunks(diff)
-            second = _git([*args, "--check", "-"], self.candidate_dir, check=False, input=recounted)
+            second = _git([*args, "--check", "-"], cwd, check=False, input=recounted)
             if recounted == diff or second.returncode != 0:
                 reason = " ".join(check.stderr.strip().splitlines()[:3]) or "git apply --check failed"
                 raise DidNotApply(f"patch does not apply: {reason}")
             diff = recounted
-        done = _git([*args, "-"], self.candidate_dir, check=False, input=diff)
-        if done.returncode != 0:
-            raise DidNotApply(f"patch does not apply: {done.stderr.strip()[:300]}")
+        return diff, level
 
     def _apply_config(self, file: str, key: str, value: Any, *, knob: bool) -> None:
         rel = PurePosixPath(file.replace("\\", "/")).as_posix()
@@ -409,9 +468,11 @@ class Workspace:
             if ".." in PurePosixPath(rel).parts or rel.startswith("/"):
                 raise Refused(f"{rel}: outside the project")
         else:
-            self.check_path(rel, key_edit=True)
-            if rel in KEY_EDITABLE and key.startswith("tool.perfpilot"):
-                raise Refused(f"{rel}: {key} is perfpilot's own configuration")
+            self.check_path(rel)
+            try:
+                policy.check_config_edit(rel)
+            except policy.NotAllowed as exc:
+                raise Refused(str(exc)) from None
         path = self.candidate_dir / rel
         if not path.is_file():
             raise DidNotApply(f"{rel}: no such file")
@@ -430,12 +491,21 @@ class Workspace:
         sha = _git(["rev-parse", "HEAD"], self.candidate_dir).stdout.strip()
         _git(["reset", "-q", "--hard", sha], self.base)
         self.state = candidate.state.copy()
+        self.accepted.append((sha, self.state.copy()))
         if self.tracked is not None:
             self.tracked |= set(candidate.changed_files)  # files it created are the project's now
         self.reset_candidate()
         return sha
 
     def reject(self) -> None:
+        self.reset_candidate()
+
+    def rollback(self, keep: int) -> None:
+        """Make the accepted state the one after the first ``keep`` accepted changes."""
+        del self.accepted[keep:]
+        sha, state = self.accepted[-1] if self.accepted else (self.origin_sha, State())
+        _git(["reset", "-q", "--hard", sha], self.base)
+        self.state = state.copy()
         self.reset_candidate()
 
     # ------------------------------------------------------------- results

@@ -66,7 +66,7 @@ class Settings:
     time_budget: float | None = field(default=None, metadata={"kind": "duration"})
     max_failures: int = field(default=4, metadata={"kind": "int"})
     protected: list[str] = field(default_factory=list, metadata={"kind": "list"})
-    output_check: str = "none"
+    output_check: str = "auto"  # see perfpilot.agent.output_check
     backend: str | None = None
     model: str | None = None
     base_url: str | None = None
@@ -75,6 +75,7 @@ class Settings:
     llm_timeout: float = field(default=120.0, metadata={"kind": "duration"})
     llm_retries: int = field(default=3, metadata={"kind": "int"})
     test_timeout: float | None = field(default=None, metadata={"kind": "duration"})
+    test_repeats: int = field(default=3, metadata={"kind": "int"})  # test runs per candidate, each its own hash seed
     sandbox: str = "auto"  # auto / on / off: candidates under bubblewrap (perfpilot.agent.sandbox)
     # other modes
     daemon: dict[str, Any] = field(default_factory=dict, metadata={"kind": "table"})

@@ -76,8 +76,9 @@ def project(tmp_path: Path) -> Path:
 
 
 def settings(**kw) -> Settings:
+    # One test run per candidate: these tests are about the loop; tests/test_agent_gate.py covers the repeats.
     base = dict(run=f"{PY} -c pass", test=f"{PY} tests/check.py", objective="cpu", runs=5, min_runs=5, budget=8,
-                stacks=False, plugins=["cpu"])
+                stacks=False, plugins=["cpu"], test_repeats=1)
     base.update(kw)
     return Settings(**base)
 

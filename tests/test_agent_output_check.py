@@ -35,7 +35,8 @@ def test_reported_metric_with_percent_tolerance():
 
 
 def test_none_and_bad_specs():
-    assert not parse_output_check(None).enabled
+    assert parse_output_check(None).mode == "auto"  # the default: exact when the baseline's stdout is stable
+    assert not parse_output_check("ignore").enabled and not parse_output_check("none").enabled
     with pytest.raises(ConfigError, match="unknown mode"):
         parse_output_check("fuzzy")
     with pytest.raises(ConfigError, match="bad tolerance"):

@@ -88,8 +88,8 @@ def test_patch_without_ab_prefixes_applies_with_p0(project):
     (".git/config", ".git"),
     ("tests/test_app.py", "protected"),
     ("bench.py", "protected"),  # named in the run command: the harness
-    ("pyproject.toml", "protected"),
-    ("conftest.py", "protected"),
+    ("pyproject.toml", "configures how the tests"),
+    ("conftest.py", "configures how the tests"),
 ])
 def test_refused_paths(project, path, why):
     diff = f"--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n-x\n+y\n"
@@ -157,11 +157,11 @@ def test_config_edit_errors_are_did_not_apply(project):
             ws.prepare(Proposal(kind="config", file="app.py", key="a", value=1))
 
 
-def test_config_edit_of_perfpilot_table_is_refused_other_tables_allowed(project):
-    with make(project) as ws:
-        with pytest.raises(Refused, match="perfpilot's own"):
-            ws.prepare(Proposal(kind="config", file="pyproject.toml", key="tool.perfpilot.run", value="true"))
-        assert ws.prepare(Proposal(kind="config", file="pyproject.toml", key="tool.other.x", value=2)).changed_files
+@pytest.mark.parametrize("key", ["tool.perfpilot.run", "tool.pytest.ini_options.addopts", "tool.other.x"])
+def test_config_edits_of_files_pytest_reads_are_refused(project, key):
+    # pyproject.toml may hold [tool.pytest.ini_options]: no key of it is a candidate's to change
+    with make(project) as ws, pytest.raises(Refused, match="configures how the tests"):
+        ws.prepare(Proposal(kind="config", file="pyproject.toml", key=key, value="-k 'not slow'"))
 
 
 def test_env_and_knobs_change_state_not_files(project):

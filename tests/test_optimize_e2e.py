@@ -49,10 +49,13 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
 def scripted_run(tmp_path_factory):
     """The example's scripted replies, once, for every assertion below."""
     project = copy_example(tmp_path_factory.mktemp("e2e") / "slow_python")
+    git("init", "-q", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "init", cwd=project)
     t0 = time.monotonic()
     done = optimize(project, "--backend", "mock", "--runs", "6")
     elapsed = time.monotonic() - t0
-    report = json.loads((project / "optimize-report.json").read_text()) if (project / "optimize-report.json").exists() else None
+    report = json.loads((project / ".perfpilot" / "optimize-report.json").read_text()) if (project / ".perfpilot" / "optimize-report.json").exists() else None
     return project, done, report, elapsed
 
 
@@ -84,20 +87,44 @@ def test_accepted_speedup_is_measured_with_a_confidence_interval(scripted_run):
     assert report["cumulative"]["verdict"]["ratio"] == cpu["ratio"]
     assert report["verification_runs"] == 2 * sum(p["runs"] for p in report["proposals"])
     assert "cpu ×" in done.stderr and "accepted" in done.stderr  # live verdict lines
-    print(f"\nslow_python: cpu ratio {cpu['ratio']:.3f} (95% CI {cpu['ci_low']:.3f}-{cpu['ci_high']:.3f}), "
+    print(f"\nslow_python: cpu ratio {cpu['ratio']:.3f} ({cpu['confidence']:.1%} CI {cpu['ci_low']:.3f}-{cpu['ci_high']:.3f}), "
           f"{report['verification_runs']} verification runs, loop {report['duration_s']:.1f}s, wall {elapsed:.1f}s")
 
 
 def test_report_html_and_patch(scripted_run):
     project, _, report, _ = scripted_run
-    patch = (project / "perfpilot.patch").read_text()
+    patch = (project / ".perfpilot" / "perfpilot.patch").read_text()
     assert "+        counts[word] = counts.get(word, 0) + 1" in patch
     assert "words = words + [word]" not in patch and "[a-z]+" not in patch
-    html = (project / "optimize-report.html").read_text()
+    html = (project / ".perfpilot" / "optimize-report.html").read_text()
     assert "new Chart(" in html and "Count words in one pass" in html and "<script src=" not in html
     assert report["baseline"]["hotspots"][0]["file"] == "wordstats/textstats.py"
     # the project itself is untouched without --apply
     assert (project / "wordstats" / "textstats.py").read_text() == (EXAMPLE / "wordstats" / "textstats.py").read_text()
+
+
+def test_nothing_new_in_the_users_tree_without_apply(scripted_run):
+    project, done, report, _ = scripted_run
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project,
+                            capture_output=True, text=True, check=True).stdout
+    assert status == "", status
+    assert (project / ".perfpilot" / ".gitignore").read_text().strip().endswith("*")
+
+
+def test_stricter_gate_cost_per_proposal(scripted_run):
+    """The extra test time the repeats cost, per proposal that reached the tests (quoted in README)."""
+    project, done, report, _ = scripted_run
+    tested = [p for p in report["proposals"] if p["tests"]]
+    assert tested and all(len(p["tests"]) == 3 for p in tested if p["reason"] != "tests failed")
+    failing = next(p for p in report["proposals"] if p["reason"] == "tests failed")
+    assert "PYTHONHASHSEED=" in failing["detail"] and "Reproduce:" in failing["detail"]
+    assert len(report["baseline"]["tests"]) == 3 and len({t["seed"] for t in report["baseline"]["tests"]}) == 3
+    assert report["final_tests"] and all(t["passed"] for t in report["final_tests"])
+    extra = [sum(t["seconds"] for t in p["tests"][1:]) for p in tested]
+    once = [p["tests"][0]["seconds"] for p in tested]
+    print(f"\nstricter gate on slow_python: one test run {min(once):.2f}-{max(once):.2f} s; extra per proposal "
+          f"{min(extra):.2f}-{max(extra):.2f} s (mean {sum(extra) / len(extra):.2f} s over {len(tested)} proposals); "
+          f"final re-test {sum(t['seconds'] for t in report['final_tests']):.2f} s; loop {report['duration_s']:.1f} s")
 
 
 def test_apply_on_a_clean_git_tree(tmp_path):
@@ -107,7 +134,8 @@ def test_apply_on_a_clean_git_tree(tmp_path):
     git("init", "-q", cwd=project)
     git("add", "-A", cwd=project)
     git("commit", "-qm", "init", cwd=project)
-    done = optimize(project, "--backend", "mock", "--mock-replies", "only_good.json", "--runs", "6", "--apply")
+    done = optimize(project, "--backend", "mock", "--mock-replies", "only_good.json", "--runs", "6", "--apply",
+                    "--test-repeats", "1")
     assert done.returncode == 0, done.stderr
     assert "counts.get(word, 0) + 1" in (project / "wordstats" / "textstats.py").read_text()
     assert "applied 1 accepted change" in done.stderr
@@ -132,12 +160,13 @@ def test_tests_failing_at_baseline_stop_and_show_their_output(tmp_path):
     assert done.returncode == 125
     assert "tests fail on the unchanged project" in one_line_error(done)
     assert "failed" in done.stderr and "test_tokenize_strips_quotes_around_words" in done.stderr
-    assert not (project / "optimize-report.json").exists()
+    assert not (project / ".perfpilot" / "optimize-report.json").exists()
 
 
 def test_run_command_failing_at_baseline(tmp_path):
     project = copy_example(tmp_path / "p")
-    done = optimize(project, "--backend", "mock", "--run", "python -c 'import sys; sys.exit(\"boom\")'")
+    done = optimize(project, "--backend", "mock", "--run", "python -c 'import sys; sys.exit(\"boom\")'",
+                    "--test-repeats", "1")
     assert done.returncode == 125
     assert "run command exited with 1" in one_line_error(done)
     assert "boom" in done.stderr
@@ -148,7 +177,7 @@ def test_backend_unreachable(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    done = optimize(project, "--backend", "openai", "--base-url", f"http://127.0.0.1:{port}/v1",
+    done = optimize(project, "--backend", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--test-repeats", "1",
                     env={"PERFPILOT_LLM_RETRIES": "0"})
     assert done.returncode == 125
     assert f"cannot reach http://127.0.0.1:{port}/v1" in one_line_error(done)
@@ -156,11 +185,11 @@ def test_backend_unreachable(tmp_path):
 
 def test_budget_exhausted(tmp_path):
     project = copy_example(tmp_path / "p")
-    done = optimize(project, "--backend", "mock", "--budget", "2")
+    done = optimize(project, "--backend", "mock", "--budget", "2", "--test-repeats", "1")
     assert done.returncode == 0, done.stderr
-    report = json.loads((project / "optimize-report.json").read_text())
+    report = json.loads((project / ".perfpilot" / "optimize-report.json").read_text())
     assert report["stop_reason"] == "budget spent (2 proposals)" and len(report["proposals"]) == 2
-    assert report["patch"] is None and not (project / "perfpilot.patch").exists()
+    assert report["patch"] is None and not (project / ".perfpilot" / "perfpilot.patch").exists()
 
 
 def test_neither_knobs_nor_backend_says_what_to_add(tmp_path):
@@ -175,7 +204,7 @@ def test_ctrl_c_cleans_the_workspace_and_writes_a_partial_report(tmp_path):
     project = copy_example(tmp_path / "p")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc = subprocess.Popen([EXE, "optimize", "--backend", "mock", "--runs", "10"], cwd=project,
+    proc = subprocess.Popen([EXE, "optimize", "--backend", "mock", "--runs", "10", "--test-repeats", "1"], cwd=project,
                             env={**ENV, "TMPDIR": str(tmp)}, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True)
     seen = []
@@ -188,7 +217,7 @@ def test_ctrl_c_cleans_the_workspace_and_writes_a_partial_report(tmp_path):
             break
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 130, "".join(seen) + rest
-    report = json.loads((project / "optimize-report.json").read_text())
+    report = json.loads((project / ".perfpilot" / "optimize-report.json").read_text())
     assert report["interrupted"] and report["stop_reason"] == "interrupted (Ctrl-C)"
     assert [p["status"] for p in report["proposals"]] == ["malformed", "refused"]
     assert not [p for p in tmp.iterdir() if p.name.startswith("perfpilot-ws-")]
@@ -205,9 +234,10 @@ def test_knob_search_without_an_llm(tmp_path):
         '[tool.perfpilot.knobs]\nwork = { env = "WORK", values = ["heavy", "light"], default = "heavy" }\n')
     done = optimize(tmp_path, "--output-check", "exact")
     assert done.returncode == 0, done.stderr
-    report = json.loads((tmp_path / "optimize-report.json").read_text())
+    report = json.loads((tmp_path / ".perfpilot" / "optimize-report.json").read_text())
     assert report["proposer"] == "knobs"
     assert [(p["title"], p["status"]) for p in report["proposals"]] == [
         ("try work=light", "winner"), ("adopt work=light", "accepted")]
     assert report["final"]["env"] == {} and report["final"]["knobs"] == {"work": "light"}
     assert "WORK" in done.stderr or "work" in done.stderr
+

@@ -77,7 +77,7 @@ def session(tmp_path_factory):
     done = subprocess.run([str(BIN / "perfpilot"), "optimize"], cwd=project, env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads((project / "optimize-report.json").read_text())
+    report = json.loads((project / ".perfpilot" / "optimize-report.json").read_text())
     return project, done, report
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU check for the PyTorch training target (issue 6): about 5 minutes on one H100/H200, 7 at most.
+# GPU check for the PyTorch training target (issues 6 and 16): about 6 minutes on one H100/H200, 8 at most.
 #
-# Runs perfpilot's knob search (no LLM) on a copy of this example, twice:
+# Profiles one run and compares NVML's energy counter with its integrated power (issue 16 asks for
+# agreement within 1%); profiles a torchrun job (NCCL, one rank per GPU, at most 2) and prints the
+# per-rank view; then runs perfpilot's knob search (no LLM) on a copy of this example, twice:
 #   1. objective energy.gpu0 (NVML's energy counter), knobs amp and activation_checkpointing,
 #      guard: final loss within +2%;
 #   2. objective gpu_memory (NVML peak), knobs offload_optimizer and activation_checkpointing,
@@ -56,6 +58,30 @@ search() {  # name, objective, steps, knobs (TOML lines), extra optimize args...
         || echo "$name: perfpilot optimize exited $?"
 }
 
+# 1. NVML's energy counter against the integral of its power samples over one profiled run (within 1%).
+(cd "$WORK" && "${PERFPILOT[@]}" profile --no-stacks --interval 50ms -o "$OUT/energy.json" -- \
+    "$PY" train.py --steps "$STEPS_ENERGY") > "$OUT/energy.log" 2>&1 || echo "energy profile exited $?"
+"$PY" - "$OUT/energy.json" <<'EOF'
+import json, sys
+p = json.load(open(sys.argv[1]))
+entry = p["summary"].get("energy", {}).get("gpu0") or {}
+t, values = p["series"]["t"], p["series"]["values"]
+watts = values.get("gpu0.power_w") or []
+pairs = [(a, b) for a, b in zip(t, watts) if b is not None]
+integral = sum((t2 - t1) * (w1 + w2) / 2 for (t1, w1), (t2, w2) in zip(pairs, pairs[1:]))
+joules = entry.get("joules", float("nan"))
+print(f"== energy: counter {joules:.1f} J ({entry.get('source')}), integrated power {integral:.1f} J over "
+      f"{len(pairs)} samples, ratio {joules / integral if integral else float('nan'):.4f}; per step "
+      f"{p['summary'].get('reported.energy_per_step_j', float('nan')):.3f} J (train.py's own NVML reading)")
+EOF
+
+# 2. Distributed: torchrun with NCCL (one rank per GPU, at most 2; gloo on the CPU dry run), the per-rank view.
+NPROC=$("$PY" -c "import torch; print(min(2, torch.cuda.device_count()) or 2)")
+(cd "$WORK" && "${PERFPILOT[@]}" profile -o "$OUT/ddp.json" -- "$PY" -m torch.distributed.run --standalone \
+    --nproc_per_node "$NPROC" train.py --steps 20 --checkpoint-every 0) > "$OUT/ddp.log" 2>&1 || echo "ddp profile exited $?"
+sed -n '/^ranks/,/^$/p' "$OUT/ddp.log"
+
+# 3. The knob search on the GPU.
 search energy energy.gpu0 "$STEPS_ENERGY" \
     'amp = { env = "TRAIN_AMP", values = ["off", "bf16"], default = "off" }
 activation_checkpointing = { env = "TRAIN_ACTIVATION_CHECKPOINTING", values = ["0", "1"], default = "0" }' \
