@@ -3,7 +3,9 @@
 How it is attributed (also written into every Profile that has it, under
 ``annotations["energy_attribution"]["method"]``):
 
-1. Stacks are recorded in consecutive py-spy windows (1 s, then 5 s on long runs).
+1. Stacks are recorded in consecutive py-spy windows (1 s, then 5 s on long runs), each
+   from the moment its py-spy samples to the moment the next one does (handoffs overlap,
+   so windows tile the sampled part of the run).
 2. For each energy domain in ``summary["energy"]`` (``cpu``, ``gpu0``, ...), the energy
    that fell inside a window is the integral of that domain's power series
    (``power.<domain>_w`` or ``<domain>.power_w``) over the window, scaled so that the whole

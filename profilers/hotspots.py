@@ -106,12 +106,17 @@ def parse_collapsed(text: str) -> Counter[str]:
     """flamegraph.pl / py-spy raw text -> ``{stack: samples}``. Bad lines, and stacks
     with no code frame at all, are skipped."""
     counts: Counter[str] = Counter()
+    pending = ""
     for raw in text.splitlines():
         line = raw.rstrip()
         if not line:
             continue
+        if pending:
+            line, pending = f"{pending} {line}", ""
         stack, sep, count = line.rpartition(" ")
         if not sep or not count.isdigit() or not stack:
+            if line.startswith("process ") and line.count('"') % 2:
+                pending = line  # a command line with a newline in it (python -c "...")
             continue
         stack = _join_process_frames(stack)
         if not split_stack(stack)[1]:

@@ -280,15 +280,16 @@ class _Observation:
     def start(cls, target: Target, collectors: CollectorSet, settings: Settings, options: RunOptions,
               started_at: str) -> _Observation:
         assert options.plugin_set is not None and target.started_at is not None
+        stacks, note = None, None
+        try:
+            # Before the collectors start: py-spy should attach the moment Python runs.
+            stacks = _start_stacks(target, settings)
+        except Exception as exc:  # noqa: BLE001 - stacks are optional; telemetry goes on
+            note = f"stacks unavailable: {exc}"
         collectors.start(target)
         sampler = _Sampler(collectors, target, settings.interval, target.started_at, options.on_tick)
         sampler.start()
-        run = cls(collectors, sampler, options.plugin_set, started_at)
-        try:
-            run.stacks = _start_stacks(target, settings)
-        except Exception as exc:  # noqa: BLE001 - stacks are optional; telemetry goes on
-            run.stacks_note = f"stacks unavailable: {exc}"
-        return run
+        return cls(collectors, sampler, options.plugin_set, started_at, stacks, note)
 
     def profile(self, target_info: dict[str, Any], wall: float) -> Profile:
         """The Profile with every collector's totals (the sampler must be stopped)."""
@@ -407,7 +408,7 @@ def profile_command(
     assert target.started_at is not None and target.ended_at is not None
     wall = target.ended_at - target.started_at
     observed.sampler.stop()
-    exclude = {observed.stacks.pid} if observed.stacks is not None and getattr(observed.stacks, "pid", None) else set()
+    exclude = set(getattr(observed.stacks, "spawned", ()))  # every py-spy, none of them the target's
     target.orphan_rusage = _reap_orphans(target, exclude, options.claim_unseen_orphans, run.children_before)
     for thread in run.readers:
         thread.join(timeout=5)

@@ -5,19 +5,36 @@ follows its children, ``--nonblocking`` never pauses it, which is what keeps the
 overhead at the level of py-spy alone; ``--native`` needs the pauses, so it drops
 ``--nonblocking``).
 
+Finding the interpreter. Commands are often launchers: a pyenv shim, ``uv run``, a shell
+script that execs Python (same pid, new binary) or starts it as a child. We watch the
+tree (:mod:`perfpilot.profilers.python_procs`: ``/proc/<pid>/exe`` and children, every
+5 ms for the first 2 s) and start py-spy the moment a Python process is in it. The
+alternative, ``py-spy record -- cmd`` launching the command itself, was rejected: py-spy
+would be the target's parent, so the session could no longer reap it with ``wait4`` for
+exact CPU/memory/IO totals (and py-spy's own CPU would land in them), and one py-spy for
+the whole run gives no windows for energy attribution. It is also no more patient: its
+``--subprocesses`` mode gives an exec'd interpreter 5 tries (~0.1 s) and never retries
+the root. The first py-spy runs without ``--subprocesses`` (20 tries at a not yet
+initialised interpreter); a following one takes over at once.
+
 Why windows: py-spy writes its samples only when it stops, and its one format with
 timestamps (chrometrace) cannot tell an idle thread from a busy one. To attribute energy
 over time (:mod:`perfpilot.profilers.energy_attribution`) we record consecutive
-*windows*: one py-spy per window, stopped with SIGINT (py-spy then writes its raw
-output) and replaced at once. Windows last 1 s for the first 20 s, then 5 s. The gap
-between windows (py-spy exiting and re-attaching, ~10-30 ms) is not sampled; the
-Profile says how much of the run was covered.
+*windows* (1 s for the first 20 s, then 5 s). Each handoff overlaps: the next py-spy
+attaches while the current one still samples, and the current one gets SIGINT (py-spy
+then writes its raw output) the moment the next prints "Sampling process". Nothing is
+left unsampled; at most a sample or two per window is counted twice (~1% at 100 Hz in
+1 s windows). The window boundary is the handoff instant, so windows tile the run for
+energy attribution. With ``--native`` two tracers cannot pause one thread, so there the
+old py-spy stops before the new one starts and the gap is not sampled.
 
-Attaching is retried while the target lives: a just-launched interpreter is not
-initialised yet, and a shell or launcher may start Python only later. Failures that no
-retry can fix (ptrace denied, Python version unsupported by this py-spy, py-spy not
-installed) end sampling at once with a message that says why and what to do; the rest
-of the Profile is recorded as usual.
+Coverage (:mod:`perfpilot.profilers.stack_coverage`) is recorded in the Profile, and
+when it is below 90% the reports say so in words with the causes.
+
+Attaching is retried while the target lives. Failures that no retry can fix (ptrace
+denied, Python version unsupported by this py-spy, py-spy not installed) end sampling at
+once with a message that says why and what to do; the rest of the Profile is recorded
+as usual.
 """
 
 from __future__ import annotations
@@ -41,6 +58,8 @@ import psutil
 from perfpilot.config import Settings
 from perfpilot.errors import PerfpilotError
 from perfpilot.profilers import hotspots as hs
+from perfpilot.profilers import stack_coverage as coverage
+from perfpilot.profilers.python_procs import PythonFinder, alive, descendants
 from perfpilot.profilers.target import Target
 
 PY_SPY_ENV = "PERFPILOT_PY_SPY"  # path to a py-spy executable (read here, not a setting)
@@ -49,6 +68,11 @@ LONG_WINDOW_S = 5.0
 SHORT_WINDOWS_FOR_S = 20.0
 RETRY_FIRST_S = 0.02
 RETRY_MAX_S = 0.5
+POLL_FIRST_S = 0.005  # looking for a Python process in the tree: first 2 s
+POLL_LATER_S = 0.02  # ... up to 10 s
+POLL_IDLE_S = 0.1  # ... after that (a non-Python target pays at most this)
+EARLY_FRESH_S = 0.25  # Python appeared this long after the early py-spy began: start a fresh one too
+ROOTS_CHECK_S = 0.1  # while sampling: how often to look for Python processes py-spy does not follow
 CAP_SYS_PTRACE = 19
 
 _SAMPLES = re.compile(r"Samples: (\d+) Errors: (\d+)")
@@ -223,6 +247,90 @@ class Window:
         return cls(start, end, sum(collapsed.values()), self_counts, total_counts, errors)
 
 
+class SpyRun:
+    """One py-spy process. It has *attached* when it prints "Sampling process" on stdout
+    (py-spy does so once it has read one stack of the target); the window starts there."""
+
+    def __init__(self, argv: list[str], out: str, pid: int, follow: bool) -> None:
+        self.out = out
+        self.pid = pid  # the process py-spy was pointed at
+        self.follow = follow
+        self.started = time.time()
+        self.attached: float | None = None
+        self.eof: float | None = None
+        self.cut: float | None = None  # when we stopped it (or a successor took over)
+        self._event = threading.Event()
+        self._stderr: list[bytes] = []
+        env = {**os.environ, "RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}
+        # Out of the terminal's process group (Ctrl-C is ours to forward). process_group
+        # keeps Popen on vfork; start_new_session forks a copy of perfpilot, which cost
+        # up to 0.2 s per window on a loaded 2-core VM.
+        group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env, **group)
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=lambda: self._stderr.append(self.proc.stderr.read()),  # type: ignore[union-attr]
+                                          daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if self.attached is None and b"Sampling process" in line:
+                self.attached = time.time()
+                self._event.set()
+        self.eof = time.time()
+        self._event.set()
+
+    def wait_attached(self, stop: threading.Event) -> bool:
+        """True once sampling; False when py-spy exited first or ``stop`` was set."""
+        while not self._event.wait(0.02):
+            if stop.is_set():
+                return False
+        return self.attached is not None
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def interrupt(self, at: float | None = None) -> None:
+        """SIGINT: py-spy writes everything it sampled, as when the target exits."""
+        if self.cut is None:
+            self.cut = at or time.time()
+        try:
+            self.proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    def finish(self) -> tuple[Attempt, Window | None, Counter[str]]:
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for reader in self._readers:
+            reader.join(timeout=5)
+        end = min(t for t in (self.cut, self.eof, time.time()) if t is not None)
+        stderr = b"".join(self._stderr).decode("utf-8", "replace")
+        written = os.path.exists(self.out)
+        attempt = classify(self.proc.returncode, stderr, written)
+        if self.cut is not None and attempt.kind == "failed":
+            # Our own SIGINT before py-spy had attached (it was still looking for a
+            # Python interpreter): not a py-spy problem, try again.
+            attempt = Attempt("no_python", "interrupted while attaching")
+        if not written:
+            return attempt, None, Counter()
+        text = Path(self.out).read_text(encoding="utf-8", errors="replace")
+        os.unlink(self.out)
+        collapsed = hs.parse_collapsed(text)
+        if self.attached is None:
+            return attempt, None, collapsed
+        match = _SAMPLES.search(stderr)
+        window = Window.from_collapsed(self.attached, max(end, self.attached), collapsed,
+                                       int(match.group(2)) if match else 0)
+        return attempt, window, collapsed
+
+
 @dataclass
 class StackRecorder:
     """Handle returned by :func:`start`; the session calls :meth:`finish` once."""
@@ -231,141 +339,268 @@ class StackRecorder:
     settings: Settings
     executable: str | None
     reason: str | None = None  # set when sampling is impossible (then nothing runs)
+    target: Target | None = None  # for orphans the session adopted (they left the pid tree)
     windows: list[Window] = field(default_factory=list)
     collapsed: Counter[str] = field(default_factory=Counter)
     attempts: int = 0
     failures: list[str] = field(default_factory=list)
     started_wall: float = field(default_factory=time.time)
-    _proc: subprocess.Popen[bytes] | None = None
+    python_seen: float | None = None  # time.time() a Python process was first seen in the tree
+    python_at_launch: bool = False  # the command itself was the interpreter
+    spawned: list[int] = field(default_factory=list)  # every py-spy pid (none may be reaped as the target's)
+    _live: list[SpyRun] = field(default_factory=list)
+    _finder: PythonFinder = field(default_factory=PythonFinder)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
     _tmpdir: str = ""
+    _index: int = 0
+    _polls: int = 0
 
     @property
     def pid(self) -> int | None:
-        """The running py-spy's pid (the session must not reap it)."""
-        proc = self._proc
-        return proc.pid if proc is not None else None
+        """The newest running py-spy's pid (the session must not reap it)."""
+        live = [run for run in list(self._live) if run.running()]
+        return live[-1].proc.pid if live else None
 
-    # ------------------------------------------------------------ thread
+    # ------------------------------------------------------------ py-spy processes
 
-    def _command(self, out: str, window_s: float) -> list[str]:
+    def _command(self, out: str, window_s: float, pid: int | None = None, follow: bool | None = None) -> list[str]:
         assert self.executable is not None
         # --duration only as a safety net: if perfpilot is killed, py-spy still ends.
-        argv = [self.executable, "record", "--pid", str(self.target_pid), "--rate", str(self.settings.rate),
-                "--format", "raw", "--output", out, "--full-filenames", "--duration", str(int(window_s) + 60)]
+        argv = [self.executable, "record", "--pid", str(pid or self.target_pid), "--rate", str(self.settings.rate),
+                "--format", "raw", "--output", out, "--full-filenames", "--duration", str(int(window_s) + 600)]
         if self.settings.native:
             # py-spy must pause the target to unwind native frames (it refuses
             # --nonblocking with --native): more accurate, and more overhead.
             argv.append("--native")
         else:
             argv.append("--nonblocking")
-        if self.settings.subprocesses:
+        if self.settings.subprocesses if follow is None else follow:
             argv.append("--subprocesses")
         return argv
 
-    def _alive(self) -> bool:
-        try:
-            return psutil.Process(self.target_pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+    def _spawn(self, pid: int, follow: bool) -> SpyRun:
+        out = os.path.join(self._tmpdir, f"window-{self._index}.txt")
+        self._index += 1
+        self.attempts += 1
+        run = SpyRun(self._command(out, self._window_length(), pid, follow), out, pid, follow)
+        self.spawned.append(run.proc.pid)
+        self._live.append(run)
+        return run
+
+    def _collect(self, run: SpyRun) -> Attempt:
+        if run.running() and run.cut is None:
+            run.interrupt()
+        attempt, window, collapsed = run.finish()
+        self._live.remove(run)
+        self.collapsed.update(collapsed)
+        if window is not None:
+            self.windows.append(window)
+        return attempt
 
     def _window_length(self) -> float:
         elapsed = time.time() - self.started_wall
         return SHORT_WINDOW_S if elapsed < SHORT_WINDOWS_FOR_S else LONG_WINDOW_S
 
-    def _record_one(self, index: int) -> Attempt:
-        out = os.path.join(self._tmpdir, f"window-{index}.txt")
-        env = {**os.environ, "RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}
-        with self._lock:
-            if self._stop.is_set():
-                return Attempt("gone")
-            start = time.time()
-            window = self._window_length()
-            proc = subprocess.Popen(self._command(out, window), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, env=env, start_new_session=True)
-            self._proc = proc
-        self.attempts += 1
-        stderr_chunks: list[bytes] = []
-        reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
-        reader.start()
-        deadline = start + window
-        stopped = False
-        while proc.poll() is None:
-            remaining = deadline - time.time()
-            stopping = self._stop.wait(min(max(remaining, 0.0), 0.25))
-            if proc.poll() is not None:
-                break
-            if stopping:
-                # SIGINT makes py-spy write everything it sampled, exactly as when it
-                # sees the target exit by itself, so there is nothing to wait for.
-                stopped = True
-                self._interrupt(proc)
-                break
-            if time.time() >= deadline:
-                stopped = True
-                self._interrupt(proc)
-                break
-        proc.wait()
-        end = time.time()
-        reader.join(timeout=5)
-        stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
-        written = os.path.exists(out)
-        attempt = classify(proc.returncode, stderr, written)
-        if stopped and attempt.kind == "failed":
-            # Our own SIGINT before py-spy had attached (it was still looking for a
-            # Python interpreter): not a py-spy problem, try again.
-            attempt = Attempt("no_python", "interrupted while attaching")
-        if written:
-            text = Path(out).read_text(encoding="utf-8", errors="replace")
-            os.unlink(out)
-            match = _SAMPLES.search(stderr)
-            collapsed = hs.parse_collapsed(text)
-            self.collapsed.update(collapsed)
-            self.windows.append(Window.from_collapsed(start, end, collapsed, int(match.group(2)) if match else 0))
-        return attempt
+    # ------------------------------------------------------------ the tree
 
-    @staticmethod
-    def _interrupt(proc: subprocess.Popen[bytes]) -> None:
+    def _alive(self) -> bool:
+        return alive(self.target_pid) or any(alive(p.pid) for p in self._adopted())
+
+    def _adopted(self) -> list[Any]:
+        if self.target is None:
+            return []
+        return [p for p in self.target.processes() if p.pid != self.target_pid]
+
+    def _python_roots(self) -> list[int]:
+        pids = descendants(self.target_pid)
+        for proc in self._adopted():
+            if proc.pid not in pids:
+                pids.extend(descendants(proc.pid))
+        return self._finder.roots(pids)
+
+    def _choose(self, roots: list[int]) -> int:
+        """One Python root: py-spy on it. Several: py-spy on the launcher, following them all."""
+        if len(roots) == 1 or not self.settings.subprocesses:
+            return roots[0]
+        return self.target_pid
+
+    def _poll_python(self) -> list[int]:
+        """The Python roots in the tree now (and when the first one was seen)."""
+        roots = self._python_roots()
+        if not roots:
+            self._polls += 1
+            return roots
+        if self.python_seen is None:
+            self.python_at_launch = self._polls == 0 and self.target_pid in roots and self._command_is(self.target_pid)
+            self.python_seen = time.time()
+        return roots
+
+    def _command_is(self, pid: int) -> bool:
+        """Whether the launched command is itself the binary pid runs (then Python ran
+        from launch; otherwise a launcher exec'd it before our first look, time unknown)."""
+        command = (self.target.command if self.target is not None else None) or []
+        found = shutil.which(command[0], path=os.environ.get("PATH")) if command else None
         try:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        except ProcessLookupError:
-            pass
+            return found is not None and os.path.realpath(found) == os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return False
+
+    def _await_python(self) -> int | None:
+        """Poll the tree until a Python process is in it; None once the target is gone."""
+        begun = time.monotonic()
+        while not self._stop.is_set():
+            roots = self._poll_python()
+            if roots:
+                return self._choose(roots)
+            if not self._alive():
+                return None
+            waited = time.monotonic() - begun
+            self._stop.wait(POLL_FIRST_S if waited < 2 else POLL_LATER_S if waited < 10 else POLL_IDLE_S)
+        return None
+
+    def _early(self) -> SpyRun | Attempt:
+        """A py-spy on the launched pid before it runs Python: py-spy retries for ~0.5 s,
+        so an interpreter that a launcher execs is sampled as soon as it can be, without
+        waiting for a py-spy to start. If the exec comes late in those retries, a fresh
+        py-spy joins (the first may run out of tries while Python starts up); whichever
+        samples first wins. If Python shows up elsewhere (a child), that wins."""
+        runs = [self._spawn(self.target_pid, follow=False)]
+        while not self._stop.is_set() and not any(r.attached for r in runs):
+            roots = self._poll_python()
+            if roots and self.target_pid not in roots:
+                break
+            if roots and len(runs) == 1 and time.time() - runs[0].started > EARLY_FRESH_S:
+                runs.append(self._spawn(self.target_pid, follow=False))
+                continue
+            if all(r._event.is_set() for r in runs):
+                break  # every one gave up
+            self._stop.wait(POLL_FIRST_S)
+        attached = [r for r in runs if r.attached]
+        winner = min(attached, key=lambda r: r.attached or 0.0) if attached else None
+        attempt = Attempt("no_python")
+        for run in runs:
+            if run is not winner:
+                if run.running():
+                    run.interrupt(at=winner.attached if winner else None)
+                attempt = self._collect(run)
+        if winner is None:
+            return attempt
+        self._poll_python()  # when Python started, for the coverage figures
+        return winner
+
+    # ------------------------------------------------------------ the thread
 
     def _run(self) -> None:
-        delay = RETRY_FIRST_S
-        index = 0
+        current: SpyRun | None = None
         try:
             while not self._stop.is_set():
-                attempt = self._record_one(index)
-                index += 1
-                if attempt.kind == "ok":
-                    delay = RETRY_FIRST_S
-                    continue
-                if attempt.kind in ("denied", "unsupported"):
-                    self.reason = self._explain(attempt)
-                    return
-                if not self._alive():
-                    return
-                if attempt.kind == "no_python" and can_read_process(self.target_pid) is False:
-                    self.reason = ptrace_denied_message(self.target_pid)
-                    return
-                if attempt.kind == "failed":
-                    self.failures.append(attempt.detail)
-                    if len(self.failures) >= 5 and not self.windows:
-                        self.reason = f"py-spy failed 5 times: {attempt.detail}"
+                if current is None:
+                    current = self._first_attach()
+                    if current is None:
                         return
-                if self._stop.wait(delay):
-                    return
-                delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                event = self._wait_window(current)
+                if event == "exited":
+                    self._collect(current)
+                    current = None
+                elif event == "rotate":
+                    roots = self._python_roots()
+                    current = self._handoff(current, self._choose(roots) if roots else current.pid)
         except Exception as exc:  # noqa: BLE001 - stacks are optional; never take the session down
             self.reason = f"stack sampling stopped: {type(exc).__name__}: {exc}"
         finally:
-            self._proc = None
+            for run in list(self._live):
+                self._collect(run)
+
+    def _first_attach(self) -> SpyRun | None:
+        """Attach as soon as a Python process exists; None when there is none to sample.
+
+        The first py-spy runs without --subprocesses: it retries a not-yet-initialised
+        interpreter 20 times, where --subprocesses gives the root process 5 tries and
+        then waits a second for children. A following py-spy takes over at once."""
+        delay = RETRY_FIRST_S
+        early = self._early() if not self.attempts else None
+        while not self._stop.is_set():
+            if isinstance(early, SpyRun):
+                return self._handoff(early, early.pid) if self.settings.subprocesses else early
+            if early is None:
+                pid = self._await_python()
+                if pid is None:
+                    return None
+                # Several Python processes under a launcher: the first one at once, then a
+                # py-spy on the launcher that follows them all (it is slow to attach while
+                # they start up: it retries each child only 5 times).
+                first = pid if self._finder.is_python(pid) else (self._python_roots() or [pid])[0]
+                run = self._spawn(first, follow=False)
+                if run.wait_attached(self._stop):
+                    return self._handoff(run, pid) if self.settings.subprocesses else run
+                attempt = self._collect(run)
+                pid = first
+            else:
+                attempt, pid, early = early, self.target_pid, None
+                if attempt.kind == "no_python" and can_read_process(pid) is not False:
+                    continue  # the early py-spy gave up, or Python runs in a child: look again now
+            if attempt.kind in ("denied", "unsupported"):
+                self.reason = self._explain(attempt)
+                return None
+            if attempt.kind == "no_python":
+                if can_read_process(pid) is False:
+                    self.reason = ptrace_denied_message(pid)
+                    return None
+                if self.python_seen is None:
+                    continue  # not Python yet: wait for it
+            if attempt.kind == "failed":
+                self.failures.append(attempt.detail)
+                if len(self.failures) >= 5 and not self.windows:
+                    self.reason = f"py-spy failed 5 times: {attempt.detail}"
+                    return None
+            if self._stop.wait(delay):
+                return None
+            delay = min(delay * 2, RETRY_MAX_S)
+        return None
+
+    def _handoff(self, old: SpyRun, pid: int) -> SpyRun | None:
+        """The next window: a new py-spy attaches while the old one still samples, and
+        the old one stops the moment the new one samples, so no time goes unsampled.
+        (--native pauses the target; two tracers cannot, so there the old stops first.)"""
+        follow = self.settings.subprocesses
+        if self.settings.native:
+            self._collect(old)
+            new = self._spawn(pid, follow)
+            if new.wait_attached(self._stop):
+                return new
+            self._note_failure(self._collect(new))
+            return None
+        new = self._spawn(pid, follow)
+        if new.wait_attached(self._stop):
+            old.interrupt(at=new.attached)
+            self._collect(old)
+            return new
+        # The target ended meanwhile (or we are stopping): the old py-spy has the rest.
+        self._note_failure(self._collect(new))
+        return old
+
+    def _note_failure(self, attempt: Attempt) -> None:
+        if attempt.kind == "failed" and self._alive():
+            self.failures.append(attempt.detail)
+
+    def _wait_window(self, run: SpyRun) -> str:
+        """Until the window is over ("rotate"), py-spy ended ("exited"), or the Python
+        processes changed so that another pid must be followed ("rotate")."""
+        assert run.attached is not None
+        deadline = run.attached + self._window_length()
+        while True:
+            remaining = deadline - time.time()
+            if self._stop.wait(max(0.0, min(remaining, ROOTS_CHECK_S))):
+                return "stop"
+            if not run.running():
+                return "exited"
+            if time.time() >= deadline:
+                return "rotate"
+            roots = self._python_roots()
+            if roots and self._choose(roots) != run.pid and not (run.follow and set(roots) <= set(descendants(run.pid))):
+                return "rotate"
 
     def _explain(self, attempt: Attempt) -> str:
         if attempt.kind == "denied":
@@ -376,6 +611,7 @@ class StackRecorder:
                 f"Telemetry was recorded without stacks.")
 
     def begin(self) -> None:
+        self._poll_python()  # at once, so "Python from the start" is not a late first look
         self._tmpdir = tempfile.mkdtemp(prefix="perfpilot-stacks-")
         self._thread = threading.Thread(target=self._run, name="perfpilot-stacks", daemon=True)
         self._thread.start()
@@ -397,7 +633,7 @@ class StackRecorder:
 
         collapsed = self.collapsed
         samples = sum(collapsed.values())
-        cwd = profile.target.get("cwd") or None
+        t0 = _t0(profile, self.started_wall)
         status: dict[str, Any] = {
             "tool": "py-spy",
             "rate_hz": self.settings.rate,
@@ -407,31 +643,31 @@ class StackRecorder:
             "attempts": self.attempts,
             "sampling_errors": sum(w.errors for w in self.windows),
         }
-        if self.windows:
-            covered = sum(w.end - w.start for w in self.windows)
-            span = max(profile.duration_s, 1e-9)
-            status["coverage_pct"] = round(min(100.0, 100.0 * covered / span), 1)
+        python_seen = t0 if self.python_at_launch else self.python_seen
+        if self.windows and (python_seen is None or python_seen > self.windows[0].start):
+            python_seen = min(w.start for w in self.windows)  # it ran by then at the latest
+        status.update(coverage.figures(self.windows, t0, profile.duration_s, python_seen))
         if self.failures:
             status["failures"] = self.failures[:5]
         if samples:
-            profile.hotspots = hs.aggregate(collapsed, cwd=cwd)
+            profile.hotspots = hs.aggregate(collapsed, cwd=profile.target.get("cwd") or None)
             profile.stacks = {
                 "rate_hz": self.settings.rate,
                 "samples": samples,
                 "collapsed": dict(collapsed.most_common()),
-                "timeline": [
-                    {"start_s": round(w.start - _t0(profile, self.started_wall), 3),
-                     "end_s": round(w.end - _t0(profile, self.started_wall), 3), "samples": w.samples}
-                    for w in self.windows
-                ],
+                "timeline": [{"start_s": round(w.start - t0, 3), "end_s": round(w.end - t0, 3), "samples": w.samples}
+                             for w in self.windows],
             }
             status["status"] = "ok"
-            energy_attribution.attribute(profile, self.windows, _t0(profile, self.started_wall))
+            energy_attribution.attribute(profile, self.windows, t0)
         else:
             status["status"] = "unavailable"
             profile.annotations["stacks_note"] = self.reason or self._no_samples_reason(profile)
         if self.reason and samples:
             profile.annotations["stacks_note"] = f"sampling ended early: {self.reason}"
+        note = coverage.note(status, profile.duration_s, samples) if samples else None
+        if note:
+            status["coverage_note"] = note
         profile.annotations["stacks"] = status
 
     def _no_samples_reason(self, profile: Any) -> str:
@@ -442,11 +678,13 @@ class StackRecorder:
         if self.windows:
             return (f"no Python code was running on CPU in {target} while py-spy sampled "
                     f"(idle or native code; try --native)")
-        if profile.duration_s < 0.5:
-            return (f"the target exited after {profile.duration_s:.2f} s, before py-spy could attach; "
-                    f"stacks need a longer run")
-        return (f"no Python process found in {target} or its children: telemetry without stacks "
-                f"(stacks are sampled for Python programs only)")
+        if self.python_seen is not None and profile.duration_s < 1.0:
+            return (f"the target exited after {profile.duration_s:.2f} s, before py-spy could take a sample; "
+                    f"stacks need a longer run (the totals above are exact)")
+        if self.python_seen is None:
+            return (f"no Python process found in {target} or its children: telemetry without stacks "
+                    f"(stacks are sampled for Python programs only)")
+        return f"py-spy did not attach to the Python process of {target} before it exited"
 
 
 def _t0(profile: Any, fallback: float) -> float:
@@ -471,6 +709,6 @@ def start(target: Target, settings: Settings) -> StackRecorder:
         return StackRecorder(target.pid, settings, None, reason=str(exc))
     if can_read_process(target.pid) is False:
         return StackRecorder(target.pid, settings, executable, reason=ptrace_denied_message(target.pid))
-    recorder = StackRecorder(target.pid, settings, executable)
+    recorder = StackRecorder(target.pid, settings, executable, target=target)
     recorder.begin()
     return recorder

@@ -3,8 +3,8 @@ attach baselines, exact context switches, machine-wide figures, shared per-tick 
 
 from __future__ import annotations
 
+import json
 import os
-import resource
 import subprocess
 import sys
 import textwrap
@@ -13,7 +13,6 @@ import time
 import pytest
 
 from perfpilot.config import Settings
-from perfpilot.plugins.cpu import CpuCollector
 from perfpilot.profilers.cputime import TreeCpu
 from perfpilot.profilers.procfs import ProcFiles
 from perfpilot.profilers.session import RunOptions, profile_command
@@ -92,25 +91,50 @@ def test_exited_processes_keep_their_last_cpu_times(stepped: subprocess.Popen[st
     assert sum(tree.sampled_totals()) == before
 
 
-def test_attached_cpu_time_and_utilisation_match_this_process_rusage() -> None:
+ATTACHED = textwrap.dedent(
+    """
+    import json, os, resource, time
+    from perfpilot.config import Settings
+    from perfpilot.plugins.cpu import CpuCollector
+    from perfpilot.profilers.target import Target
+
+    def burn(s):
+        a = time.process_time()
+        while time.process_time() - a < s:
+            pass
+
     target = Target(pid=os.getpid(), launched=False)
     target.refresh()
     collector = CpuCollector(Settings())
-    assert collector.available() == (True, "")
+    out = {"available": collector.available()}
     collector.start(target)
     ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    first = collector.sample(t0)
-    _burn(0.25)
+    out["first"] = collector.sample(t0)
+    burn(0.25)
     t1 = time.monotonic()
-    second = collector.sample(t1)
+    out["second"] = collector.sample(t1)
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    summary = collector.stop()
-    used = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)  # the kernel's figure, by another route
+    out["summary"] = collector.stop()
+    out["used"] = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    out["span"] = t1 - t0
+    print(json.dumps(out))
+    """
+)
+
+
+def test_attached_cpu_time_and_utilisation_match_this_process_rusage() -> None:
+    # In a fresh interpreter with no children: the test process itself may have some left by
+    # other tests, and an attached target is the whole tree.
+    done = subprocess.run([sys.executable, "-c", ATTACHED], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    first, second, summary, used, span = out["first"], out["second"], out["summary"], out["used"], out["span"]
+    assert out["available"] == [True, ""]
     assert first["cpu.processes"] == 1
     assert "cpu.utilization_pct" not in first
     # /proc counts whole 10 ms clock ticks per field: a few ticks apart at most
     assert summary["cpu_user_s"] + summary["cpu_system_s"] == pytest.approx(used, abs=0.04)
-    assert second["cpu.utilization_pct"] == pytest.approx(100.0 * used / (t1 - t0), abs=100 * 0.04 / (t1 - t0))
+    assert second["cpu.utilization_pct"] == pytest.approx(100.0 * used / span, abs=100 * 0.04 / span)
     assert summary["cpu_utilization_peak_pct"] == pytest.approx(second["cpu.utilization_pct"], abs=0.01)
     for key in ("cpu.system_busy_pct", "cpu.steal_pct", "cpu.iowait_pct", "cpu.load_1m", "cpu.core0_busy_pct"):
         assert key in second, key

@@ -168,6 +168,7 @@ def hotspots_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_three_daemons_one_prometheus_rules_alert_dashboard_and_merged_hotspots(tmp_path: Path) -> None:
     token_file = tmp_path / "fleet.token"
     token_file.write_text("s3cret-fleet-token\n")
+    token_file.chmod(0o600)  # the daemon refuses a token file others can read
     targets, daemons, urls = start_fleet(tmp_path, token_file)
     procs: list[subprocess.Popen] = [*targets, *daemons]
     try:

@@ -184,3 +184,12 @@ def test_power_series_name() -> None:
 def test_stacks_without_code_frames_are_dropped() -> None:
     counts = hs.parse_collapsed('process 5:"python x.py" 3\nprocess 5:"python x.py";f (x.py:1) 2\n')
     assert counts == {'process 5:"python x.py";f (x.py:1)': 2}
+
+
+def test_command_line_with_newlines_stays_one_stack() -> None:
+    # python -c "...multi-line..." puts newlines into py-spy's process frame
+    text = 'process 12:"python -c \nimport time\nwhile 1: pass";<module> (<string>:3) 7\nmain (/a.py:1) 2\n'
+    counts = hs.parse_collapsed(text)
+    assert sum(counts.values()) == 9 and len(counts) == 2
+    spots = hs.aggregate(counts)
+    assert {s["function"] for s in spots} == {"<module>", "main"}

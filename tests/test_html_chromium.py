@@ -116,3 +116,35 @@ def test_html_report_in_headless_chromium(perfpilot_cli, python_exe, tmp_path, b
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "perfpilot-report.png")
         shutil.copy(page, Path(keep) / "perfpilot-report.html")
+
+
+def with_estimated_power_per_tick(profile: Profile) -> Profile:
+    """A run with only estimated power, as the power collector records it: the estimate
+    per tick under the series name a RAPL reading has (``power.cpu_w``), the summary's
+    energy marked ``source: estimate`` (this VM has no RAPL)."""
+    values = profile.series["values"]
+    assert profile.summary["energy"]["cpu"]["source"] == "estimate", profile.summary["energy"]
+    assert sum(v is not None for v in values["power.cpu_w"]) >= 5, values.get("power.cpu_w")
+    return profile
+
+
+def test_estimated_power_is_a_series_labelled_estimate(perfpilot_cli, python_exe, tmp_path, browser) -> None:
+    out = tmp_path / "run.json"
+    result = perfpilot_cli("profile", "-o", str(out), "--", python_exe, str(HOT), "--seconds", "1.0")
+    assert result.returncode == 0, result.stderr
+    profile = with_estimated_power_per_tick(Profile.load(out))
+    page = tmp_path / "report.html"
+    html_renderer.write(profile, page)
+    browser.get(page.as_uri())
+    charts = {c["id"]: c for c in browser.execute_script(CANVAS_PIXELS)}
+    assert charts["ts-power"]["painted"] > 500, charts
+    drawn = browser.execute_script(
+        "return ['ts-cpu','ts-power'].map(function(id){var c=Chart.getChart(id);"
+        "return {legend: c.options.plugins.legend.display, sets: c.data.datasets.map(function(d){"
+        "return {label: d.label, points: d.data.length}})}})")
+    cpu, power = drawn
+    assert len(power["sets"]) == 1 and power["legend"] is True, power
+    assert "estimate" in power["sets"][0]["label"], power
+    assert power["sets"][0]["points"] == cpu["sets"][0]["points"] >= 5, drawn
+    legend = browser.execute_script("return Chart.getChart('ts-power').legend.legendItems.map(function(i){return i.text})")
+    assert legend == ["cpu (estimate)"], legend

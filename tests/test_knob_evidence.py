@@ -118,3 +118,13 @@ def test_this_hosts_report_lists_a_skipped_gpu_knob(tmp_path):
     result = Optimizer(s, tmp_path, KnobProposer(s)).run()
     assert result.outcomes == []
     assert any(n.startswith("knob pin_memory skipped: no GPU on this host") for n in result.notes)
+
+
+def test_a_small_budget_screens_the_best_evidence_and_keeps_one_proposal_to_adopt():
+    proposer = KnobProposer(Settings(knobs=EXAMPLE_KNOBS, budget=4))
+    context = SimpleNamespace(profile=profile(CPU_HOST, **{"reported.checkpoint_stall_s": 0.4}), objective="wall",
+                              knob_values={"checkpoint_every": 5})
+    screened = [(p.knob, p.value) for p in proposer.propose(context) + proposer.queue]
+    assert screened == [("checkpoint_every", 10), ("async_checkpoint", "1"), ("amp", "bf16")]
+    budget_note = next(n for n in proposer.notes if n.startswith("budget 4: screened 3 of"))
+    assert "not tried: activation_checkpointing=1" in budget_note and "raise --budget" in budget_note

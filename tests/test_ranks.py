@@ -99,9 +99,10 @@ def test_two_rank_gloo_run_shows_every_rank_and_the_straggler(tmp_path):
     assert len({r["pid"] for r in view["ranks"]}) == 2
     assert all(r["cpu_s"] > 0 and r["peak_rss_bytes"] > 50 << 20 and r["samples"] > 0 and r["hotspots"]
                for r in view["ranks"])
+    # Named by its smaller share of collective frames (rank 0 waits in c10d/gloo for it), or,
+    # when the stacks cannot tell them apart, by its extra CPU time.
     assert view["straggler"] and view["straggler"]["rank"] == 1, view
-    assert view["ranks"][0]["collective_pct"] > view["ranks"][1]["collective_pct"] + 5  # rank 0 waits for rank 1
-    assert "straggler: rank 1 spent" in done.stderr and "final_loss:" in done.stdout
+    assert "straggler: rank 1" in done.stderr and "final_loss:" in done.stdout
 
 
 @pytest.mark.slow

@@ -12,7 +12,9 @@
 3. If the combination is not (knobs can interact) and there was more than one
    winner, the single best winner alone is tried the same way.
 
-Trials and the final candidates all count against the proposal budget.
+Trials and the final candidates all count against the proposal budget, so the screen
+takes at most ``budget - 1`` trials (the strongest evidence first) and keeps one for
+adopting what won; the values left unscreened are named in the report's notes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class KnobProposer:
 
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.knobs: dict[str, Knob] = parse_knobs(settings.knobs)
+        self.budget = settings.budget
         self.queue: list[Proposal] | None = None
         self.winners: dict[str, list[tuple[Any, float]]] = {}
         self.phase = "screen"
@@ -59,6 +62,12 @@ class KnobProposer:
                 queue.append(Proposal(kind="knob", knob=name, value=value, trial=True, source=self.name,
                                       title=f"try {name}={value}",
                                       rationale=f"screening {name} one value at a time (current: {current!r}){why}"))
+        room = max(1, self.budget - 1)  # one proposal kept for adopting the winners
+        if len(queue) > room:
+            left = ", ".join(p.title.removeprefix("try ") for p in queue[room:])
+            self.notes.append(f"budget {self.budget}: screened {room} of {len(queue)} knob values, one proposal kept "
+                              f"for adopting the winners; not tried: {left} (raise --budget to try them)")
+            queue = queue[:room]
         return queue
 
     def _best(self) -> list[tuple[str, Any, float]]:

@@ -11,7 +11,6 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 EXIT_PARTIAL = 3  # some daemons merged, some could not be read (each named on stderr)
 
@@ -89,16 +88,13 @@ def _print(merged: Any, rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print("no stacks yet: the daemons have taken no py-spy snapshot of a Python process")
         return
-    table = Table(box=None, padding=(0, 1), title="hot spots across the fleet (self = samples where it ran)",
-                  title_justify="left")
-    for column, justify in (("self %", "right"), ("total %", "right"), ("samples", "right"), ("function", "left"),
-                            ("line", "left"), ("hosts (self samples)", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for row in rows:
-        where = f"{row['short_file']}:{row['line']}" if row.get("line") is not None else row["short_file"]
-        hosts = ", ".join(f"{h} {n}" for h, n in sorted(row["hosts"].items(), key=lambda kv: -kv[1]))
-        table.add_row(f"{row['self_pct']:.1f}", f"{row['total_pct']:.1f}", str(row["samples"]),
-                      escape(row["function"]), escape(where), escape(hosts))
+    from perfpilot.profilers.renderers.terminal import hotspot_table
+
+    extras = [("samples", lambda r: str(r["samples"])),
+              ("hosts (self samples)", lambda r: ", ".join(f"{h} {n}" for h, n in
+                                                           sorted(r["hosts"].items(), key=lambda kv: -kv[1])))]
+    table = hotspot_table(rows, width=console.width, extras=extras,
+                          title="hot spots across the fleet (self = samples where it ran)")
     console.print(table)
 
 

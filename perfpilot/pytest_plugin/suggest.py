@@ -411,6 +411,7 @@ def terminal_lines(section: Mapping[str, Any]) -> list[tuple[str, dict[str, bool
         out.append((f"  {entry['nodeid']}" + (f" [{entry['subject']}]" if entry.get("subject") else "")
                     + f": {entry['finding']}", {"bold": True}))
         out.append((f"    hot spots: {entry.get('hotspots_note') or 'none'}", {}))
+        out.extend(_hotspot_lines(entry.get("hotspots") or []))
         status = entry.get("status")
         if status == "failed":
             out.append((f"    backend failed: {entry['error']}", {"red": True}))
@@ -426,6 +427,17 @@ def terminal_lines(section: Mapping[str, Any]) -> list[tuple[str, dict[str, bool
         for index, proposal in enumerate(entry.get("proposals", []), 1):
             out.extend(_proposal_lines(index, proposal))
     return out
+
+
+def _hotspot_lines(spots: list[Mapping[str, Any]], top: int = 5) -> list[tuple[str, dict[str, bool]]]:
+    """The shared hot-spot table, at 80 columns with the indent: names and lines whole."""
+    from perfpilot.profilers import hotspots as hs
+    from perfpilot.profilers.renderers.terminal import hotspot_text
+
+    if not spots:
+        return []
+    rows = [{**s, "short_file": hs.short_path(str(s.get("file") or ""), os.getcwd())} for s in spots[:top]]
+    return [(f"    {line}".rstrip(), {}) for line in hotspot_text(rows, width=76).splitlines()]
 
 
 def _proposal_lines(index: int, proposal: Mapping[str, Any]) -> list[tuple[str, dict[str, bool]]]:

@@ -83,21 +83,28 @@ def downsample(times: Sequence[float], values: Sequence[float | None], limit: in
 def timeseries_block(chart_id: str, title: str, times: Sequence[float],
                      datasets: Sequence[tuple[str, Sequence[float | None]]], *, unit: str = "",
                      scale: float = 1.0, note: str = "", y_min: float | None = 0, y_max: float | None = None,
-                     x_max: float | None = None) -> str:
-    """A titled Chart.js line chart of one or more series over a shared time base (s).
+                     x_max: float | None = None, legend: bool | None = None) -> str:
+    """A titled Chart.js line chart of one or more series over a shared time base (s);
+    "" when no series has two points (a chart of one point carries no information).
 
     ``x_max`` pins the time axis to ``[0, x_max]`` so charts of one run line up (a
     series sampled once a second would otherwise get an axis of its own few points).
     """
     data = []
     for i, (label, values) in enumerate(datasets):
-        scaled = [None if v is None else v * scale for v in values]
+        scaled = [None if v is None else round(v * scale, 6) for v in values]
         points = downsample(times, scaled)
+        if len(points) < 2:
+            continue  # one point is not a series: the caller says what is missing
         # A sparse series (e.g. updated once a second) would vanish without markers.
         data.append({"label": label, "data": points, "borderColor": COLORS[i % len(COLORS)],
                      "backgroundColor": COLORS[i % len(COLORS)] + "33", "borderWidth": 1.5,
                      "pointRadius": 2 if len(points) < 30 else 0,
                      "fill": len(datasets) == 1, "tension": 0})
+        if "estimate" in label:
+            data[-1]["borderDash"] = [6, 3]  # an estimate is drawn unlike a measurement
+    if not data:
+        return ""
     y_scale: dict[str, Any] = {"title": {"display": bool(unit), "text": unit}}
     if y_min is not None:
         y_scale["min"] = y_min
@@ -113,7 +120,7 @@ def timeseries_block(chart_id: str, title: str, times: Sequence[float],
             "animation": False, "responsive": True, "maintainAspectRatio": False, "parsing": True,
             "interaction": {"mode": "nearest", "intersect": False, "axis": "x"},
             "scales": {"x": x_scale, "y": y_scale},
-            "plugins": {"legend": {"display": len(datasets) > 1}},
+            "plugins": {"legend": {"display": len(data) > 1 if legend is None else legend}},
         },
     }
     cid = safe_id(chart_id)
@@ -239,6 +246,28 @@ def _unavailable(profile: Profile, name: str) -> str:
     return f"{name} collector unavailable: {reason}"
 
 
+def byte_unit(*series: Sequence[float | None], per: str = "") -> tuple[str, float]:
+    """(unit, scale) so the largest value reads in KiB, MiB or GiB (never 1.262e+07)."""
+    peak = max([abs(float(v)) for values in series for v in values if v is not None] + [0.0])
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if peak >= size:
+            return unit + per, 1 / size
+    return "B" + per, 1.0
+
+
+def power_label(name: str, sources: Mapping[str, str]) -> str:
+    """``cpu (rapl)``, ``gpu0 (nvml_energy)``, ``cpu (estimate)``: the legend says what
+    each line is, and above all when it is an estimate."""
+    match = re.match(r"^(?:power\.)?(?P<domain>[a-z]+\d*?)(?P<est>_estimate)?(?:\.power)?_w$", name)
+    domain = match.group("domain") if match else name
+    source = "estimate" if (match and match.group("est")) else sources.get(domain, "")
+    return f"{domain} ({source})" if source else domain
+
+
+def _one_point(name: str, values: Sequence[Any]) -> bool:
+    return sum(v is not None for v in values) == 1
+
+
 def timeseries_section(profile: Profile) -> str:
     times = profile.series.get("t", [])
     values: dict[str, list[Any]] = profile.series.get("values", {})
@@ -247,17 +276,24 @@ def timeseries_section(profile: Profile) -> str:
     span = max([float(profile.duration_s or 0.0)] + [float(t) for t in times[-1:]])
 
     def present(name: str) -> bool:
-        return any(v is not None for v in values.get(name, []))
+        return sum(v is not None for v in values.get(name, [])) >= 2
+
+    def one_reading(label: str, names: Iterable[str]) -> bool:
+        if any(_one_point(n, values.get(n, [])) for n in names):
+            missing.append(f"{label}: one reading only in a {human_seconds(span)} run, not drawn")
+            return True
+        return False
 
     if present("cpu.utilization_pct"):
         blocks.append(timeseries_block("ts-cpu", "CPU utilisation (process tree)", times,
                                        [("cpu %", values["cpu.utilization_pct"])], unit="% of one core", x_max=span))
-    else:
+    elif not one_reading("CPU", ["cpu.utilization_pct"]):
         missing.append(f"CPU: {_unavailable(profile, 'cpu')}")
     if present("memory.rss_bytes"):
+        unit, scale = byte_unit(values["memory.rss_bytes"])
         blocks.append(timeseries_block("ts-mem", "Memory (RSS of the process tree)", times,
-                                       [("RSS MiB", values["memory.rss_bytes"])], unit="MiB", scale=1 / 2**20, x_max=span))
-    else:
+                                       [(f"RSS {unit}", values["memory.rss_bytes"])], unit=unit, scale=scale, x_max=span))
+    elif not one_reading("memory", ["memory.rss_bytes"]):
         missing.append(f"memory: {_unavailable(profile, 'memory')}")
     gpus = _gpu_indices(values)
     util = [(g, values[f"{g}.utilization_pct"]) for g in gpus if present(f"{g}.utilization_pct")]
@@ -265,31 +301,44 @@ def timeseries_section(profile: Profile) -> str:
     if util:
         blocks.append(timeseries_block("ts-gpu-util", "GPU utilisation", times, util, unit="%", y_max=100, x_max=span))
     if mem:
-        blocks.append(timeseries_block("ts-gpu-mem", "GPU memory used", times, mem, unit="MiB", scale=1 / 2**20, x_max=span))
+        unit, scale = byte_unit(*(series for _, series in mem))
+        blocks.append(timeseries_block("ts-gpu-mem", "GPU memory used", times, mem, unit=unit, scale=scale, x_max=span))
     if not util and not mem:
         missing.append(f"GPU: {_unavailable(profile, 'gpu')}")
-    power = [name for name in _power_series(values) if present(name)]
-    if power:
-        sources = {d: e.get("source") for d, e in (profile.summary.get("energy") or {}).items()}
-        estimate = any(s == "estimate" for s in sources.values())
-        note = "includes estimates (labelled source: estimate), not measurements" if estimate else ""
-        blocks.append(timeseries_block("ts-power", "Power", times, [(n, values[n]) for n in power], unit="W",
-                                       note=note, x_max=span))
-    else:
-        missing.append(f"power: {_unavailable(profile, 'power')}")
+    blocks.append(_power_block(profile, times, values, span, present, one_reading, missing))
     # The io collector records cumulative counters; the chart shows their rate.
     io = [(label, rates(times, values[n])) for label, n in (("read", "io.read_bytes"), ("written", "io.write_bytes"))
           if present(n)]
     if io and any(v for _, series in io for v in series):
-        blocks.append(timeseries_block("ts-io", "Storage I/O (process tree)", times, io, unit="MiB/s",
-                                       scale=1 / 2**20, x_max=span,
+        unit, scale = byte_unit(*(series for _, series in io), per="/s")
+        blocks.append(timeseries_block("ts-io", "Storage I/O (process tree)", times, io, unit=unit,
+                                       scale=scale, x_max=span,
                                        note="bytes the tree read from / wrote to storage (page-cache hits excluded)"))
+    blocks = [b for b in blocks if b]
     note = ""
     if missing:
         note = '<div class="note">Not shown: ' + esc("; ".join(missing)) + "</div>"
     if not blocks:
         return f"<h2>Time series</h2><p class='muted'>No time series were recorded.</p>{note}"
     return f"<h2>Time series</h2>{note}<div class=\"grid\">{''.join(blocks)}</div>"
+
+
+def _power_block(profile: Profile, times: Sequence[float], values: Mapping[str, list[Any]], span: float,
+                 present: Any, one_reading: Any, missing: list[str]) -> str:
+    """Power per domain, each line labelled with its source; an estimate is dashed and
+    its legend says "estimate" (the power collector emits the estimate per tick under
+    the name a measurement would have; the summary's ``energy`` says it is one)."""
+    names = _power_series(values)
+    drawn = [n for n in names if present(n)]
+    if not drawn:
+        if not one_reading("power", names):
+            missing.append(f"power: {_unavailable(profile, 'power')}")
+        return ""
+    sources = {d: str(e.get("source", "")) for d, e in (profile.summary.get("energy") or {}).items()}
+    labelled = [(power_label(n, sources), values[n]) for n in drawn]
+    estimate = any("estimate" in label for label, _ in labelled)
+    note = "estimate: computed from the CPU time used, not measured (dashed)" if estimate else ""
+    return timeseries_block("ts-power", "Power", times, labelled, unit="W", note=note, x_max=span, legend=True)
 
 
 def summary_section(profile: Profile) -> str:
@@ -324,6 +373,10 @@ def summary_section(profile: Profile) -> str:
         rows.append(("GPU memory peak", human_bytes(s["gpu_memory_peak_bytes"])))
     if "import_time_s" in s:
         rows.append(("imports (start-up)", human_seconds(s["import_time_s"])))
+    status = profile.annotations.get("stacks") or {}
+    if status.get("status") == "ok" and "coverage_pct" in status:
+        rows.append(("stacks", f"{(profile.stacks or {}).get('samples', 0)} samples, {status['coverage_pct']:.0f}% of "
+                               f"the run" + (f": {status['coverage_note']}" if status.get("coverage_note") else "")))
     body = [(esc(k), esc(v)) for k, v in rows]
     for domain, entry in sorted((s.get("energy") or {}).items()):
         source = entry.get("source", "?")
@@ -404,11 +457,17 @@ def stacks_section(profile: Profile) -> str:
     parts = ["<h2>Where the time goes</h2>"]
     if note:
         parts.append(f"<p class='note bad'>{esc(note)}</p>")
+    if status.get("coverage_note"):
+        parts.append(f"<p class='note estimate'><b>Partial stacks:</b> {esc(status['coverage_note'])}.</p>")
     if collapsed:
         coverage = f", {status['coverage_pct']}% of the run covered" if "coverage_pct" in status else ""
         parts.append(f"<p class='note'>{stacks.get('samples', 0)} samples at {stacks.get('rate_hz')} Hz with py-spy"
                      f"{esc(coverage)}. Percentages are of all samples (every busy thread of every process).</p>")
         parts.append(flamegraph_block("flamegraph", collapsed, cwd=profile.target.get("cwd")))
+    else:
+        # Never an empty graph drawn as if it were data.
+        parts.append("<p class='note'>No flame graph: py-spy took no sample of this run"
+                     + (" (see above)." if note else ".") + " The totals above are exact.</p>")
     parts.append("<h3>Hot spots</h3>")
     parts.append(hotspots_block(profile.hotspots))
     parts.append(energy_note(profile))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import Any, Callable, Mapping, Sequence
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -82,6 +83,9 @@ def summary_table(profile: Profile) -> Table:
         text = f"{entry['joules']:.2f} J  [{entry.get('source', '?')}]"
         style = "yellow" if entry.get("source") == "estimate" else ""
         row(label, Text(text + ("  (estimate, not a measurement)" if entry.get("source") == "estimate" else ""), style=style))
+    note = (profile.annotations.get("stacks") or {}).get("coverage_note")
+    if note:
+        row("stacks", Text(note, style="yellow"))
     return table
 
 
@@ -112,7 +116,7 @@ def collectors_table(profile: Profile) -> Table:
     return table
 
 
-def _energy_text(spot: dict[str, Any], key: str) -> Text:
+def _energy_text(spot: Mapping[str, Any], key: str = "energy_j") -> Text:
     if key not in spot:
         return Text("-", style="dim")
     text = f"{spot[key]:.3g} J"
@@ -121,61 +125,130 @@ def _energy_text(spot: dict[str, Any], key: str) -> Text:
     return Text(text)
 
 
-def _where(spot: dict[str, Any], limit: int = 26) -> str:
-    """``file:line``, shortened from the left: the end of a path says the most."""
-    where = f"{spot.get('short_file') or spot.get('file')}:{spot.get('line')}"
-    return where if len(where) <= limit else "…" + where[-(limit - 1):]
+def where(spot: Mapping[str, Any]) -> str:
+    """``file:line``, whole: the path relative to the project (or the package part)."""
+    line = spot.get("line")
+    path = spot.get("short_file") or spot.get("file") or "?"
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+# Column widths as rich lays them out here: one space of padding either side.
+_PCT_W = {"self": 6, "total": 7}
+_MIN_CODE_W = 12
+
+
+Extra = tuple[str, Callable[[Mapping[str, Any]], str]]  # (header, cell text) of a caller's own column
+
+
+def _layout(spots: Sequence[Mapping[str, Any]], width: int, has_energy: bool,
+            extras: Sequence[Extra] = ()) -> tuple[list[str], int]:
+    """Which columns fit in ``width``: (columns, code width). The function and its
+    file:line are never cut; code shrinks then goes, then the caller's extra columns
+    (last first), then energy, then total %; last, file:line moves under the
+    function (``stacked``)."""
+    widths = {"self": 6, "total": 7,
+              "function": max([8] + [len(str(s.get("function"))) for s in spots]),
+              "where": max([4] + [len(where(s)) for s in spots]),
+              "energy": max([6] + [len(_energy_text(s).plain) for s in spots]) if has_energy else 0}
+    for i, (header, cell) in enumerate(extras):
+        widths[f"extra{i}"] = max([len(header)] + [len(cell(s)) for s in spots])
+    code_w = max([4] + [len(str(s.get("code") or "")) for s in spots])
+    base = ["self", "total", "function", "where"]
+    energy = ["energy"] if has_energy else []
+    extra = [f"extra{i}" for i in range(len(extras))]
+    candidates = [base + extra + ["code"] + energy]
+    candidates += [base + extra[:n] + energy for n in range(len(extra), -1, -1)]
+    candidates += [base, ["self", "function", "where"]]
+    for columns in candidates:
+        used = sum(2 + widths[c] for c in columns if c != "code")
+        if "code" not in columns:
+            if used <= width:
+                return columns, 0
+            continue
+        room = min(code_w, 60, width - used - 2)
+        if room >= _MIN_CODE_W:
+            return columns, room
+    # Stacked: self and total % then the function, file:line (and energy) on the next line.
+    # total % stays while the function fits beside it, and the line either fits too or
+    # would fold even without it.
+    room = width - (8 + 9 + 2)
+    line_w = 2 + widths["where"] + (2 + widths["energy"] if has_energy else 0)
+    keep_total = widths["function"] <= room and (line_w <= room or line_w > room + 9)
+    return (["self", "total", "stacked"] if keep_total else ["self", "stacked"]), 0
+
+
+def hotspot_table(spots: Sequence[Mapping[str, Any]], *, width: int | None = None, title: str | None = None,
+                  caption: str | None = None, top: int | None = None, extras: Sequence[Extra] = ()) -> Table:
+    """The one hot-spot table (profile report, pytest, daemon): ``spots`` are hot-spot
+    dicts (``function``, ``file``/``short_file``, ``line``, ``self_pct``, optional
+    ``total_pct``, ``code``, ``energy_j``); ``extras`` are a caller's own columns
+    (e.g. samples, hosts). At any ``width`` the function's full name and its file:line
+    are printed whole; lower-value columns give way first."""
+    spots = list(spots[:top] if top else spots)
+    has_energy = any("energy_j" in s for s in spots)
+    columns, code_w = _layout(spots, width or 10_000, has_energy, extras)
+    if not any("total_pct" in s for s in spots):
+        columns = [c for c in columns if c != "total"]
+    table = Table(title=title, title_justify="left", box=None, padding=(0, 1), caption=caption,
+                  caption_justify="left")
+    heads: dict[str, tuple[str, dict[str, Any]]] = {
+        "self": ("self %", dict(justify="right", style="bold", min_width=6)),
+        "total": ("total %", dict(justify="right", min_width=7)),
+        "function": ("function", dict(style="cyan")),
+        "where": ("line", {}),
+        "stacked": ("function  (file:line)", dict(overflow="fold")),
+        "code": ("code", dict(style="dim", overflow="ellipsis", max_width=code_w)),
+        "energy": ("energy", dict(justify="right")),
+        **{f"extra{i}": (header, {}) for i, (header, _) in enumerate(extras)},
+    }
+    for column in columns:
+        header, options = heads[column]
+        options.setdefault("overflow", "fold")  # never an ellipsis in a name or a path
+        table.add_column(header, no_wrap=column != "stacked", **options)
+    for spot in spots:
+        table.add_row(*(_cell(spot, column, extras) for column in columns))
+    return table
+
+
+def _cell(spot: Mapping[str, Any], column: str, extras: Sequence[Extra] = ()) -> Any:
+    if column.startswith("extra"):
+        return Text(extras[int(column[5:])][1](spot))
+    if column == "self":
+        return f"{spot.get('self_pct', 0):.1f}"
+    if column == "total":
+        return f"{spot.get('total_pct', 0):.1f}"
+    if column == "function":
+        return Text(str(spot.get("function")))
+    if column == "where":
+        return Text(where(spot))
+    if column == "code":
+        return Text(str(spot.get("code") or ""))
+    if column == "energy":
+        return _energy_text(spot)
+    text = Text(str(spot.get("function")), style="cyan")
+    text.append("\n  " + where(spot), style="")
+    if "energy_j" in spot:
+        text.append("  ")
+        text.append_text(_energy_text(spot))
+    return text
+
+
+def hotspot_text(spots: Sequence[Mapping[str, Any]], width: int = 80, **kwargs: Any) -> str:
+    """The table as plain text at ``width`` columns (for pytest's terminal summary, logs)."""
+    console = Console(width=width, file=io.StringIO(), color_system=None, highlight=False)
+    console.print(hotspot_table(spots, width=width, **kwargs))
+    return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def hotspots_table(profile: Profile, top: int = 10, width: int | None = None) -> Table:
-    """Top hot spots: function, hottest line with its code, self/total %, energy.
-
-    ``width`` is the console's: the code column takes what the others leave, and is
-    dropped before anything else. Left to rich, an over-wide table of unwrappable
-    columns is shrunk evenly, which can squeeze out the percentage columns entirely.
-    """
-    has_energy = any("energy_j" in h for h in profile.hotspots)
+    """The profile's top hot spots (see :func:`hotspot_table`)."""
     stacks = profile.stacks or {}
-    spots = profile.hotspots[:top]
-    rows: list[list[Any]] = []
-    for spot in spots:
-        row: list[Any] = [f"{spot.get('self_pct', 0):.1f}", f"{spot.get('total_pct', 0):.1f}",
-                          str(spot.get("function")), _where(spot), spot.get("code", "")]
-        if has_energy:
-            row.append(_energy_text(spot, "energy_j"))
-        rows.append(row)
-
-    def fit(index: int, header: str, cap: int) -> int:
-        return min(cap, max([len(header)] + [len(str(r[index])) for r in rows]))
-
-    function_w = fit(2, "function", 28)
-    line_w = fit(3, "line", 26)
-    energy_w = fit(5, "energy", 24) if has_energy else 0
-    # Each column is padded by one space either side.
-    fixed = 6 + 7 + function_w + line_w + (energy_w + 2 if has_energy else 0) + 2 * 4
-    code_w = min(60, fit(4, "code", 60), (width or 10_000) - fixed - 2)
-    if width is not None and code_w < 12:
-        # Still too narrow: the function name gives way before the numbers do.
-        function_w = max(12, function_w - (12 - code_w))
-        code_w = (width or 10_000) - (fixed - fit(2, "function", 28) + function_w) - 2
-    show_code = code_w >= 8
-    table = Table(title=f"hot spots ({stacks.get('samples', 0)} samples at {stacks.get('rate_hz', '?')} Hz)",
-                  title_justify="left", box=None, padding=(0, 1))
-    table.add_column("self %", justify="right", style="bold", no_wrap=True, min_width=6)
-    table.add_column("total %", justify="right", no_wrap=True, min_width=7)
-    table.add_column("function", style="cyan", no_wrap=True, max_width=function_w, overflow="ellipsis")
-    table.add_column("line", no_wrap=True, overflow="ellipsis", max_width=line_w)
-    if show_code:
-        table.add_column("code", style="dim", overflow="ellipsis", no_wrap=True, max_width=code_w)
-    if has_energy:
-        table.add_column("energy", justify="right", no_wrap=True, min_width=energy_w)
-    for row in rows:
-        table.add_row(*(row if show_code else row[:4] + row[5:]))
     info = profile.annotations.get("energy_attribution") or {}
-    if has_energy and info.get("estimate"):
-        table.caption = "energy: estimate, not a measurement (see the HTML report for how it is attributed)"
-        table.caption_justify = "left"
-    return table
+    has_energy = any("energy_j" in h for h in profile.hotspots[:top])
+    caption = ("energy: estimate, not a measurement (see the HTML report for how it is attributed)"
+               if has_energy and info.get("estimate") else None)
+    return hotspot_table(profile.hotspots, width=width, top=top, caption=caption,
+                         title=f"hot spots ({stacks.get('samples', 0)} samples at {stacks.get('rate_hz', '?')} Hz)")
 
 
 def imports_table(profile: Profile, top: int = 10) -> Table | None:
