@@ -128,3 +128,21 @@ def test_a_small_budget_screens_the_best_evidence_and_keeps_one_proposal_to_adop
     assert screened == [("checkpoint_every", 10), ("async_checkpoint", "1"), ("amp", "bf16")]
     budget_note = next(n for n in proposer.notes if n.startswith("budget 4: screened 3 of"))
     assert "not tried: activation_checkpointing=1" in budget_note and "raise --budget" in budget_note
+
+
+def test_with_one_proposal_left_the_best_single_winner_is_adopted_not_the_combination():
+    proposer = KnobProposer(Settings(knobs={"a": {"env": "A", "values": ["0", "1"], "default": "0"},
+                                            "b": {"env": "B", "values": ["0", "1"], "default": "0"}}, budget=3))
+    context = SimpleNamespace(profile=profile(CPU_HOST), objective="wall", knob_values={})
+    for ratio in (0.9, 0.8):
+        trial = proposer.propose(context)[0]
+        proposer.feedback(trial, SimpleNamespace(status="winner", verdicts={"wall": {"ratio": ratio}}))
+    adopt = proposer.propose(context)
+    assert [(p.kind, p.knob, p.value) for p in adopt] == [("knob", "b", "1")]
+    assert "one proposal left in the budget" in adopt[0].rationale
+    roomy = KnobProposer(Settings(knobs={"a": {"env": "A", "values": ["1"]}, "b": {"env": "B", "values": ["1"]}},
+                                  budget=8))
+    for ratio in (0.9, 0.8):
+        trial = roomy.propose(context)[0]
+        roomy.feedback(trial, SimpleNamespace(status="winner", verdicts={"wall": {"ratio": ratio}}))
+    assert roomy.propose(context)[0].kind == "combined"

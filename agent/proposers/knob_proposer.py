@@ -8,7 +8,9 @@
    and offload; see ``knob_evidence``); GPU-only knobs are skipped on a host without a
    GPU, each skip noted (``notes``) with its reason for the report.
 2. Combine: the best winning value of each knob that had a winner, together, as one
-   candidate that is verified and adopted if it is proven better.
+   candidate that is verified and adopted if it is proven better -- when the budget has
+   room for the fallback below; with one proposal left, the best single winner is
+   adopted instead (knobs can interact: a proven single change beats an unproven pair).
 3. If the combination is not (knobs can interact) and there was more than one
    winner, the single best winner alone is tried the same way.
 
@@ -43,6 +45,7 @@ class KnobProposer:
         self.phase = "screen"
         self.combined_failed = False
         self.notes: list[str] = []
+        self.made = 0  # proposals handed out, against the budget
 
     def _screen_queue(self, context: Context) -> list[Proposal]:
         queue = []
@@ -75,6 +78,11 @@ class KnobProposer:
         return sorted(best, key=lambda item: item[2])
 
     def propose(self, context: Context) -> list[Proposal]:
+        proposals = self._next(context)
+        self.made += len(proposals)
+        return proposals
+
+    def _next(self, context: Context) -> list[Proposal]:
         if self.queue is None:
             self.queue = self._screen_queue(context)
         if self.queue:
@@ -84,10 +92,12 @@ class KnobProposer:
             self.phase = "combine"
             if best:
                 parts = [Proposal(kind="knob", knob=n, value=v, source=self.name, title=f"{n}={v}") for n, v, _ in best]
-                if len(parts) == 1:
+                if len(parts) == 1 or self.budget - self.made < 2:
                     part = parts[0]
                     part.title = f"adopt {part.knob}={part.value}"
-                    part.rationale = f"the only winning knob value in screening (ratio {best[0][2]:.3f})"
+                    part.rationale = (f"the only winning knob value in screening (ratio {best[0][2]:.3f})" if len(parts) == 1
+                                      else f"the best of {len(parts)} winners (ratio {best[0][2]:.3f}); one proposal left "
+                                           "in the budget, so not their combination, which could not fall back")
                     self.phase = "done"
                     return [part]
                 return [Proposal(kind="combined", changes=parts, source=self.name,
