@@ -93,8 +93,11 @@ def _judge(record: TestRecord, base: dict[str, Any] | None, found: drift.Drift) 
         kind, reason = "improved", divided
     else:
         kind, reason = "unchanged", divided
+    mine = [f for f in record.findings if f["metric"] == found.metric and not f.get("subject")]
+    if mine:  # what judging the test alone against its baseline said in its call phase, for comparison
+        verdict["call_phase"] = mine[0]["kind"]
     finding = Finding(record.nodeid, found.metric, kind, verdict, reason)
-    record.findings = [f for f in record.findings if not (f["metric"] == found.metric and not f.get("subject"))]
+    record.findings = [f for f in record.findings if f not in mine]
     record.findings.append(finding.to_dict())
     return finding
 
