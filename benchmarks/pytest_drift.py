@@ -49,8 +49,9 @@ def sessions(src: Path, report: Path, count: int, label: str) -> list[dict[str, 
         assert doc is not None and doc["baseline"], f"nothing compared: {line}"
         rows.append(row(index, seconds, doc, line))
         r = rows[-1]
-        print(f"{label} session {index}: {r['flagged']} flagged, factor x{r['factor']:.2f}, limit x{r['limit']:.2f}, "
-              f"{r['suspects_remeasured']} re-measured ({r['flagged_alone']} if judged alone), {seconds:.0f} s, load {r['load']} ({line})", flush=True)
+        print(f"{label} session {index}: {r['flagged']} flagged, factor x{r['factor']:.2f}, "
+              f"limit x{r['limit']:.2f}, {r['suspects_remeasured']} re-measured ({r['flagged_alone']} if judged "
+              f"alone), {seconds:.0f} s, load {r['load']} ({line})", flush=True)
     return rows
 
 

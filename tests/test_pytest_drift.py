@@ -108,6 +108,9 @@ def test_too_few_tests_keep_each_tests_own_verdict(pytester: pytest.Pytester) ->
     result = pytester.runpytest_subprocess("--perfpilot-compare", "--perfpilot-rounds=3")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*2 test(s) in the baseline, fewer than 5: each test's timing is judged alone*"])
+    bad = pytester.runpytest_subprocess("--perfpilot-compare", "--perfpilot-remeasure=-1")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR and "Traceback" not in bad.stderr.str()
+    bad.stderr.fnmatch_lines(["*perfpilot: --perfpilot-remeasure must be 0 or more, got -1*"])
 
 
 def test_the_limit_comes_from_the_suites_spread() -> None:
@@ -118,7 +121,8 @@ def test_the_limit_comes_from_the_suites_spread() -> None:
     found = drift.estimate(base, records, "cpu", threshold=0.5, floor=2e-4)
     assert found is not None and found.factor == pytest.approx(1.6) and found.limit == pytest.approx(1.5)
     assert found.suspect(0.010, 0.048) and not found.suspect(0.010, 0.017)
-    noisy = [TestRecord(f"t{i}", rounds={"cpu": [0.010 * r] * 3}) for i, r in enumerate([0.8, 1.6, 3.2, 1.2, 2.1, 1.0, 2.6, 1.6])]
+    scattered = [0.8, 1.6, 3.2, 1.2, 2.1, 1.0, 2.6, 1.6]
+    noisy = [TestRecord(f"t{i}", rounds={"cpu": [0.010 * r] * 3}) for i, r in enumerate(scattered)]
     wide = drift.estimate(base, noisy, "cpu", threshold=0.5, floor=2e-4)
     assert wide is not None and wide.limit > 3  # a suite this noisy cannot call 3x a regression
     assert drift.estimate(base, records[:4], "cpu", threshold=0.5, floor=2e-4) is None

@@ -46,7 +46,8 @@ def settle(plugin: PerfpilotSession, session: pytest.Session) -> None:
     assert plugin.baseline is not None
     base_tests = plugin.baseline.tests
     records = [r for r in plugin.records.values() if r.rounds]
-    section: dict[str, Any] = {"applied": [], "metrics": {}, "remeasured": [], "max_remeasure": plugin.options.remeasure}
+    section: dict[str, Any] = {"applied": [], "metrics": {}, "remeasured": [],
+                               "max_remeasure": plugin.options.remeasure}
     suspects: dict[str, float] = {}  # nodeid -> worst relative ratio
     for metric in plugin.settle_metrics:
         found = drift.estimate(base_tests, records, metric, threshold=plugin.options.thresholds[metric],
@@ -167,9 +168,10 @@ def _fail_late(plugin: PerfpilotSession, session: pytest.Session, item: pytest.I
     from _pytest.reports import TestReport
 
     assert plugin.baseline is not None
+    keys = ("nodeid", "metric", "kind", "verdict", "reason", "subject")
     for finding in _regressions(record):
-        record.failures.append(f"perfpilot: significant regression vs baseline ({plugin.baseline.describe()}): "
-                               f"{Finding(**{k: finding[k] for k in ('nodeid', 'metric', 'kind', 'verdict', 'reason', 'subject')}).describe()}")
+        text = Finding(**{k: finding[k] for k in keys}).describe()
+        record.failures.append(f"perfpilot: significant regression vs baseline ({plugin.baseline.describe()}): {text}")
     record.outcome = "failed"
     if item is None or item.get_closest_marker("xfail") is not None:
         return  # an xfail test's outcome is pytest's to give; the finding is reported
