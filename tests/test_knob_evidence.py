@@ -83,7 +83,7 @@ def test_declared_role_and_requires_override_the_name():
 def test_proposals_name_their_evidence_and_the_proposer_notes_skips():
     proposer = KnobProposer(Settings(knobs=EXAMPLE_KNOBS))
     context = SimpleNamespace(profile=profile(CPU_HOST, **{"reported.checkpoint_stall_s": 0.4}), objective="wall",
-                              knob_values={"checkpoint_every": 5})
+                              knob_values={"checkpoint_every": 2})
     first = proposer.propose(context)[0]
     assert (first.knob, first.value) == ("checkpoint_every", 10)
     assert "tried early: checkpoint saves stalled training 0.400 s" in first.rationale
@@ -123,7 +123,7 @@ def test_this_hosts_report_lists_a_skipped_gpu_knob(tmp_path):
 def test_a_small_budget_screens_the_best_evidence_and_keeps_one_proposal_to_adopt():
     proposer = KnobProposer(Settings(knobs=EXAMPLE_KNOBS, budget=4))
     context = SimpleNamespace(profile=profile(CPU_HOST, **{"reported.checkpoint_stall_s": 0.4}), objective="wall",
-                              knob_values={"checkpoint_every": 5})
+                              knob_values={"checkpoint_every": 2})
     screened = [(p.knob, p.value) for p in proposer.propose(context) + proposer.queue]
     assert screened == [("checkpoint_every", 10), ("async_checkpoint", "1"), ("amp", "bf16")]
     budget_note = next(n for n in proposer.notes if n.startswith("budget 4: screened 3 of"))
