@@ -218,7 +218,8 @@ def _comparison_lines(doc: dict[str, Any], baseline: dict[str, Any]) -> list[tup
                 for f in doc["findings"]]
     out.extend(_drift_lines(doc["meta"].get("drift")))
     groups = [("regression", "significant regressions (these tests fail):", {"red": True}),
-              ("noise", "worse, but not failed (not significant, below the noise floor, or a busier machine):",
+              ("noise", "worse, but not failed (not significant, below the noise floor or the suite's spread, a busier "
+                         "machine, or a burst that a re-measurement did not see):",
                {"yellow": True}),
               ("improved", "significant improvements:", {"green": True})]
     for kind, title, markup in groups:
@@ -258,7 +259,8 @@ def _drift_lines(section: dict[str, Any] | None) -> list[tuple[str, dict[str, bo
                     f"{format_quantity(metric, d['floor'])} over it", {}))
     again = section.get("remeasured") or []
     if again:
-        kept = sum(1 for r in again if r["regressed"])
-        out.append((f"  {len(again)} suspect(s) re-measured at the end of the session: {kept} still regressed, "
-                    f"{len(again) - kept} were a burst (at most {section.get('max_remeasure')} are re-measured)", {}))
+        tests = {r["nodeid"] for r in again}
+        kept = {r["nodeid"] for r in again if r["regressed"]}
+        out.append((f"  {len(tests)} suspect(s) re-measured at the end of the session: {len(kept)} still regressed, "
+                    f"{len(tests - kept)} were a burst (at most {section.get('max_remeasure')} are re-measured)", {}))
     return out
