@@ -428,6 +428,9 @@ class PerfpilotSession:
         if self.xdist_workers():
             self.notes.append(f"measured per xdist worker ({self.xdist_workers()} workers): timings include "
                               "contention between workers")
+            if self.baseline is not None and any(m in self.options.thresholds for m in ("wall", "cpu")):
+                self.notes.append("under pytest-xdist each test's timing is judged alone (the session factor is "
+                                  "not divided out, suspects are not re-measured)")
         if self.baseline_missing:
             self.notes.append(self.baseline_missing)
             if self.options.require_baseline and session.exitstatus == 0:
