@@ -14,7 +14,7 @@ no other perfpilot module is imported. Enabled, it registers
     pytest --perfpilot-suggest --perfpilot-backend openai   # LLM proposals for the worst regressions
 
 Defaults can also live in ``[tool.perfpilot.pytest]`` (keys ``rounds``, ``max_time``,
-``keep``, ``compare_fail``, ``dir``, ``slowest``, ``suggest_max``, ``suggest_profile``); command-line
+``keep``, ``compare_fail``, ``dir``, ``slowest``, ``suggest_max``, ``suggest_profile``, ``remeasure``); command-line
 options win. ``--perfpilot-suggest`` is described in :mod:`perfpilot.pytest_plugin.suggest`.
 
 The package, one module per part (all but this one imported only when enabled):
@@ -24,6 +24,7 @@ The package, one module per part (all but this one imported only when enabled):
 - ``budgets``: ``perf_budget`` markers and ``--perfpilot-compare-fail`` thresholds
 - ``baseline``: the per-machine baseline store under ``.perfpilot/``
 - ``compare``: findings against the baseline, judged by :mod:`perfpilot.profilers.stats`
+- ``drift``, ``settle``: wall/cpu verdicts with the session's speed divided out, suspects re-measured
 - ``report``: per-test records, the JSON document and the terminal summary
 - ``suggest``: ``--perfpilot-suggest``, the proposer asked about the worst regressions
 - ``html``: ``--perfpilot-html``, the page drawn from the JSON document
@@ -38,7 +39,8 @@ import pytest
 
 MARKER_HELP = ("perf_budget(wall=..., cpu=..., peak_rss=..., io=..., energy=..., gpu_memory=...): "
                "performance limits checked with --perfpilot, e.g. perf_budget(wall='200 ms', peak_rss='50 MB')")
-CONFIG_KEYS = {"rounds", "max_time", "keep", "compare_fail", "dir", "slowest", "suggest_max", "suggest_profile"}
+CONFIG_KEYS = {"rounds", "max_time", "keep", "compare_fail", "dir", "slowest", "suggest_max", "suggest_profile",
+               "remeasure"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,6 +57,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--perfpilot-require-baseline", action="store_true", default=False,
                     help="with --perfpilot-compare: fail the session (exit 1) when there is no baseline to compare "
                          "with, instead of passing with a warning")
+    group.addoption("--perfpilot-remeasure", metavar="N", type=int, default=None,
+                    help="with --perfpilot-compare on wall/cpu: tests that look regressed once the session's speed "
+                         "is divided out are run again at the end of the session, at most N of them, worst first; "
+                         "they fail only if still regressed (default 10; 0: fail on the first measurement)")
     group.addoption("--perfpilot-baseline", metavar="PATH", default=None,
                     help="compare with this baseline file instead of the machine's latest")
     group.addoption("--perfpilot-dir", metavar="DIR", default=None,
@@ -147,6 +153,7 @@ def _options(config: pytest.Config) -> Any:
     from perfpilot.pytest_plugin.baseline import DEFAULT_KEEP
     from perfpilot.pytest_plugin.budgets import BudgetError, parse_thresholds
     from perfpilot.pytest_plugin.compare import DEFAULT_THRESHOLDS
+    from perfpilot.pytest_plugin.drift import MAX_REMEASURE
     from perfpilot.pytest_plugin.session import SUGGEST_MAX, SUGGEST_PROFILE_S, Options
     from perfpilot.units import parse_duration
 
@@ -179,6 +186,9 @@ def _options(config: pytest.Config) -> Any:
     suggest_max = int(pick("perfpilot_suggest_max", "suggest_max", SUGGEST_MAX))
     if suggest_max < 1:
         raise BudgetError(f"--perfpilot-suggest-max must be at least 1, got {suggest_max}")
+    remeasure = int(pick("perfpilot_remeasure", "remeasure", MAX_REMEASURE))
+    if remeasure < 0:
+        raise BudgetError(f"--perfpilot-remeasure must be 0 or more, got {remeasure}")
     suggest_profile = table.get("suggest_profile", SUGGEST_PROFILE_S)
     # 0 turns py-spy profiling of regressed tests off (their source is sent instead)
     suggest_profile = 0.0 if suggest_profile in (0, "0", False) else parse_duration(
@@ -200,6 +210,7 @@ def _options(config: pytest.Config) -> Any:
         suggest_max=suggest_max,
         suggest_profile=suggest_profile,
         require_baseline=bool(config.getoption("perfpilot_require_baseline")),
+        remeasure=remeasure,
     )
 
 

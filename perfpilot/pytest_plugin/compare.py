@@ -25,6 +25,10 @@ not excuse: a test that sleeps longer on a busy machine has steady CPU time and 
 and must fail; the CPU verdict is reported next to it as evidence. A baseline without ``cpu_wait`` (or a
 kernel without schedstat) is judged on wall alone, as before.
 
+Across sessions, ``wall`` and ``cpu`` of whole tests are judged this way only in a test's call
+phase, provisionally: after the main loop (5+ tests, no xdist) the final verdict divides the
+session's speed out and re-measures suspects (:mod:`perfpilot.pytest_plugin.drift`).
+
 The noise floor (:data:`NOISE_FLOOR`) exists because a baseline and a later run are
 separate sessions, not interleaved rounds: for a test of a few hundred microseconds, a
 shift in machine load between the two sessions is larger than any CI computed within

@@ -216,8 +216,10 @@ def _comparison_lines(doc: dict[str, Any], baseline: dict[str, Any]) -> list[tup
         out.append((f"  warning: {warning}", {"yellow": True}))
     findings = [Finding(**{k: f[k] for k in ("nodeid", "metric", "kind", "verdict", "reason", "subject")})
                 for f in doc["findings"]]
+    out.extend(_drift_lines(doc["meta"].get("drift")))
     groups = [("regression", "significant regressions (these tests fail):", {"red": True}),
-              ("noise", "worse, but not failed (not significant, below the noise floor, or a busier machine):",
+              ("noise", "worse, but not failed (not significant, below the noise floor or the suite's spread, a busier "
+                         "machine, or a burst that a re-measurement did not see):",
                {"yellow": True}),
               ("improved", "significant improvements:", {"green": True})]
     for kind, title, markup in groups:
@@ -241,4 +243,24 @@ def _comparison_lines(doc: dict[str, Any], baseline: dict[str, Any]) -> list[tup
         out.append((f"  {len(busy)} wall regression(s) not failed: noise: the machine was busier (waited "
                     f"{waited * 1e3:.1f} ms more for a CPU in all, per-test medians); wall less that wait did not regress",
                     {"yellow": True}))
+    return out
+
+
+def _drift_lines(section: dict[str, Any] | None) -> list[tuple[str, dict[str, bool]]]:
+    """The session factor that was divided out, and what re-measuring the suspects found."""
+    if not section or not section.get("applied"):
+        return []
+    out = []
+    for metric in section["applied"]:
+        d = section["metrics"][metric]
+        out.append((f"  {metric}: this session ran x{d['factor']:.2f} the baseline's time (median of {d['tests']} "
+                    f"tests), divided out; a test fails above x{d['limit']:.2f} of that (threshold "
+                    f"+{d['threshold']:.0%}, suite spread {d['spread']:.1%}) and "
+                    f"{format_quantity(metric, d['floor'])} over it", {}))
+    again = section.get("remeasured") or []
+    if again:
+        tests = {r["nodeid"] for r in again}
+        kept = {r["nodeid"] for r in again if r["regressed"]}
+        out.append((f"  {len(tests)} suspect(s) re-measured at the end of the session: {len(kept)} still regressed, "
+                    f"{len(tests - kept)} were a burst (at most {section.get('max_remeasure')} are re-measured)", {}))
     return out

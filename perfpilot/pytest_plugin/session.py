@@ -70,6 +70,7 @@ class Options:
     suggest_max: int = SUGGEST_MAX
     suggest_profile: float = SUGGEST_PROFILE_S  # seconds of py-spy per regressed test; 0: send its source only
     require_baseline: bool = False  # comparing without a baseline fails the session
+    remeasure: int = 10  # suspects re-run at the end of the session (drift.MAX_REMEASURE)
 
 
 def budget_for(item: pytest.Item) -> Budget | None:
@@ -141,6 +142,10 @@ class PerfpilotSession:
         self.suggester: Suggester | None = None  # set by the plugin (controller only)
         self._profiled: list[float] = []  # worst ratios of the regressed tests profiled so far
         self.counting: Any = None  # perfpilot.pytest_plugin.instructions.Counting, with --perfpilot-instructions
+        # wall/cpu judged after the main loop with the session's factor divided out (settle.py)
+        self.settle_metrics: tuple[str, ...] = ()
+        self.settled: dict[str, Any] | None = None
+        self.remeasuring: dict[str, TestRecord] | None = None  # suspects' re-runs, while settle.py runs them
 
     # ---------------------------------------------------------------- session
 
@@ -207,10 +212,28 @@ class PerfpilotSession:
                         break
         return report
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        from perfpilot.pytest_plugin.settle import metrics_to_settle
+
+        self.settle_metrics, why = metrics_to_settle(self, session.items)
+        if why:
+            self.notes.append(why)
+
     # ---------------------------------------------------------------- running
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, Any, Any]:
+        result = yield
+        if self.settle_metrics and self.baseline is not None:
+            from perfpilot.pytest_plugin.settle import settle
+
+            settle(self, session)
+        return result
 
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        if self.remeasuring is not None:
+            return (yield from self._remeasure(item))
         try:
             budget = budget_for(item)
         except BudgetError as exc:  # a marker added after collection
@@ -257,6 +280,22 @@ class PerfpilotSession:
         record.outcome = "passed"
         return result
 
+    def _remeasure(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        """A suspect's re-run at the end of the session: measured like its first call, never judged here."""
+        assert self.remeasuring is not None
+        record = self.remeasuring[item.nodeid] = TestRecord(item.nodeid, worker=self.worker_id)
+        start = self.meter.start()
+        try:
+            result = yield
+        except BaseException as exc:
+            self.meter.stop(start)
+            record.outcome = _outcome_of(exc)
+            raise
+        self._record(record, self.meter.stop(start))
+        self._extra_rounds(item, record)
+        record.outcome = "passed"
+        return result
+
     def _record(self, record: TestRecord, sample: Any) -> None:
         record.add(sample.metrics() if self.counting is None else self.counting.keep(sample.metrics()))
         record.energy_source = sample.energy_source
@@ -299,7 +338,9 @@ class PerfpilotSession:
             return
         for finding in compare_record(record.nodeid, base, record.baseline_entry(), self.options.thresholds):
             record.findings.append(finding.to_dict())
-            if finding.kind == "regression":
+            if finding.kind == "regression" and finding.metric in self.settle_metrics and not finding.subject:
+                record.findings[-1]["provisional"] = True  # decided after the main loop (settle.py)
+            elif finding.kind == "regression":
                 record.failures.append(
                     f"perfpilot: significant regression vs baseline ({self.baseline.describe()}): "
                     f"{finding.describe()}" + (f" [{finding.subject}]" if finding.subject else ""))
@@ -387,6 +428,9 @@ class PerfpilotSession:
         if self.xdist_workers():
             self.notes.append(f"measured per xdist worker ({self.xdist_workers()} workers): timings include "
                               "contention between workers")
+            if self.baseline is not None and any(m in self.options.thresholds for m in ("wall", "cpu")):
+                self.notes.append("under pytest-xdist each test's timing is judged alone (the session factor is "
+                                  "not divided out, suspects are not re-measured)")
         if self.baseline_missing:
             self.notes.append(self.baseline_missing)
             if self.options.require_baseline and session.exitstatus == 0:
@@ -457,7 +501,9 @@ class PerfpilotSession:
             from perfpilot.pytest_plugin import drift
 
             meta["session_factor"] = drift.factors(self.baseline.tests, self.records.values())
-            line = drift.note(meta["session_factor"])
+            if self.settled is not None:
+                meta["drift"] = self.settled
+            line = drift.note(meta["session_factor"], divided=bool(self.settled and self.settled["applied"]))
             if line and line not in self.notes:
                 self.notes.append(line)
             baseline = {"path": str(self.baseline.path) if self.baseline.path else None, "meta": self.baseline.meta,
