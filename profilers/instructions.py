@@ -30,7 +30,6 @@ they would run, and says so in the notes (or says that it could not).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno
 import os
 import platform
@@ -122,7 +121,10 @@ def pmu_refusal(err: int) -> str:
     if err == errno.ENOENT or err == errno.EOPNOTSUPP:
         return "perf_event_open: this CPU or VM exposes no hardware instructions counter (ENOENT)"
     if err in (errno.EACCES, errno.EPERM):
-        paranoid = _read_text("/proc/sys/kernel/perf_event_paranoid")
+        try:
+            paranoid = Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip()
+        except OSError:
+            paranoid = ""
         return f"perf_event_open refused (kernel.perf_event_paranoid={paranoid or '?'}; 2 or less allows user-space counting)"
     if err == errno.ENOSYS:
         return f"perf_event_open is not available on {platform.system()} {platform.machine()}"

@@ -202,7 +202,7 @@ def _split_command(command: Sequence[str] | str) -> list[str]:
 def _start_stacks(target: Target, settings: Settings) -> Any:
     if not settings.stacks:
         return None
-    from perfpilot.profilers import ranks, stacks
+    from perfpilot.profilers import stacks
 
     return stacks.start(target, settings)
 

@@ -269,7 +269,7 @@ def test_hung_tests_are_stopped_with_every_process_they_started(project):
     (project / "tests" / "hang.py").write_text(
         "import subprocess, sys, time\n"
         "if '\"fast\"' in open('app.py').read():\n"
-        f"    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
         "    print('child pid', child.pid, flush=True)\n"
         "    child.wait()\n")
     backend = ScriptedBackend().enqueue(patch_reply("fast"))

@@ -9,7 +9,6 @@ slowdown against a 50% threshold.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

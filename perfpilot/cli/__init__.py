@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -58,7 +58,7 @@ def cli() -> None:
     """
 
 
-def fail(message: str, exit_code: int = EXIT_PERFPILOT_FAILURE) -> "NoReturn":  # type: ignore[name-defined]
+def fail(message: str, exit_code: int = EXIT_PERFPILOT_FAILURE) -> NoReturn:
     click.echo(f"perfpilot: error: {message}", err=True)
     sys.exit(exit_code)
 
