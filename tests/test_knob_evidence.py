@@ -19,6 +19,7 @@ from perfpilot.profilers.profile import Profile
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "torch_training"
 EXAMPLE_KNOBS = read_toml(EXAMPLE / "pyproject.toml")["tool"]["perfpilot"]["knobs"]
 CPU_HOST = {"memory_bytes": 24 * 2**30, "gpus": []}
+BF16_CPU = {"avx2", "avx512_bf16"}  # a CPU that computes bf16 natively
 GPU_HOST = {"memory_bytes": 24 * 2**30, "gpus": [{"index": 0, "name": "H200", "memory_bytes": 141 * 2**30}]}
 
 
@@ -82,6 +83,7 @@ def test_declared_role_and_requires_override_the_name():
 
 def test_proposals_name_their_evidence_and_the_proposer_notes_skips():
     proposer = KnobProposer(Settings(knobs=EXAMPLE_KNOBS))
+    proposer.cpu_flags = BF16_CPU
     context = SimpleNamespace(profile=profile(CPU_HOST, **{"reported.checkpoint_stall_s": 0.4}), objective="wall",
                               knob_values={"checkpoint_every": 2})
     first = proposer.propose(context)[0]
@@ -96,6 +98,7 @@ def test_proposals_name_their_evidence_and_the_proposer_notes_skips():
 def test_fp16_amp_values_are_skipped_on_a_cpu_host():
     proposer = KnobProposer(Settings(knobs={"amp": {"env": "AMP", "values": ["off", "bf16", "fp16"],
                                                     "default": "off"}}))
+    proposer.cpu_flags = BF16_CPU
     context = SimpleNamespace(profile=profile(CPU_HOST), objective="wall", knob_values={})
     values = [p.value for p in proposer.propose(context) + proposer.queue]
     assert values == ["bf16"]
@@ -122,6 +125,7 @@ def test_this_hosts_report_lists_a_skipped_gpu_knob(tmp_path):
 
 def test_a_small_budget_screens_the_best_evidence_and_keeps_one_proposal_to_adopt():
     proposer = KnobProposer(Settings(knobs=EXAMPLE_KNOBS, budget=4))
+    proposer.cpu_flags = BF16_CPU
     context = SimpleNamespace(profile=profile(CPU_HOST, **{"reported.checkpoint_stall_s": 0.4}), objective="wall",
                               knob_values={"checkpoint_every": 2})
     screened = [(p.knob, p.value) for p in proposer.propose(context) + proposer.queue]
@@ -146,3 +150,17 @@ def test_with_one_proposal_left_the_best_single_winner_is_adopted_not_the_combin
         trial = roomy.propose(context)[0]
         roomy.feedback(trial, SimpleNamespace(status="winner", verdicts={"wall": {"ratio": ratio}}))
     assert roomy.propose(context)[0].kind == "combined"
+
+
+def test_bf16_autocast_is_skipped_on_a_gpu_less_host_whose_cpu_has_no_bf16_instructions():
+    proposer = KnobProposer(Settings(knobs=EXAMPLE_KNOBS, budget=4))
+    proposer.cpu_flags = {"avx2", "fma"}
+    context = SimpleNamespace(profile=profile(CPU_HOST, **{"reported.checkpoint_stall_s": 0.4}), objective="wall",
+                              knob_values={"checkpoint_every": 2})
+    screened = [(p.knob, p.value) for p in proposer.propose(context) + proposer.queue]
+    assert ("amp", "bf16") not in screened and screened[:2] == [("checkpoint_every", 10), ("async_checkpoint", "1")]
+    assert any("amp=bf16: no GPU, and this CPU has no bf16 instructions" in n for n in proposer.notes)
+    gpu = KnobProposer(Settings(knobs=EXAMPLE_KNOBS))
+    gpu.cpu_flags = {"avx2"}
+    on_gpu = SimpleNamespace(profile=profile(GPU_HOST), objective="wall", knob_values={})
+    assert ("amp", "bf16") in [(p.knob, p.value) for p in gpu.propose(on_gpu) + gpu.queue]

@@ -40,6 +40,8 @@ _ROLE_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 _GPU_ONLY = re.compile(r"pin_?memory|offload|cuda|nccl|cudnn|tf32", re.I)
 _GPU_ONLY_VALUES = {"fp16", "float16", "half"}  # CPU autocast has no useful fp16 path
+_BF16_VALUES = {"bf16", "bfloat16"}
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # CPUs that compute bf16 natively (else it is emulated: slower)
 _LOADER_FRAMES = re.compile(r"torch/utils/data/|dataloader", re.I)
 _SAVE_FRAMES = re.compile(r"torch/serialization\.py|\bfsync\b|\bsave\b", re.I)
 
@@ -146,9 +148,30 @@ def rank(knobs: Iterable[Knob], profile: Profile, objective: str) -> list[Ranked
     return sorted(ranked, key=lambda r: r.score, reverse=True)
 
 
-def skipped_values(knob: Knob, values: Sequence[Any], profile: Profile) -> list[tuple[Any, str]]:
-    """Values of a kept knob that cannot help on this host (``amp=fp16`` without a GPU)."""
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """This machine's CPU feature flags, or None where /proc/cpuinfo does not say."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+def skipped_values(knob: Knob, values: Sequence[Any], profile: Profile,
+                   flags: set[str] | None = None) -> list[tuple[Any, str]]:
+    """Values of a kept knob that cannot help on this host: ``amp=fp16`` without a GPU, and
+    ``amp=bf16`` without a GPU on a CPU with no bf16 instructions (``flags``: this
+    machine's CPU flags; read from /proc/cpuinfo when not given)."""
     if has_gpu(profile):
         return []
-    return [(v, f"{knob.name}={v}: CPU autocast has no fast {v} path") for v in values
-            if str(v).lower() in _GPU_ONLY_VALUES]
+    skipped = [(v, f"{knob.name}={v}: CPU autocast has no fast {v} path") for v in values
+               if str(v).lower() in _GPU_ONLY_VALUES]
+    flags = cpu_flags() if flags is None else flags
+    if flags is not None and not flags & _BF16_FLAGS:
+        skipped += [(v, f"{knob.name}={v}: no GPU, and this CPU has no bf16 instructions "
+                        f"({' or '.join(sorted(_BF16_FLAGS))} not in /proc/cpuinfo): bf16 would be emulated, slower")
+                    for v in values if str(v).lower() in _BF16_VALUES]
+    return skipped

@@ -46,6 +46,7 @@ class KnobProposer:
         self.combined_failed = False
         self.notes: list[str] = []
         self.made = 0  # proposals handed out, against the budget
+        self.cpu_flags: set[str] | None = None  # None: this machine's, from /proc/cpuinfo (tests set them)
 
     def _screen_queue(self, context: Context) -> list[Proposal]:
         queue = []
@@ -55,7 +56,7 @@ class KnobProposer:
                 self.notes.append(f"knob {name} skipped: {ranked.skip}")
                 continue
             current = context.knob_values.get(name, knob.default)
-            skipped = dict(skipped_values(knob, knob.values, context.profile))
+            skipped = dict(skipped_values(knob, knob.values, context.profile, self.cpu_flags))
             for value, reason in skipped.items():
                 self.notes.append(f"knob value skipped: {reason}")
             why = f"; tried early: {ranked.evidence}" if ranked.evidence else ""
