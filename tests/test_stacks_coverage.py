@@ -40,7 +40,7 @@ def test_launcher_exec_under_load_is_covered_like_py_spy_alone(tmp_path) -> None
         ours, alone = bench.study(3, False, cmd, verbose=False)
         with_imports = [bench.run_perfpilot(cmd, tmp_path, imports=True) for _ in range(3)]
     for run in ours + with_imports:
-        assert run.wall_s >= 1.0, run
+        assert run.wall_s >= 0.5, run  # long enough for a share of it to mean something (1.7 s idle; faster CPUs exist)
         assert run.python_coverage_pct >= 90.0, (run, ours, with_imports)
         assert run.unsampled_after_attach_s <= 0.01 * run.wall_s + 0.05, run
         if run.coverage_pct < 90.0:  # said in words, with the cause
