@@ -69,9 +69,23 @@ def _flags(bwrap: str, writable: Path) -> list[str]:
         for device in sorted(glob.glob(pattern)):
             flags += ["--dev-bind-try", device, device]
     writable = writable.resolve()
-    flags += ["--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(writable), str(writable),
-              "--unshare-net", "--die-with-parent", "--cap-drop", "ALL"]
+    flags += ["--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in _kept_from_tmp():  # read-only again over the private /tmp
+        flags += ["--ro-bind-try", path, path]
+    flags += ["--bind", str(writable), str(writable), "--unshare-net", "--die-with-parent", "--cap-drop", "ALL"]
     return flags
+
+
+def _kept_from_tmp() -> list[str]:
+    """What the runs need that may live under /tmp: the interpreter, its environment and
+    perfpilot itself (a venv or a checkout made with ``mktemp -d``). Hidden by the
+    private /tmp, a venv there would leave the sandboxed tests without their Python."""
+    import sys
+
+    here = Path(__file__).resolve().parents[1]  # the checkout (editable) or site-packages
+    found = {Path(p).resolve() for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, here)}
+    found.add(Path(sys.executable).resolve().parent)
+    return sorted(str(p) for p in found if p.is_relative_to("/tmp") and p != Path("/tmp"))
 
 
 def _findable(command: str, cwd: Path) -> bool:

@@ -122,3 +122,16 @@ def test_verdicts_match_with_and_without_the_sandbox_and_stacks_still_seen(tmp_p
                               RunOptions(cwd=str(tmp_path), capture_output=True, plugin_set=plugin_set))
     assert profile.exit_code == 0
     assert any("hot_loop_in_sandbox" in str(spot.get("function")) for spot in profile.hotspots), profile.hotspots
+
+
+def test_an_interpreter_under_tmp_stays_visible_over_the_private_tmp(monkeypatch, tmp_path):
+    # A venv made under /tmp (mktemp -d, CI clones) must not vanish under --tmpfs /tmp.
+    from perfpilot.agent import sandbox
+
+    venv = Path("/tmp") / tmp_path.name / "venv"
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "exec_prefix", str(venv))
+    kept = sandbox._kept_from_tmp()
+    assert str(venv) in kept and "/tmp" not in kept
+    flags = sandbox._flags("bwrap", tmp_path)
+    assert flags.index("--ro-bind-try") > flags.index("--tmpfs")  # mounted over the private /tmp
