@@ -35,8 +35,12 @@ def test_the_baseline_is_reused_until_it_changes(tmp_path):
     first = verify(a, b, ["cpu"], "cpu")
     assert first.measured == 2 * first.runs and not any("reused" in n for n in first.notes)
     second = verify(a, b, ["cpu"], "cpu")
-    assert any(n.startswith("5 baseline runs reused") for n in second.notes), second.notes
-    assert second.measured < 2 * second.runs
+    # Reused, or (when both fresh anchor runs fall outside the kept runs' range: a few percent
+    # by chance, more when the machine's speed moved) dropped and measured afresh, with a note.
+    if any(n.startswith("5 baseline runs reused") for n in second.notes):
+        assert second.measured < 2 * second.runs
+    else:
+        assert any("reused runs were dropped" in n for n in second.notes), second.notes
 
     (base / "app.py").write_text("sum(range(20001))\n")  # an accepted change commits the baseline
     _git("commit", "-qam", "accepted", cwd=base)

@@ -123,8 +123,15 @@ def test_killing_one_rank_ends_the_run_with_the_rank_named_and_the_profile_writt
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode not in (0, None), stderr[-2000:]
     view = Profile.load(out).annotations["ranks"]
-    assert f"rank 1 (pid {victim}) was the first to go" in (view["note"] or ""), view
-    assert f"rank 1 (pid {victim}) was the first to go" in stderr
+    assert [r["rank"] for r in view["ranks"]] == [0, 1]  # the profile is written, with both ranks
+    # perfpilot names the first rank to go when its 10 ms watch sees one go first; when the
+    # launcher stops the others within the same 10 ms it cannot, and torchrun's own failure
+    # report (passed through) names the rank and the signal.
+    ours = f"rank 1 (pid {victim}) was the first to go"
+    if view["note"] is not None:
+        assert ours in view["note"] and ours in stderr, view
+    else:
+        assert f"Signal 9 (SIGKILL) received by PID {victim}" in stderr, stderr[-3000:]
 
 
 def _rank_pid(rank: int) -> int | None:
