@@ -59,11 +59,12 @@ def _command(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()[:COMMAND_CHARS]
 
 
-def _is_zombie(pid: int) -> bool:
-    """True once the process has exited and waits for its parent's wait(): its end,
-    which a launcher like torchrun may notice (and reap) only a monitor interval later."""
-    raw = read_file(f"/proc/{pid}/stat") or b""
-    return raw[raw.rfind(b")") + 2:][:1] == b"Z"
+def _has_ended(pid: int) -> bool:
+    """True once the process is gone or has exited and waits for its parent's wait() (a
+    zombie): its end, which a launcher like torchrun may notice only a monitor interval
+    later. One read of ``stat``."""
+    raw = read_file(f"/proc/{pid}/stat")
+    return raw is None or raw[raw.rfind(b")") + 2:][:1] == b"Z"
 
 
 def _ranks(pid: int) -> dict[str, int]:
@@ -96,7 +97,7 @@ class _EndWatch(threading.Thread):
             with self.lock:
                 watched = list(self.watched.items())
             for pid, seen in watched:
-                if seen.ended_s is None and (_is_zombie(pid) or read_file(f"/proc/{pid}/stat") is None):
+                if seen.ended_s is None and _has_ended(pid):
                     seen.ended_s = time.monotonic() - (self.zero or 0.0)
                     with self.lock:
                         self.watched.pop(pid, None)
