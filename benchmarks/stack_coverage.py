@@ -13,8 +13,9 @@ the same command (the order swaps every pair), at the same rate (100 Hz,
 Per run it prints perfpilot's stack coverage of the run's wall time, of the part of it
 after Python started, its sample count, and py-spy alone's samples on the paired run;
 then the smallest coverage and the ratio of sample totals (perfpilot / py-spy alone).
-A run's samples follow its wall time, which the load makes vary, so the total over all
-runs is compared, as well as the per-second rates.
+A run's samples follow its wall time, which the load makes vary, so the rates are compared:
+samples per second of the command's own clock (the launcher writes its start, the program
+its end), the same definition for both profilers.
 
 tests/test_stacks_coverage.py runs the same study with 3 runs.
 """
@@ -45,6 +46,7 @@ WORK = 9_000_000
 class Run:
     wall_s: float
     samples: int
+    command_s: float = 0.0  # the command's own clock: launcher start to program end
     coverage_pct: float | None = None
     python_coverage_pct: float | None = None
     python_started_s: float | None = None
@@ -59,8 +61,33 @@ def command(work: int = WORK, launcher: str = "bash") -> list[str]:
     return [str(LAUNCHER), str(PROGRAM), str(work)]  # it execs $PYTHON (set by _env)
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHON": sys.executable, "COLUMNS": "80"}
+def calibrate(target_s: float = 1.7, probe: int = 2_000_000) -> int:
+    """Work that takes about ``target_s`` on this machine as it is now (CPU speed drifts
+    several-fold between sessions): time a probe run of the program less its start-up, scale."""
+    def timed(work: int) -> float:
+        start = time.monotonic()
+        subprocess.run([sys.executable, str(PROGRAM), str(work)], check=True, stdout=subprocess.DEVNULL)
+        return time.monotonic() - start
+
+    elapsed = timed(probe) - timed(0)
+    return max(probe, int(probe * target_s / max(elapsed, 1e-3)))
+
+
+def _env(clock: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHON": sys.executable, "COLUMNS": "80", "COVERAGE_CLOCK": str(clock)}
+
+
+def _command_s(clock: Path, fallback: float) -> float:
+    """The command's wall from its own clock (the same definition for both profilers: what
+    each one does before and after the command is not in it); ``fallback`` when the command
+    is not the launcher."""
+    try:
+        start, end = (float(line) for line in clock.read_text().split())
+    except (OSError, ValueError):
+        return fallback
+    finally:
+        clock.unlink(missing_ok=True)
+    return end - start
 
 
 def py_spy() -> str:
@@ -83,12 +110,14 @@ def busy_loops(count: int | None = None) -> Iterator[None]:
 def run_perfpilot(cmd: list[str], tmp: Path, imports: bool = False) -> Run:
     out = tmp / "run.json"
     argv = [sys.executable, "-m", "perfpilot", "profile", "-o", str(out), *(["--imports"] if imports else []), "--", *cmd]
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300, env=_env())
+    clock = tmp / "clock"
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300, env=_env(clock))
     if done.returncode != 0:
         raise RuntimeError(f"perfpilot failed ({done.returncode}): {done.stderr[-2000:]}")
     profile = json.loads(out.read_text())
     status = profile["annotations"]["stacks"]
-    return Run(profile["duration_s"], (profile.get("stacks") or {}).get("samples", 0), status.get("coverage_pct"),
+    return Run(profile["duration_s"], (profile.get("stacks") or {}).get("samples", 0),
+               _command_s(clock, profile["duration_s"]), status.get("coverage_pct"),
                status.get("python_coverage_pct"), status.get("python_started_s"), status.get("unsampled_after_attach_s", 0.0),
                status.get("coverage_note"), done.stderr)
 
@@ -97,13 +126,14 @@ def run_py_spy(cmd: list[str], tmp: Path) -> Run:
     out = tmp / "py-spy.txt"
     argv = [py_spy(), "record", "--rate", "100", "--nonblocking", "--subprocesses", "--format", "raw",
             "--output", str(out), "--", *cmd]
+    clock = tmp / "clock"
     start = time.monotonic()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300, env=_env())
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300, env=_env(clock))
     wall = time.monotonic() - start
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"py-spy failed ({done.returncode}): {done.stderr[-2000:]}")
     samples = sum(int(line.rsplit(" ", 1)[1]) for line in out.read_text().splitlines() if line.strip())
-    return Run(wall, samples)
+    return Run(wall, samples, _command_s(clock, wall))
 
 
 def study(runs: int, imports: bool, cmd: list[str], verbose: bool = True) -> tuple[list[Run], list[Run]]:
@@ -123,7 +153,8 @@ def study(runs: int, imports: bool, cmd: list[str], verbose: bool = True) -> tup
                 a, b = ours[-1], alone[-1]
                 print(f"{i + 1:3d}  wall {a.wall_s:6.2f} s  coverage {_pct(a.coverage_pct)}  "
                       f"(Python from {_num(a.python_started_s)} s: {_pct(a.python_coverage_pct)})  samples {a.samples:5d}  "
-                      f"py-spy alone {b.samples:5d} in {b.wall_s:6.2f} s  ratio {a.samples / max(b.samples, 1):.3f}",
+                      f"py-spy alone {b.samples:5d} in {b.command_s:6.2f} s  "
+                      f"rate ratio {(a.samples / a.command_s) / max(b.samples / b.command_s, 1e-9):.3f}",
                       flush=True)
     return ours, alone
 
@@ -141,8 +172,11 @@ def summary(ours: list[Run], alone: list[Run]) -> dict[str, float]:
         "min_coverage_pct": min(r.coverage_pct or 0.0 for r in ours),
         "min_python_coverage_pct": min(r.python_coverage_pct or 0.0 for r in ours),
         "samples_ratio": sum(r.samples for r in ours) / max(1, sum(r.samples for r in alone)),
-        "rate_ratio": statistics.median(r.samples / r.wall_s for r in ours)
-        / statistics.median(r.samples / r.wall_s for r in alone),
+        # samples per second of the command's own clock, pooled over the runs: the load
+        # stretches some runs more than others, each profiler's own start-up is not the
+        # command's time, and py-spy's rate under load scatters 80-115 Hz from run to run
+        "rate_ratio": (sum(r.samples for r in ours) / sum(r.command_s for r in ours))
+        / (sum(r.samples for r in alone) / sum(r.command_s for r in alone)),
     }
 
 

@@ -25,7 +25,7 @@ def _benchmark():
 def test_launcher_exec_under_load_is_covered_like_py_spy_alone(tmp_path) -> None:
     """Through a bash launcher that execs Python, with a busy loop on every core: py-spy
     samples from the moment it can read the interpreter to the end, with no gap between
-    windows, and takes as many samples per second of the run as py-spy alone.
+    windows, and takes as many samples per second of the command as py-spy alone.
 
     What the run's wall time loses before that moment (the launcher's own work, the
     interpreter's start-up before py-spy can read it) is the machine's: on a quiet CI
@@ -35,12 +35,12 @@ def test_launcher_exec_under_load_is_covered_like_py_spy_alone(tmp_path) -> None
     time since Python started and to no gap at all after the first sample, and the
     ratio to py-spy alone decides the rest."""
     bench = _benchmark()
-    cmd = bench.command(work=9_000_000)  # ~1.7 s on an idle core, longer under the busy loops
     with bench.busy_loops():
-        ours, alone = bench.study(3, False, cmd, verbose=False)
-        with_imports = [bench.run_perfpilot(cmd, tmp_path, imports=True) for _ in range(3)]
+        cmd = bench.command(work=bench.calibrate(1.7))  # ~1.7 s under these loops, whatever the CPU's speed today
+        ours, alone = bench.study(4, False, cmd, verbose=False)
+        with_imports = [bench.run_perfpilot(cmd, tmp_path, imports=True) for _ in range(4)]
     for run in ours + with_imports:
-        assert run.wall_s >= 0.5, run  # long enough for a share of it to mean something (1.7 s idle; faster CPUs exist)
+        assert run.wall_s >= 0.8, run  # long enough for a share of it to mean something
         assert run.python_coverage_pct >= 90.0, (run, ours, with_imports)
         assert run.unsampled_after_attach_s <= 0.01 * run.wall_s + 0.05, run
         if run.coverage_pct < 90.0:  # said in words, with the cause
@@ -52,4 +52,7 @@ def test_launcher_exec_under_load_is_covered_like_py_spy_alone(tmp_path) -> None
     assert all(hottest in run.terminal for run in ours + with_imports), ours[0].terminal
     for runs in (ours, with_imports):
         figures = bench.summary(runs, alone)
-        assert 0.85 <= figures["rate_ratio"] <= 1.15, (figures, runs, alone)
+        # as many samples per second of the command as py-spy alone (pooled over the runs:
+        # py-spy's own rate under this load scatters 80-115 Hz from one run to the next);
+        # far more would mean samples counted twice where windows meet
+        assert 0.85 <= figures["rate_ratio"] <= 1.3, (figures, runs, alone)
