@@ -27,9 +27,11 @@ pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
 
 TRAIN = Path(__file__).resolve().parent.parent / "examples" / "torch_training" / "train.py"
-# 8 blocks x batch 4096 x width 64: ~10 MiB of saved activations per block without
-# checkpointing, ~1 MiB with it; parameters and optimizer state ~1 MiB in all.
-ACTIVATION_BOUND = ["--steps", "1", "--width", "64", "--depth", "8", "--effective-batch", "4096", "--samples", "4096",
+# 16 blocks x batch 8192 x width 64: ~13 MiB of saved activations per block without
+# checkpointing, ~2 MiB with it; parameters and optimizer state ~2 MiB in all. Large on
+# purpose: torch.utils.checkpoint's first call imports torch._dynamo (~35 MiB more RSS,
+# ~1 s), which the checkpointing arm pays and the plain one does not.
+ACTIVATION_BOUND = ["--steps", "1", "--width", "64", "--depth", "16", "--effective-batch", "8192", "--samples", "8192",
                     "--eval-samples", "128"]
 # 4 blocks x width 256: a 25 MB checkpoint (weights + AdamW moments), short steps.
 CHECKPOINTED = ["--steps", "8", "--width", "256", "--depth", "4", "--effective-batch", "64", "--samples", "1024",
@@ -55,8 +57,8 @@ def test_activation_checkpointing_is_smaller_and_its_time_cost_is_reported(tmp_p
         min_runs=4, max_runs=4, warmup=0, plugin_set=build_plugin_manager())
     memory = comparison.verdicts["peak_rss"]
     assert memory.verdict == "smaller" and memory.improved, memory.to_dict()
-    # ~10 MiB x 8 blocks of saved activations go; torch itself (~280 MiB) stays.
-    assert memory.median_a - memory.median_b > 40 * 2**20, memory.to_dict()
+    # ~13 MiB x 16 blocks of saved activations go (~200 MiB measured); torch itself (~280 MiB) stays.
+    assert memory.median_a - memory.median_b > 100 * 2**20, memory.to_dict()
     # The cost is reported in time units, with its own verdict, next to the saving.
     for metric in ("wall", "reported.train_cpu_s"):
         cost = comparison.verdicts[metric]

@@ -88,8 +88,12 @@ def _by_title(report: dict) -> dict[str, dict]:
 def test_every_candidate_is_screened_in_order_and_the_search_continues(session):
     _project, _done, report = session
     assert report["proposer"] == "knobs"
-    assert [p["title"] for p in report["proposals"]] == [
-        "try batch_size=96", "try batch_size=4096", "try num_workers=99", "try activation_checkpointing=1"]
+    declared = ["try batch_size=96", "try batch_size=4096", "try num_workers=99", "try activation_checkpointing=1"]
+    # declared order, except knobs the baseline's profile points at, which go first and say
+    # why (on a fast CPU the DataLoader's share of this short run's stacks moves num_workers up)
+    early = [p["title"] for p in report["proposals"] if "tried early: " in p["proposal"]["rationale"]]
+    assert early in ([], ["try num_workers=99"]), early
+    assert [p["title"] for p in report["proposals"]] == early + [t for t in declared if t not in early]
     assert all(p["status"] == "rejected" for p in report["proposals"])
     assert report["final"]["knobs"] == {} and report["final"]["env"] == {}
 

@@ -145,3 +145,37 @@ def test_the_example_declares_valid_settings_and_every_knob():
         if knob.kind == "config":
             section, key = knob.config_key.split(".")
             assert key in toml[section], knob
+
+
+def test_the_examples_adamw_is_torch_optim_adamw_bit_for_bit():
+    """train.py's AdamW (foreach kernels, no torch._dynamo import) takes the same steps as
+    torch.optim.AdamW, with weight decay, a parameter without a gradient, and the same
+    tensors in its state_dict."""
+    sys.path.insert(0, str(TRAIN.parent))
+    try:
+        import train as example
+    finally:
+        sys.path.remove(str(TRAIN.parent))
+    gen = torch.Generator().manual_seed(3)
+    ours = [torch.randn(6, 4, generator=gen).requires_grad_(), torch.randn(9, generator=gen).requires_grad_(),
+            torch.randn(2, generator=gen).requires_grad_()]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    mine, reference = example.AdamW(ours, 3e-3), torch.optim.AdamW(theirs, lr=3e-3)
+    for step in range(7):
+        for k, (a, b) in enumerate(zip(ours, theirs)):  # the last one only has a gradient from step 4 on
+            if k == 2 and step < 4:
+                continue
+            grad = torch.randn(a.shape, generator=gen)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        mine.step()
+        reference.step()
+        mine.zero_grad()
+        reference.zero_grad()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    state, expected = mine.state_dict()["state"], reference.state_dict()["state"]
+    assert set(state) == set(expected) == {0, 1, 2}
+    for i in (0, 1, 2):
+        assert torch.equal(state[i]["exp_avg"], expected[i]["exp_avg"])
+        assert torch.equal(state[i]["exp_avg_sq"], expected[i]["exp_avg_sq"])
+        assert state[i]["step"] == float(expected[i]["step"])
