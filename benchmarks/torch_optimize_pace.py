@@ -68,7 +68,7 @@ def _checkout(ref: str, base: Path) -> tuple[Path, str]:
     ours = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
                           capture_output=True, text=True).stdout.strip()
     Path(site, "_pace_parent.pth").write_text(ours + "\n")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(tree)],
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(tree)],
                    check=True, capture_output=True)
     return tree, python
 

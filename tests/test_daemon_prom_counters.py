@@ -100,3 +100,29 @@ def test_a_collector_skipping_a_tick_keeps_its_figures_in_metrics() -> None:
     assert held.update(0.25, {"cpu.utilization_pct": 4.0}) == {"io.read_bytes": 10.0, "cpu.utilization_pct": 4.0}
     assert held.update(0.5, {"io.read_bytes": 12.0, "cpu.utilization_pct": 5.0})["io.read_bytes"] == 12.0
     assert held.update(6.0, {"cpu.utilization_pct": 6.0}) == {"cpu.utilization_pct": 6.0}  # gone for > 5 s
+
+
+def test_an_api_error_is_a_500_without_internals_and_logged_in_full(caplog) -> None:
+    """A route that raises answers 500 with a message that says where to look, not the
+    exception's text (paths, SQL, values); the daemon's log has the traceback."""
+    import json
+    import logging
+    import urllib.error
+    import urllib.request
+
+    from perfpilot.agent.daemon.exporter import Exporter
+
+    def api(path: str, query: dict) -> tuple[int, object]:
+        raise RuntimeError("no such table: /var/lib/perfpilot/secret.db")
+
+    exporter = Exporter("127.0.0.1", 0, token=None, state=lambda: _state(1.0), api=api, version=lambda: 1)
+    exporter.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="perfpilot.daemon"), pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/api/hotspots", timeout=10)
+        assert info.value.code == 500
+        body = json.loads(info.value.read())
+        assert "secret.db" not in json.dumps(body) and "daemon's log" in body["error"]
+        assert any("secret.db" in (r.exc_text or "") or r.exc_info for r in caplog.records), caplog.records
+    finally:
+        exporter.stop()

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
 import socket
 import threading
@@ -442,8 +443,11 @@ class Exporter:
             return [body]
         try:
             code, payload = self.api(path, parse_qs(environ.get("QUERY_STRING", "")))
-        except Exception as exc:  # noqa: BLE001 - a bad request must not kill the server thread
-            code, payload = 500, {"error": f"{type(exc).__name__}: {exc}"}
+        except Exception:  # noqa: BLE001 - a bad request must not kill the server thread
+            # The traceback goes to the daemon's log; the client gets no internals (paths,
+            # SQL, values), only where to look.
+            logging.getLogger("perfpilot.daemon").exception("API request %s failed", path)
+            code, payload = 500, {"error": "internal error answering this request; the daemon's log has the details"}
         body = (json.dumps(payload, default=str, indent=1) + "\n").encode()
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}.get(code, "Error")
         start_response(f"{code} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
