@@ -141,6 +141,21 @@ def write_outputs(profile: Profile, output: Path, html: Path | None, speedscope:
     return ok
 
 
+def _check_target_flags(pid: int | None, command: tuple[str, ...], duration: str | None, imports: bool,
+                        count_instructions: bool) -> None:
+    """A usage error for flags that do not go with the target given (a COMMAND or --pid)."""
+    if pid is not None and command:
+        raise click.UsageError("give either a COMMAND or --pid, not both")
+    if pid is None and not command:
+        raise click.UsageError("nothing to profile: give a command after --, or --pid")
+    if duration is not None and pid is None:
+        raise click.UsageError("--duration only applies with --pid")
+    if imports and pid is not None:
+        raise click.UsageError("--imports needs a command to launch (import times are printed at start-up)")
+    if count_instructions and pid is not None:
+        raise click.UsageError("--instructions needs a command to launch (a counting run starts it afresh)")
+
+
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=DEFAULT_OUTPUT, show_default=True,
               help="Where to write the Profile JSON.")
@@ -182,12 +197,7 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     from perfpilot.units import parse_duration
 
     console = Console(stderr=True)
-    if pid is not None and command:
-        raise click.UsageError("give either a COMMAND or --pid, not both")
-    if pid is None and not command:
-        raise click.UsageError("nothing to profile: give a command after --, or --pid")
-    if duration is not None and pid is None:
-        raise click.UsageError("--duration only applies with --pid")
+    _check_target_flags(pid, command, duration, imports, count_instructions)
     settings = settings_from(config_file, interval=interval, plugins=plugins, disable=disable, timeout=timeout,
                              stacks=stacks, rate=rate, subprocesses=subprocesses, native=native)
     if settings.rate <= 0:
@@ -200,12 +210,8 @@ def profile(output: Path, pid: int | None, duration: str | None, config_file: Pa
     options = RunOptions(on_tick=line.update if line else None, claim_unseen_orphans=True,
                          plugin_set=build_plugin_manager())
     argv = list(command)
-    if imports and pid is not None:
-        raise click.UsageError("--imports needs a command to launch (import times are printed at start-up)")
     seconds = parse_duration(duration, name="--duration") if duration is not None else None
     if count_instructions:
-        if pid is not None:
-            raise click.UsageError("--instructions needs a command to launch (a counting run starts it afresh)")
         from perfpilot.profilers import instructions
 
         instructions.choose_source()  # unavailable: say so before the timed run, not after
