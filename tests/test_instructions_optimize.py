@@ -1,0 +1,40 @@
+"""`perfpilot optimize --objective instructions` on examples/slow_python, end to end, with the
+example's scripted replies and valgrind counting: the real fix is accepted in at most 3+3
+runs, the slower and the no-op proposals are rejected, and every verdict names its source."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_optimize_e2e import copy_example, git, optimize
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")]
+
+
+def test_instructions_accept_the_fix_in_three_runs_and_reject_slower_and_no_op(tmp_path: Path) -> None:
+    project = copy_example(tmp_path / "slow_python")
+    git("init", "-q", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "init", cwd=project)
+    # 1500 words: ~0.1 s of work, ~3 s under valgrind; the fix's effect is the same shape at any size.
+    done = optimize(project, "--backend", "mock", "--objective", "instructions", "--run", "python bench.py 1500",
+                    "--runs", "3", "--min-runs", "3", "--test-repeats", "1", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((project / ".perfpilot" / "optimize-report.json").read_text())
+    outcomes = [(p["status"], p["reason"]) for p in report["proposals"]]
+    assert outcomes == [("malformed", "malformed reply"), ("refused", "refused"), ("accepted", "improved"),
+                        ("rejected", "tests failed"), ("rejected", "slower"), ("rejected", "no change")], outcomes
+    fix, slower, no_op = report["proposals"][2], report["proposals"][4], report["proposals"][5]
+    assert fix["runs"] <= 3, fix["runs"]
+    verdict = fix["verdicts"]["instructions"]
+    assert verdict["ratio"] < 0.9 and verdict["verdict"] == "smaller", verdict
+    assert slower["verdicts"]["instructions"]["ratio"] > 1.0
+    assert no_op["verdicts"]["instructions"]["verdict"] == "no change"
+    # an instruction count never hides a wall-time loss: the default guard was there
+    assert "wall" in fix["verdicts"], sorted(fix["verdicts"])
+    assert "valgrind" in done.stdout + done.stderr
