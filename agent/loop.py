@@ -534,17 +534,23 @@ class Optimizer:
                 return Outcome(index, proposal, "rejected", "no change", detail, **common)
             detail = f"{self.objective}: {word}, ratio {objective['ratio']:.3f} ({ci}, threshold ±{objective['threshold']:.1%})"
             return Outcome(index, proposal, "rejected", reason, detail + (f"; {notes}" if notes else ""), **common)
+        unresolved = []
         for metric, limit in self.guards.items():
             guard = v.verdicts.get(metric)
-            if guard is None:
+            if guard is None or guard["ratio"] <= 1 + limit:
                 continue
-            if guard["ratio"] > 1 + limit:
-                return Outcome(index, proposal, "rejected", "guard violated",
-                               f"{metric} ratio {guard['ratio']:.3f} exceeds the allowed +{limit:.0%} "
-                               f"({human_value(metric, guard.get('median_a'))} → {human_value(metric, guard.get('median_b'))})",
-                               **common)
+            moved = (f"{metric} ratio {guard['ratio']:.3f} exceeds the allowed +{limit:.0%} "
+                     f"({human_value(metric, guard.get('median_a'))} → {human_value(metric, guard.get('median_b'))}")
+            # A guard rejects on evidence: the whole interval above 1 (larger, beyond its
+            # noise). A median over the limit inside the noise (a sampled peak of a short
+            # run, say) is named in the detail instead of deciding on a coin toss.
+            if guard.get("ci_low", guard["ratio"]) > 1:
+                return Outcome(index, proposal, "rejected", "guard violated", moved + ")", **common)
+            unresolved.append(f"{moved}, but {ci_label(guard)} {guard['ci_low']:.3f}–{guard['ci_high']:.3f} "
+                              "includes no change: within its noise)")
         detail = (f"{self.objective} ratio {objective['ratio']:.3f} "
-                  f"({ci_label(objective)} {objective['ci_low']:.3f}–{objective['ci_high']:.3f}, p={objective['p_value']:.2g})")
+                  f"({ci_label(objective)} {objective['ci_low']:.3f}–{objective['ci_high']:.3f}, p={objective['p_value']:.2g})"
+                  + "".join(f"; guard {text}" for text in unresolved))
         status = "winner" if proposal.trial else "accepted"
         return Outcome(index, proposal, status, "improved", detail, **common)
 

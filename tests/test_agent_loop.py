@@ -29,7 +29,8 @@ def verdict(metric: str, ratio: float, improved: bool = False, regressed: bool =
 
 class StandIn:
     """Judges a candidate by what it contains: SPEED = "fast" is 2x faster, "slow" 2x slower,
-    "fat" is faster but uses 50% more memory; env MODE=fast is 20% faster."""
+    "fat" is faster but uses 50% more memory; "noisy" is faster with a memory median 50%
+    up whose interval includes no change; env MODE=fast is 20% faster."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[RunSpec, RunSpec]] = []
@@ -39,7 +40,7 @@ class StandIn:
         text_a, text_b = (a.cwd / "app.py").read_text(), (b.cwd / "app.py").read_text()
 
         def speed(text: str, env: dict) -> float:
-            value = 0.5 if '"fast"' in text or '"fat"' in text else 2.0 if '"slow"' in text else 1.0
+            value = 0.5 if '"fast"' in text or '"fat"' in text or '"noisy"' in text else 2.0 if '"slow"' in text else 1.0
             return value * (0.8 if env.get("MODE") == "fast" else 1.0)
 
         ratio = speed(text_b, b.env) / speed(text_a, a.env)
@@ -49,6 +50,8 @@ class StandIn:
             if m != primary:
                 rss = 1.5 if '"fat"' in text_b and '"fat"' not in text_a else 1.0
                 verdicts[m] = verdict(m, rss, regressed=rss > 1.02, word="larger" if rss > 1.02 else "no change")
+                if '"noisy"' in text_b:
+                    verdicts[m].update(ratio=1.5, ci_low=0.6, ci_high=2.1, p_value=1.0, verdict="inconclusive")
         return Verification(verdicts=verdicts, runs=5, values_a=[1.0] * 5, values_b=[ratio] * 5)
 
 
@@ -120,6 +123,19 @@ def test_guard_violation_rejects_a_faster_change(project):
     assert (outcome.status, outcome.reason) == ("rejected", "guard violated")
     assert "peak_rss ratio 1.500 exceeds the allowed +10%" in outcome.detail
     assert result.patch == ""
+
+
+def test_a_guard_over_its_limit_only_within_its_noise_does_not_reject_and_is_named(project):
+    """A guard rejects on evidence (its interval above 1); a median over the limit whose
+    interval includes no change -- the sampled peak RSS of a 30 ms run -- is said in the
+    outcome instead."""
+    backend = ScriptedBackend().enqueue(patch_reply("noisy"))
+    result = optimizer(project, LLMProposer(Settings(), backend), guards={"peak_rss": "+10%"},
+                       plugins=["cpu", "memory"]).run()
+    outcome = result.outcomes[0]
+    assert (outcome.status, outcome.reason) == ("accepted", "improved"), outcome.detail
+    assert "guard peak_rss ratio 1.500 exceeds the allowed +10%" in outcome.detail
+    assert "0.600–2.100 includes no change" in outcome.detail
 
 
 def test_no_change_without_measuring(project):

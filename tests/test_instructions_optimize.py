@@ -1,6 +1,7 @@
 """`perfpilot optimize --objective instructions` on examples/slow_python, end to end, with the
 example's scripted replies and valgrind counting: the real fix is accepted in at most 3+3
-runs, the slower and the no-op proposals are rejected, and every verdict names its source."""
+runs, the slower (more instructions) and the no-op proposals are rejected, and the verdicts name
+their source."""
 
 from __future__ import annotations
 
@@ -28,13 +29,14 @@ def test_instructions_accept_the_fix_in_three_runs_and_reject_slower_and_no_op(t
     report = json.loads((project / ".perfpilot" / "optimize-report.json").read_text())
     outcomes = [(p["status"], p["reason"]) for p in report["proposals"]]
     assert outcomes == [("malformed", "malformed reply"), ("refused", "refused"), ("accepted", "improved"),
-                        ("rejected", "tests failed"), ("rejected", "slower"), ("rejected", "no change")], outcomes
-    fix, slower, no_op = report["proposals"][2], report["proposals"][4], report["proposals"][5]
+                        ("rejected", "tests failed"), ("rejected", "larger"), ("rejected", "no change")], outcomes
+    fix, slower = report["proposals"][2], report["proposals"][4]
     assert fix["runs"] <= 3, fix["runs"]
     verdict = fix["verdicts"]["instructions"]
     assert verdict["ratio"] < 0.9 and verdict["verdict"] == "smaller", verdict
     assert slower["verdicts"]["instructions"]["ratio"] > 1.0
-    assert no_op["verdicts"]["instructions"]["verdict"] == "no change"
+    assert slower["runs"] <= 3 and slower["verdicts"]["instructions"]["verdict"] == "larger"
+    # the no-op is told apart without a run (nothing differs); see the outcomes above
     # an instruction count never hides a wall-time loss: the default guard was there
     assert "wall" in fix["verdicts"], sorted(fix["verdicts"])
-    assert "valgrind" in done.stdout + done.stderr
+    assert verdict["source"] == slower["verdicts"]["instructions"]["source"] == "valgrind"
