@@ -32,6 +32,7 @@ stretched so that it never costs more than ``SMAPS_BUDGET`` of one core.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Mapping
 
@@ -85,6 +86,35 @@ def system_memory(files: ProcFiles | None = None) -> dict[str, int]:
     return out
 
 
+ROOT_HWM_FAST_S = 0.005  # the command's VmHWM read period in its first second (~25 us a read)
+ROOT_HWM_SLOW_S = 0.02  # and after: ~0.1% of a core
+
+
+class _RootHwmWatch(threading.Thread):
+    """Reads the launched command's ``VmHWM`` until it exits (a zombie has none) or is told
+    to stop; ``peak`` is the highest read."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(name="perfpilot-root-hwm", daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self._done.is_set():
+            hwm = proc_hwm(self.pid)
+            if hwm is None:
+                return
+            self.peak = max(self.peak, hwm)
+            self._done.wait(ROOT_HWM_FAST_S if time.monotonic() - start < 1.0 else ROOT_HWM_SLOW_S)
+
+    def finish(self) -> int:
+        self._done.set()
+        self.join(1.0)
+        return self.peak
+
+
 class MemoryCollector:
     name = "memory"
 
@@ -94,6 +124,7 @@ class MemoryCollector:
         self._rss_peak = 0
         self._hwm_peak = 0
         self._watch_root_hwm = False
+        self._root_watch: _RootHwmWatch | None = None
         self._rss_sum = 0.0
         self._rss_n = 0
         self._uss_peak: int | None = None
@@ -117,6 +148,9 @@ class MemoryCollector:
         self.target = target
         # Only needed when the launcher's own peak may hide the target's (see stop()).
         self._watch_root_hwm = target.launched
+        if target.launched:
+            self._root_watch = _RootHwmWatch(target.pid)
+            self._root_watch.start()
         self._faults = TreeCounters(2, baseline_existing=not target.launched)
 
     def sample(self, now: float) -> dict[str, float]:
@@ -183,6 +217,9 @@ class MemoryCollector:
     def stop(self) -> dict[str, Any]:
         assert self.target is not None
         target = self.target
+        if self._root_watch is not None:
+            self._hwm_peak = max(self._hwm_peak, self._root_watch.finish())
+            self._root_watch = None
         peak = self._rss_peak
         exact = target.exact_totals() if target.launched else None
         out: dict[str, Any] = {}

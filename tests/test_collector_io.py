@@ -132,12 +132,9 @@ def test_collector_counts_what_this_process_writes_between_samples(tmp_path: Pat
 
 def test_storage_writes_and_memory_are_measured_with_the_cpu_collector_disabled(tmp_path: Path) -> None:
     out = tmp_path / "out.bin"
-    # The 64 MiB stay a moment: launched from this test process (torch imported, a high-water
-    # mark above 64 MiB, which Linux hands to the child's maxrss), the peak is the sampled
-    # VmHWM, read every tick; a fast CPU would otherwise finish between two ticks.
-    code = (f"import os, time\nb = bytearray({64 * MiB})\nb[::4096] = b'\\x01' * len(b[::4096])\n"
+    code = (f"import os\nb = bytearray({64 * MiB})\nb[::4096] = b'\\x01' * len(b[::4096])\n"
             f"with open({str(out)!r}, 'wb') as fh:\n    fh.write(os.urandom({8 * MiB}))\n"
-            "    fh.flush()\n    os.fsync(fh.fileno())\ntime.sleep(0.3)\n")
+            "    fh.flush()\n    os.fsync(fh.fileno())\n")
     settings = Settings(stacks=False, disable_plugins=["cpu"])
     profile = profile_command([sys.executable, "-c", code], settings, RunOptions(plugin_set=PLUGINS, capture_output=True))
     s = profile.summary

@@ -43,3 +43,27 @@ def test_small_child_of_a_big_launcher_is_not_charged_for_the_launcher(tmp_path)
     assert abs(small - own_peak) <= 0.05 * own_peak, (small / mib, own_peak / mib)
     assert big_source == "rusage"
     assert 500 * mib <= big < 560 * mib, big / mib
+
+
+def test_a_short_program_under_a_big_launcher_gets_its_own_peak(tmp_path):
+    """A program that allocates 64 MiB and exits at once (~30 ms, well inside one 100 ms
+    tick), launched from a process with a 300 MiB high-water mark: its rusage maxrss is the
+    launcher's, so the peak is its own VmHWM, read every 5 ms in its first second."""
+    script = textwrap.dedent('''
+        import json, sys
+        from perfpilot.config import Settings
+        from perfpilot.profilers.session import RunOptions, profile_command
+        from perfpilot.registry import build_plugin_manager
+        options = RunOptions(plugin_set=build_plugin_manager())
+        ballast = bytearray(300 * 2**20)
+        ballast[::4096] = b"1" * len(ballast[::4096])
+        child = "b = bytearray(64 * 2**20); b[::4096] = b'1' * len(b[::4096])"
+        runs = [profile_command([sys.executable, "-S", "-c", child], Settings(stacks=False), options) for _ in range(5)]
+        print(json.dumps([[r.summary["peak_rss_bytes"], r.summary["peak_rss_source"], r.duration_s] for r in runs]))
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    mib = 2**20
+    for peak, source, duration in runs:
+        assert source == "sampled"
+        assert 64 * mib <= peak < 120 * mib, (peak / mib, duration, runs)
