@@ -1,6 +1,6 @@
 """Stack coverage through a launcher, under load: perfpilot against py-spy alone.
 
-    .venv/bin/python benchmarks/stack_coverage.py --runs 20            # plain, then --imports
+    .venv/bin/python benchmarks/stack_coverage.py --runs 20 --json benchmarks/results/stack_coverage.json
     .venv/bin/python benchmarks/stack_coverage.py --runs 3 --launcher pyenv
 
 The program (``benchmarks/coverage/cpu_work.py``, CPU-bound, ~1.7 s on an idle core) is
@@ -183,21 +183,33 @@ def summary(ours: list[Run], alone: list[Run]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--work", type=int, default=WORK)
+    parser.add_argument("--work", type=int, default=None,
+                        help=f"loop iterations (default: sized to ~1.7 s under the load on this machine today; {WORK:,} "
+                             "took 1.7 s idle on the VM it was written on)")
     parser.add_argument("--launcher", choices=("bash", "pyenv"), default="bash")
     parser.add_argument("--no-load", action="store_true", help="skip the busy loops")
     parser.add_argument("--only", choices=("plain", "imports"))
+    parser.add_argument("--json", type=Path, help="write every run and the figures here")
     args = parser.parse_args()
-    cmd = command(args.work, args.launcher)
-    print(f"command: {' '.join(cmd)}; {os.cpu_count()} cores, {'no load' if args.no_load else 'busy loop per core'}")
+    results: dict[str, object] = {"cores": os.cpu_count(), "load": not args.no_load}
     load = contextlib.nullcontext() if args.no_load else busy_loops()
     with load:
+        cmd = command(args.work or calibrate(1.7), args.launcher)
+        print(f"command: {' '.join(cmd)}; {os.cpu_count()} cores, {'no load' if args.no_load else 'busy loop per core'}")
         for imports in (False, True):
             if args.only and args.only != ("imports" if imports else "plain"):
                 continue
             print(f"\nperfpilot profile{' --imports' if imports else ''} vs py-spy record, {args.runs} pairs")
-            figures = summary(*study(args.runs, imports, cmd))
+            ours, alone = study(args.runs, imports, cmd)
+            figures = summary(ours, alone)
             print("  ".join(f"{k} {v:.3f}" if "ratio" in k else f"{k} {v:.1f}" for k, v in figures.items()))
+            results["imports" if imports else "plain"] = {
+                "figures": figures,
+                "perfpilot": [{k: v for k, v in vars(r).items() if k != "terminal"} for r in ours],
+                "py_spy_alone": [{"wall_s": r.wall_s, "command_s": r.command_s, "samples": r.samples} for r in alone]}
+        results["command"] = cmd
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
