@@ -39,10 +39,12 @@ def test_collector_series_and_throttled_uss_pss() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
         deadline = time.monotonic() + 10
-        # exec sets the name before the new image's pages are mapped: wait for both
+        # exec sets the name before the new image's pages are mapped, and on a loaded
+        # machine the new image may not have run at all yet: wait until it sleeps in
+        # nanosleep (its pages are in by then)
         while time.monotonic() < deadline:
             proc = psutil.Process(child.pid)
-            if proc.name() == "sleep" and proc.memory_info().rss > 0:
+            if proc.name() == "sleep" and proc.status() == psutil.STATUS_SLEEPING and proc.memory_info().rss > 0:
                 break
             time.sleep(0.01)
         target = Target(pid=child.pid, launched=False)
