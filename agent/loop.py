@@ -6,10 +6,8 @@ Everything that takes time is a seam: ``verify`` (the verdict engine by default)
 never touched here; :mod:`perfpilot.agent.workspace` holds the copies.
 
 A proposal is accepted only when the objective's verdict says *improved* (better
-beyond the threshold, with confidence) and every guard holds: a guard ``peak_rss =
-"+10%"`` holds when the candidate's median is at most 10% above the baseline's (the
-point estimate: a guard asks "not worse than", and demanding proof of that from a few
-runs would reject every change).
+beyond the threshold, with confidence) and no guard is violated (see
+:mod:`perfpilot.agent.acceptance`).
 """
 
 from __future__ import annotations
@@ -17,16 +15,15 @@ from __future__ import annotations
 import ast
 import os
 import shlex
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from perfpilot.agent import config_files
 from perfpilot.agent.backends.errors import BackendError, BackendExhausted
+from perfpilot.agent.acceptance import decide, parse_guards
 from perfpilot.agent.context import Context
-from perfpilot.agent.figures import ci_label, human_value
 from perfpilot.agent.gate import (GateResult, SeedSource, TestRun, failed_tests, flaky_summary, has_pytest_randomly,
                                   randomly_refused, run_gate, run_test_command, with_order_seed)
 from perfpilot.agent.knobs import Knob, parse_knobs
@@ -35,8 +32,9 @@ from perfpilot.agent.output_check import OutputCheck, first_variation, parse_out
 from perfpilot.agent.proposals import Proposal
 from perfpilot.agent.sandbox import Sandbox
 from perfpilot.agent.secrets import Masker
+from perfpilot.agent.verification import RunSpec, Verifier, engine_verifier
 from perfpilot.agent.workspace import Candidate, DidNotApply, Refused, State, Workspace
-from perfpilot.config import Settings, parse_percent
+from perfpilot.config import Settings
 from perfpilot.errors import ConfigError, PerfpilotError
 from perfpilot.profilers.profile import Profile
 
@@ -56,31 +54,6 @@ class BaselineTestsFlaky(PerfpilotError):
 
 class BaselineRunFailed(PerfpilotError):
     """The run command fails on the unchanged project."""
-
-
-@dataclass
-class RunSpec:
-    """One side of a verification: what to run, where, with which environment."""
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path
-    label: str
-
-
-@dataclass
-class Verification:
-    """What the loop needs from a verification (the engine's Comparison, reduced)."""
-
-    verdicts: dict[str, dict[str, Any]]  # metric -> Verdict.to_dict(), objective first
-    runs: int
-    values_a: list[float]
-    values_b: list[float]
-    notes: list[str] = field(default_factory=list)
-    measured: int = 0  # processes run for it (0: 2 x runs); fewer when baseline runs were reused
-
-
-Verifier = Callable[[RunSpec, RunSpec, Sequence[str], str], Verification]
 
 
 class Progress(Protocol):
@@ -143,68 +116,6 @@ class Result:
     @property
     def verification_runs(self) -> int:
         return sum(o.measured_runs or 2 * o.runs for o in self.outcomes)
-
-
-def parse_guards(guards: Mapping[str, Any]) -> dict[str, float]:
-    """``{"peak_rss": "+10%"}`` -> ``{"peak_rss": 0.10}`` (the allowed relative increase)."""
-    out = {}
-    for metric, limit in (guards or {}).items():
-        text = str(limit).strip()
-        if text.startswith("+"):
-            text = text[1:]
-        if text.startswith("-"):
-            raise ConfigError(f"guard {metric} = {limit!r}: a guard is an allowed increase like \"+10%\"",
-                              hint="put what must improve in objective, not in guards")
-        out[str(metric)] = parse_percent(text, name=f"guard {metric}")
-    return out
-
-
-def engine_verifier(settings: Settings, plugin_set: Any, on_run: Callable[[str, int, Profile], None] | None) -> Verifier:
-    """The real verification: :func:`perfpilot.profilers.measure.compare`.
-
-    Two savings, both from the engine: a candidate that can no longer be better by the
-    threshold stops at the first planned look (``stop_for_futility``; its false-reject
-    rate is in benchmarks/futility.py), and the baseline's runs from the previous
-    verification are reused while the baseline is unchanged (same command, environment,
-    folder and committed tree; the engine re-checks them against fresh anchor runs)."""
-    from perfpilot.profilers.measure import Arm, compare
-    from perfpilot.profilers.metrics import metric_value
-
-    kept: dict[tuple[Any, ...], list[Profile]] = {}
-
-    def verify(a: RunSpec, b: RunSpec, metrics: Sequence[str], primary: str) -> Verification:
-        key = _baseline_identity(a, metrics)
-        comparison = compare(
-            Arm(a.argv, env=a.env, cwd=str(a.cwd), label=a.label), Arm(b.argv, env=b.env, cwd=str(b.cwd), label=b.label),
-            metrics=list(metrics), primary=primary, settings=settings, max_runs=settings.runs,
-            min_runs=min(settings.min_runs, settings.runs), threshold=settings.threshold,
-            confidence=settings.confidence, on_run=on_run, capture_output=True, plugin_set=plugin_set,
-            stop_for_futility=True, reuse_a=kept.get(key, []) if key else [])
-        if key:
-            kept.clear()  # only the latest baseline can come back
-            kept[key] = list(comparison.a)
-        verdicts = {primary: comparison.verdicts[primary].to_dict()}
-        verdicts.update({m: v.to_dict() for m, v in comparison.verdicts.items() if m != primary})
-        notes = list(comparison.notes)
-        if comparison.reused_a:
-            notes.append(f"{comparison.reused_a} baseline runs reused from the previous verification")
-        return Verification(verdicts=verdicts, runs=comparison.runs,
-                            values_a=[metric_value(p, primary) for p in comparison.a],
-                            values_b=[metric_value(p, primary) for p in comparison.b], notes=notes,
-                            measured=len(comparison.a) - comparison.reused_a + len(comparison.b))
-
-    return verify
-
-
-def _baseline_identity(a: RunSpec, metrics: Sequence[str]) -> tuple[Any, ...] | None:
-    """What makes two baselines the same: command, environment, folder, metrics and the
-    folder's committed tree (accepting a change commits it). None when not a git tree."""
-    head = subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=a.cwd, capture_output=True, text=True)
-    # Tracked edits count (knob config files are edited in place); the runs' own output does not.
-    edits = subprocess.run(["git", "diff", "HEAD"], cwd=a.cwd, capture_output=True, text=True)
-    if head.returncode or edits.returncode:
-        return None
-    return (tuple(a.argv), tuple(sorted(a.env.items())), str(a.cwd), tuple(metrics), head.stdout.strip(), edits.stdout)
 
 
 def _tail(text: str, limit: int = OUTPUT_TAIL) -> str:
@@ -505,7 +416,7 @@ class Optimizer:
             except PerfpilotError as exc:
                 ws.reject()
                 return Outcome(index, proposal, "rejected", "run failed", str(exc), diff=candidate.diff)
-            outcome = self._decide(proposal, index, verification, candidate)
+            outcome = decide(self.objective, self.guards, proposal, index, verification, candidate)
             if outcome.status == "accepted":
                 ws.accept(candidate, f"perfpilot #{index}: {title}")
                 self.result.final_state = ws.state.copy()
@@ -516,43 +427,6 @@ class Optimizer:
         except BaseException:
             ws.reject()
             raise
-
-    def _decide(self, proposal: Proposal, index: int, v: Verification, candidate: Candidate) -> Outcome:
-        objective = v.verdicts[self.objective]
-        common = dict(verdicts=v.verdicts, runs=v.runs, values_a=v.values_a, values_b=v.values_b,
-                      diff=candidate.diff, measured_runs=v.measured)
-        notes = "; ".join([*(objective.get("notes") or []), *v.notes])
-        if not objective.get("improved"):
-            word = objective.get("verdict", "inconclusive")
-            reason = {"faster": "inconclusive", "smaller": "inconclusive"}.get(word, word)
-            ci = f"{ci_label(objective)} {objective['ci_low']:.3f}–{objective['ci_high']:.3f}"
-            if word == "inconclusive" and _no_effect(objective):
-                # A CI around 1 with the point estimate inside the threshold: nothing to chase
-                # with more runs, whatever a power calculation says.
-                detail = (f"{self.objective}: no measurable effect, ratio {objective['ratio']:.3f} ({ci} includes 1, "
-                          f"threshold ±{objective['threshold']:.1%})")
-                return Outcome(index, proposal, "rejected", "no change", detail, **common)
-            detail = f"{self.objective}: {word}, ratio {objective['ratio']:.3f} ({ci}, threshold ±{objective['threshold']:.1%})"
-            return Outcome(index, proposal, "rejected", reason, detail + (f"; {notes}" if notes else ""), **common)
-        unresolved = []
-        for metric, limit in self.guards.items():
-            guard = v.verdicts.get(metric)
-            if guard is None or guard["ratio"] <= 1 + limit:
-                continue
-            moved = (f"{metric} ratio {guard['ratio']:.3f} exceeds the allowed +{limit:.0%} "
-                     f"({human_value(metric, guard.get('median_a'))} → {human_value(metric, guard.get('median_b'))}")
-            # A guard rejects on evidence: the whole interval above 1 (larger, beyond its
-            # noise). A median over the limit inside the noise (a sampled peak of a short
-            # run, say) is named in the detail instead of deciding on a coin toss.
-            if guard.get("ci_low", guard["ratio"]) > 1:
-                return Outcome(index, proposal, "rejected", "guard violated", moved + ")", **common)
-            unresolved.append(f"{moved}, but {ci_label(guard)} {guard['ci_low']:.3f}–{guard['ci_high']:.3f} "
-                              "includes no change: within its noise)")
-        detail = (f"{self.objective} ratio {objective['ratio']:.3f} "
-                  f"({ci_label(objective)} {objective['ci_low']:.3f}–{objective['ci_high']:.3f}, p={objective['p_value']:.2g})"
-                  + "".join(f"; guard {text}" for text in unresolved))
-        status = "winner" if proposal.trial else "accepted"
-        return Outcome(index, proposal, status, "improved", detail, **common)
 
     def _did_not_apply(self, exc: DidNotApply, proposal: Proposal) -> str:
         """Say what the patch was applied to: the accepted changes, and whether the original takes it."""
@@ -778,13 +652,6 @@ class Optimizer:
             return
         result.cumulative = {"verdict": v.verdicts[self.objective], "verdicts": v.verdicts, "runs": v.runs,
                              "measured": True, "values_a": v.values_a, "values_b": v.values_b}
-
-
-def _no_effect(verdict: Mapping[str, Any]) -> bool:
-    low, high, ratio, t = (verdict.get(k) for k in ("ci_low", "ci_high", "ratio", "threshold"))
-    if not all(isinstance(x, (int, float)) for x in (low, high, ratio, t)):
-        return False
-    return low <= 1 <= high and abs(ratio - 1) <= t
 
 
 def _list_files(root: Path, limit: int = 500) -> list[str]:

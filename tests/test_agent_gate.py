@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from perfpilot.agent.gate import SeedSource
-from perfpilot.agent.loop import BaselineTestsFlaky, Optimizer, RunSpec, Verification
+from perfpilot.agent.loop import BaselineTestsFlaky, Optimizer
+from perfpilot.agent.verification import RunSpec, Verification
 from perfpilot.agent.proposals import Proposal
 from perfpilot.agent.proposers.llm_proposer import LLMProposer
 from perfpilot.agent.workspace import Workspace

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from perfpilot.agent.loop import Optimizer, RunSpec, Verification
+from perfpilot.agent.loop import Optimizer
+from perfpilot.agent.verification import RunSpec, Verification
 from perfpilot.agent.proposers.llm_proposer import LLMProposer
 from perfpilot.config import Settings
 from perfpilot.testing import ScriptedBackend

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from perfpilot.agent.backends.errors import BackendError
-from perfpilot.agent.loop import BaselineRunFailed, Optimizer, RunSpec, BaselineTestsFailed, Verification, parse_guards
+from perfpilot.agent.acceptance import parse_guards
+from perfpilot.agent.loop import BaselineRunFailed, BaselineTestsFailed, Optimizer
+from perfpilot.agent.verification import RunSpec, Verification
 from perfpilot.agent.proposers.knob_proposer import KnobProposer
 from perfpilot.agent.proposers.llm_proposer import LLMProposer
 from perfpilot.config import Settings

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from perfpilot.agent import report
 from perfpilot.agent.figures import ci_label, human_bytes, shorten
-from perfpilot.agent.loop import Baseline, Optimizer, Result
+from perfpilot.agent.loop import Baseline, Result
 from perfpilot.agent.outcomes import Outcome
 from perfpilot.agent.progress import TerminalProgress
 from perfpilot.agent.proposals import Proposal
@@ -77,15 +77,16 @@ def test_reasons_are_cut_at_a_word():
 
 
 def test_no_measurable_effect_reads_no_change_not_more_runs(tmp_path):
-    opt = Optimizer(Settings(run="python -c pass", objective="cpu"), tmp_path, proposer=None)
+    from perfpilot.agent.acceptance import decide
+
     v = verdict([1.0, 1.2, 0.9, 1.1, 1.05], [1.01, 1.18, 0.92, 1.12, 1.04], metric="cpu", confidence=0.983)
     assert v.verdict == "inconclusive" and v.ci_low < 1 < v.ci_high
-    from perfpilot.agent.loop import Verification
+    from perfpilot.agent.verification import Verification
 
     class Cand:
         diff = ""
 
-    outcome = opt._decide(Proposal(kind="patch", title="t"), 1, Verification({"cpu": v.to_dict()}, 5, [], []), Cand())
+    outcome = decide("cpu", {}, Proposal(kind="patch", title="t"), 1, Verification({"cpu": v.to_dict()}, 5, [], []), Cand())
     assert outcome.reason == "no change" and "no measurable effect" in outcome.detail
     assert "runs per side" not in outcome.detail and "98.3% CI" in outcome.detail
 

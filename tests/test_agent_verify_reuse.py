@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from perfpilot.agent.loop import RunSpec, engine_verifier
+from perfpilot.agent.verification import RunSpec, engine_verifier
 from perfpilot.config import Settings
 from perfpilot.registry import build_plugin_manager
 

@@ -125,7 +125,7 @@ def test_out_of_memory_is_reported_not_a_traceback(tmp_path):
 
 def test_the_example_declares_valid_settings_and_every_knob():
     from perfpilot.agent.knobs import parse_knobs
-    from perfpilot.agent.loop import parse_guards
+    from perfpilot.agent.acceptance import parse_guards
     from perfpilot.agent.output_check import parse_output_check
     from perfpilot.config import load_settings
 

@@ -1,0 +1,84 @@
+"""What a verification means for a candidate: accepted (or a trial's winner), or rejected
+with its reason.
+
+The objective must say *improved* (better beyond the threshold, with confidence). A guard
+(``peak_rss = "+10%"``) is violated when its median is over the limit and its interval
+lies wholly above 1: it did get larger, beyond its noise. A median over the limit whose
+interval includes no change is not a verdict either way: the outcome stands and its
+detail names the guard and its interval (a guard asks "not worse than", and demanding
+proof of that from a few runs would reject every change; letting a noisy median decide
+rejected real wins on the sampled peak of short programs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from perfpilot.agent.figures import ci_label, human_value
+from perfpilot.agent.outcomes import Outcome
+from perfpilot.agent.proposals import Proposal
+from perfpilot.agent.verification import Verification
+from perfpilot.agent.workspace import Candidate
+from perfpilot.config import parse_percent
+from perfpilot.errors import ConfigError
+
+
+def parse_guards(guards: Mapping[str, Any]) -> dict[str, float]:
+    """``{"peak_rss": "+10%"}`` -> ``{"peak_rss": 0.10}`` (the allowed relative increase)."""
+    out = {}
+    for metric, limit in (guards or {}).items():
+        text = str(limit).strip()
+        if text.startswith("+"):
+            text = text[1:]
+        if text.startswith("-"):
+            raise ConfigError(f"guard {metric} = {limit!r}: a guard is an allowed increase like \"+10%\"",
+                              hint="put what must improve in objective, not in guards")
+        out[str(metric)] = parse_percent(text, name=f"guard {metric}")
+    return out
+
+
+def decide(objective_name: str, guards: Mapping[str, float], proposal: Proposal, index: int, v: Verification,
+           candidate: Candidate) -> Outcome:
+    """Accepted (or a trial's winner), or rejected with its reason: what a verification means."""
+    objective = v.verdicts[objective_name]
+    common = dict(verdicts=v.verdicts, runs=v.runs, values_a=v.values_a, values_b=v.values_b,
+                  diff=candidate.diff, measured_runs=v.measured)
+    notes = "; ".join([*(objective.get("notes") or []), *v.notes])
+    if not objective.get("improved"):
+        word = objective.get("verdict", "inconclusive")
+        reason = {"faster": "inconclusive", "smaller": "inconclusive"}.get(word, word)
+        ci = f"{ci_label(objective)} {objective['ci_low']:.3f}–{objective['ci_high']:.3f}"
+        if word == "inconclusive" and _no_effect(objective):
+            # A CI around 1 with the point estimate inside the threshold: nothing to chase
+            # with more runs, whatever a power calculation says.
+            detail = (f"{objective_name}: no measurable effect, ratio {objective['ratio']:.3f} ({ci} includes 1, "
+                      f"threshold ±{objective['threshold']:.1%})")
+            return Outcome(index, proposal, "rejected", "no change", detail, **common)
+        detail = f"{objective_name}: {word}, ratio {objective['ratio']:.3f} ({ci}, threshold ±{objective['threshold']:.1%})"
+        return Outcome(index, proposal, "rejected", reason, detail + (f"; {notes}" if notes else ""), **common)
+    unresolved = []
+    for metric, limit in guards.items():
+        guard = v.verdicts.get(metric)
+        if guard is None or guard["ratio"] <= 1 + limit:
+            continue
+        moved = (f"{metric} ratio {guard['ratio']:.3f} exceeds the allowed +{limit:.0%} "
+                 f"({human_value(metric, guard.get('median_a'))} → {human_value(metric, guard.get('median_b'))}")
+        # A guard rejects on evidence: the whole interval above 1 (larger, beyond its
+        # noise). A median over the limit inside the noise (a sampled peak of a short
+        # run, say) is named in the detail instead of deciding on a coin toss.
+        if guard.get("ci_low", guard["ratio"]) > 1:
+            return Outcome(index, proposal, "rejected", "guard violated", moved + ")", **common)
+        unresolved.append(f"{moved}, but {ci_label(guard)} {guard['ci_low']:.3f}–{guard['ci_high']:.3f} "
+                          "includes no change: within its noise)")
+    detail = (f"{objective_name} ratio {objective['ratio']:.3f} "
+              f"({ci_label(objective)} {objective['ci_low']:.3f}–{objective['ci_high']:.3f}, p={objective['p_value']:.2g})"
+              + "".join(f"; guard {text}" for text in unresolved))
+    status = "winner" if proposal.trial else "accepted"
+    return Outcome(index, proposal, status, "improved", detail, **common)
+
+
+def _no_effect(verdict: Mapping[str, Any]) -> bool:
+    low, high, ratio, t = (verdict.get(k) for k in ("ci_low", "ci_high", "ratio", "threshold"))
+    if not all(isinstance(x, (int, float)) for x in (low, high, ratio, t)):
+        return False
+    return low <= 1 <= high and abs(ratio - 1) <= t
