@@ -86,8 +86,8 @@ def system_memory(files: ProcFiles | None = None) -> dict[str, int]:
     return out
 
 
-ROOT_HWM_FAST_S = 0.005  # the command's VmHWM read period in its first second (~25 us a read)
-ROOT_HWM_SLOW_S = 0.02  # and after: ~0.1% of a core
+ROOT_HWM_FAST_S = 0.005  # the command's VmHWM read period in its first second (~15 us of CPU a read)
+ROOT_HWM_SLOW_S = 0.02  # and after: under 0.1% of a core
 
 
 class _RootHwmWatch(threading.Thread):
