@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,9 +180,14 @@ def test_block_meter_sees_run_queue_wait_of_a_loaded_machine() -> None:
     assert "schedstat" in meter.capabilities()["cpu_wait"]
 
     def spin() -> None:
+        # 0.1 s of this thread's CPU time, whatever the CPU's speed: long enough for the
+        # scheduler to share a core among the hogs (a fixed loop took 13 ms on a fast CPU,
+        # inside one time slice, and saw almost no wait)
+        start = time.thread_time()
         total = 0
-        for i in range(600_000):
-            total += i
+        while time.thread_time() - start < 0.1:
+            for i in range(10_000):
+                total += i
 
     with meter.measure() as quiet:
         spin()
