@@ -6,6 +6,10 @@ workers, ``multiprocessing`` pools. Each tick it reads the tick's shared
 :class:`~perfpilot.profilers.snapshot.TreeSnapshot` (no extra ``/proc/<pid>/stat``
 read) and, once per new process, its command line and its rank from the environment
 (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, as torchrun, DeepSpeed and Lightning set them).
+A process first seen between its fork and its exec still shows its parent's command and
+environment, so a new process's command line is read again on its next
+:data:`EXEC_RECHECKS` ticks, and its rank with it when the command changed (on a loaded
+machine torchrun's worker was seen before its exec and lost its rank).
 
 ``annotate()`` returns ``{"processes": [...]}`` for ``profile.annotations``: one entry per
 process that had a rank, plus the ``TOP`` others with the most CPU time, each with
@@ -33,6 +37,7 @@ TOP = 8
 END_WATCH_S = 0.01  # how often the ranked processes are checked for their end (see _EndWatch)
 RANK_VARIABLES = (b"RANK", b"LOCAL_RANK", b"WORLD_SIZE")
 COMMAND_CHARS = 200
+EXEC_RECHECKS = 10  # ticks after a process is first seen on which its command is read again
 
 
 @dataclass
@@ -45,6 +50,7 @@ class _Seen:
     ended_s: float | None = None  # first tick it was seen dead (a zombie not yet reaped by its parent)
     cpu_s: float = 0.0
     peak_rss_bytes: int = 0
+    rechecks: int = EXEC_RECHECKS
 
     def as_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "command": self.command, "rank": self.ranks.get("RANK"),
@@ -132,10 +138,26 @@ class ProcessesCollector:
                 seen = self._seen[key] = _Seen(proc.pid, _command(proc.pid), _ranks(proc.pid), since)
                 if seen.ranks:
                     self._watch_end(seen)
+            elif seen.rechecks > 0:
+                self._recheck_exec(seen)
             seen.last_s = since
             seen.cpu_s = proc.cpu_s
             seen.peak_rss_bytes = max(seen.peak_rss_bytes, proc.rss_bytes)
         return {}
+
+    def _recheck_exec(self, seen: _Seen) -> None:
+        """A young process's command again: when it changed, it exec'd since it was first
+        seen (pid and start time stay the same), and its environment is the new one."""
+        seen.rechecks -= 1
+        command = _command(seen.pid)
+        if command and command != seen.command:
+            seen.command = command
+            ranks = _ranks(seen.pid)
+            if ranks and not seen.ranks:
+                seen.ranks = ranks
+                self._watch_end(seen)
+            elif ranks:
+                seen.ranks = ranks
 
     def _watch_end(self, seen: _Seen) -> None:
         with self._ends.lock:
