@@ -41,6 +41,8 @@ from perfpilot.profilers.profile import Profile
 TEST_TIMEOUT_FLOOR_S = 60.0
 TEST_TIMEOUT_FACTOR = 5.0
 BASELINE_RUNS = 3
+CONTEXT_MIN_SAMPLES = 20  # fewer stack samples than this in the context profile: profile again
+CONTEXT_ATTEMPTS = 3  # at most, keeping the run with the most samples
 OUTPUT_TAIL = 3000
 
 
@@ -247,14 +249,7 @@ class Optimizer:
         if self.settings.test:
             tests = self._baseline_tests()
             tests_s = max(r.seconds for r in tests)
-        self.progress.stage("baseline: profiling the run command with stacks")
-        profile = self._profile(ws.state, ws.base, stacks=self.settings.stacks)
-        if profile.exit_code or profile.target.get("signal") or profile.target.get("timed_out"):
-            stderr = profile.output[1].decode("utf-8", "replace") if profile.output else ""
-            self.progress.output("run output (unchanged project)", _tail(stderr))
-            how = "timed out" if profile.target.get("timed_out") else f"exited with {profile.exit_code}"
-            raise BaselineRunFailed(f"the run command {how} on the unchanged project: {self.settings.run}",
-                                    hint="make it succeed on its own first (its stderr is shown above)")
+        profile = self._context_run()
         self._baseline_output = profile
         self._context_profile = profile
         values: list[float] = []
@@ -277,6 +272,32 @@ class Optimizer:
         return Baseline(profile=profile, values=values,
                         metrics={m: statistics.median(v) for m, v in medians.items()}, tests_s=tests_s,
                         tests=[r.to_dict() for r in tests])
+
+    def _context_run(self) -> Profile:
+        """The baseline's profile with stacks, for the proposer's context. A short run can end
+        before py-spy takes many samples (a 0.13 s bench on a loaded machine: none), which
+        would leave the proposer without hot spots; then it is profiled again, at most
+        :data:`CONTEXT_ATTEMPTS` times, and the run with the most samples is kept."""
+        ws = self.workspace
+        assert ws is not None
+        best: Profile | None = None
+        for attempt in range(1, CONTEXT_ATTEMPTS + 1):
+            self.progress.stage("baseline: profiling the run command with stacks"
+                                + (f" (again: {attempt}/{CONTEXT_ATTEMPTS}, too few samples)" if attempt > 1 else ""))
+            profile = self._profile(ws.state, ws.base, stacks=self.settings.stacks)
+            if profile.exit_code or profile.target.get("signal") or profile.target.get("timed_out"):
+                stderr = profile.output[1].decode("utf-8", "replace") if profile.output else ""
+                self.progress.output("run output (unchanged project)", _tail(stderr))
+                how = "timed out" if profile.target.get("timed_out") else f"exited with {profile.exit_code}"
+                raise BaselineRunFailed(f"the run command {how} on the unchanged project: {self.settings.run}",
+                                        hint="make it succeed on its own first (its stderr is shown above)")
+            samples = (profile.stacks or {}).get("samples", 0)
+            if best is None or samples > (best.stacks or {}).get("samples", 0):
+                best = profile
+            if not self.settings.stacks or samples >= CONTEXT_MIN_SAMPLES:
+                break
+        assert best is not None
+        return best
 
     def _baseline_tests(self) -> list[TestRun]:
         """The unchanged project's tests, ``test_repeats`` times: failing, flaky or good."""

@@ -296,3 +296,44 @@ def test_hung_tests_are_stopped_with_every_process_they_started(project):
     assert (outcome.status, outcome.reason) == ("rejected", "tests failed")
     assert "did not finish within 3s" in outcome.detail
     assert not _alive(int(outcome.detail.split("child pid ")[1].split()[0]))
+
+
+class _Stages:
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+
+    def stage(self, text: str) -> None:
+        self.stages.append(text)
+
+    def run_done(self, side, index, profile) -> None:
+        pass
+
+    def outcome(self, outcome, objective) -> None:
+        pass
+
+    def output(self, title, text) -> None:
+        pass
+
+
+def test_a_context_run_with_too_few_stack_samples_is_profiled_again(project):
+    """A run too short for py-spy (python -c pass: no samples) is profiled with stacks up to
+    three times for the proposer's context, keeping the run with the most samples; a run
+    with samples enough is profiled once."""
+    from perfpilot.agent import loop
+    from perfpilot.agent.workspace import Workspace
+
+    def baseline_stages(run: str) -> list[str]:
+        progress = _Stages()
+        opt = Optimizer(settings(run=run, stacks=True, plugins=["cpu"], test=None), project, None, verify=StandIn(),
+                        progress=progress)
+        opt.workspace = ws = Workspace.create(project, commands=[run])
+        try:
+            opt._baseline()
+        finally:
+            ws.cleanup()
+        return [s for s in progress.stages if s.startswith("baseline: profiling")]
+
+    short = baseline_stages(f"{PY} -c pass")
+    assert len(short) == loop.CONTEXT_ATTEMPTS and "again: 3/3, too few samples" in short[-1], short
+    long = baseline_stages(f"{PY} -c \"import time; t = time.time()\nwhile time.time() - t < 1.0: pass\"")
+    assert len(long) == 1, long
