@@ -66,7 +66,7 @@ def decide(objective_name: str, guards: Mapping[str, float], proposal: Proposal,
         # A guard rejects on evidence: the whole interval above 1 (larger, beyond its
         # noise). A median over the limit inside the noise (a sampled peak of a short
         # run, say) is named in the detail instead of deciding on a coin toss.
-        if guard.get("ci_low", guard["ratio"]) > 1:
+        if not _includes_no_change(guard):
             return Outcome(index, proposal, "rejected", "guard violated", moved + ")", **common)
         unresolved.append(f"{moved}, but {ci_label(guard)} {guard['ci_low']:.3f}–{guard['ci_high']:.3f} "
                           "includes no change: within its noise)")
@@ -77,8 +77,15 @@ def decide(objective_name: str, guards: Mapping[str, float], proposal: Proposal,
     return Outcome(index, proposal, status, "improved", detail, **common)
 
 
+def _includes_no_change(verdict: Mapping[str, Any]) -> bool:
+    """The verdict's interval reaches 1 (no interval: its ratio alone decides)."""
+    low, high = verdict.get("ci_low", verdict["ratio"]), verdict.get("ci_high", verdict["ratio"])
+    return low <= 1 <= high
+
+
 def _no_effect(verdict: Mapping[str, Any]) -> bool:
+    """An interval around 1 with the point estimate inside the threshold."""
     low, high, ratio, t = (verdict.get(k) for k in ("ci_low", "ci_high", "ratio", "threshold"))
     if not all(isinstance(x, (int, float)) for x in (low, high, ratio, t)):
         return False
-    return low <= 1 <= high and abs(ratio - 1) <= t
+    return _includes_no_change(verdict) and abs(ratio - 1) <= t

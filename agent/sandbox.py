@@ -34,6 +34,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -80,8 +81,6 @@ def _kept_from_tmp() -> list[str]:
     """What the runs need that may live under /tmp: the interpreter, its environment and
     perfpilot itself (a venv or a checkout made with ``mktemp -d``). Hidden by the
     private /tmp, a venv there would leave the sandboxed tests without their Python."""
-    import sys
-
     here = Path(__file__).resolve().parents[1]  # the checkout (editable) or site-packages
     found = {Path(p).resolve() for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, here)}
     found.add(Path(sys.executable).resolve().parent)

@@ -123,7 +123,6 @@ class MemoryCollector:
         self.target: Target | None = None
         self._rss_peak = 0
         self._hwm_peak = 0
-        self._watch_root_hwm = False
         self._root_watch: _RootHwmWatch | None = None
         self._rss_sum = 0.0
         self._rss_n = 0
@@ -146,8 +145,7 @@ class MemoryCollector:
 
     def start(self, target: Target) -> None:
         self.target = target
-        # Only needed when the launcher's own peak may hide the target's (see stop()).
-        self._watch_root_hwm = target.launched
+        # The command's own peak, for when the launcher's hides it in rusage (see stop()).
         if target.launched:
             self._root_watch = _RootHwmWatch(target.pid)
             self._root_watch.start()
@@ -163,10 +161,6 @@ class MemoryCollector:
         self._rss_sum += rss
         self._rss_n += 1
         out: dict[str, float] = {"memory.rss_bytes": float(rss)}
-        if self._watch_root_hwm and self.target.pid in stats:
-            # The root's exact peak every tick (one small read): a short run's peak is
-            # not left to RSS samples when rusage maxrss cannot be trusted.
-            self._hwm_peak = max(self._hwm_peak, proc_hwm(self.target.pid, self.target.proc_files) or 0)
         if self._smaps_ok and now >= self._smaps_next:
             out.update(self._smaps(now, pids))
         if self._faults_last_now is None or now - self._faults_last_now >= FAULTS_INTERVAL_S:

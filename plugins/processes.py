@@ -150,14 +150,15 @@ class ProcessesCollector:
         seen (pid and start time stay the same), and its environment is the new one."""
         seen.rechecks -= 1
         command = _command(seen.pid)
-        if command and command != seen.command:
-            seen.command = command
-            ranks = _ranks(seen.pid)
-            if ranks and not seen.ranks:
-                seen.ranks = ranks
+        if not command or command == seen.command:
+            return
+        seen.command = command
+        ranks = _ranks(seen.pid)
+        if ranks:
+            newly_ranked = not seen.ranks
+            seen.ranks = ranks
+            if newly_ranked:
                 self._watch_end(seen)
-            elif ranks:
-                seen.ranks = ranks
 
     def _watch_end(self, seen: _Seen) -> None:
         with self._ends.lock:

@@ -20,9 +20,10 @@ DataLoader, ``MEMORY_SHARE`` of host (or GPU) memory at peak.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import AbstractSet as Set, Any, Iterable, Mapping, Sequence
 
 from perfpilot.agent.knobs import Knob
 from perfpilot.profilers.profile import Profile
@@ -148,20 +149,22 @@ def rank(knobs: Iterable[Knob], profile: Profile, objective: str) -> list[Ranked
     return sorted(ranked, key=lambda r: r.score, reverse=True)
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """This machine's CPU feature flags, or None where /proc/cpuinfo does not say."""
+@functools.lru_cache(maxsize=4)
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """This machine's CPU feature flags, or None where /proc/cpuinfo does not say. Read
+    once: they do not change, and /proc/cpuinfo is large on a many-core host."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
+                    return frozenset(line.partition(":")[2].split())
     except OSError:
         pass
     return None
 
 
 def skipped_values(knob: Knob, values: Sequence[Any], profile: Profile,
-                   flags: set[str] | None = None) -> list[tuple[Any, str]]:
+                   flags: Set[str] | None = None) -> list[tuple[Any, str]]:
     """Values of a kept knob that cannot help on this host: ``amp=fp16`` without a GPU, and
     ``amp=bf16`` without a GPU on a CPU with no bf16 instructions (``flags``: this
     machine's CPU flags; read from /proc/cpuinfo when not given)."""

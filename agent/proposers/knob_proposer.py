@@ -21,7 +21,7 @@ adopting what won; the values left unscreened are named in the report's notes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable
 
 from perfpilot.agent.knobs import Knob, parse_knobs
 from perfpilot.agent.proposers.knob_evidence import rank, skipped_values
@@ -46,7 +46,7 @@ class KnobProposer:
         self.combined_failed = False
         self.notes: list[str] = []
         self.made = 0  # proposals handed out, against the budget
-        self.cpu_flags: set[str] | None = None  # None: this machine's, from /proc/cpuinfo (tests set them)
+        self.cpu_flags: AbstractSet[str] | None = None  # None: this machine's, from /proc/cpuinfo (tests set them)
 
     def _screen_queue(self, context: Context) -> list[Proposal]:
         queue = []
