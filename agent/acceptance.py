@@ -2,12 +2,16 @@
 with its reason.
 
 The objective must say *improved* (better beyond the threshold, with confidence). A guard
-(``peak_rss = "+10%"``) is violated when its median is over the limit and its interval
-lies wholly above 1: it did get larger, beyond its noise. A median over the limit whose
-interval includes no change is not a verdict either way: the outcome stands and its
-detail names the guard and its interval (a guard asks "not worse than", and demanding
-proof of that from a few runs would reject every change; letting a noisy median decide
-rejected real wins on the sampled peak of short programs).
+(``peak_rss = "+10%"``) is violated when its median is over the limit and the guard's own
+rule says it got larger, beyond its noise: its interval lies wholly above 1 and, for the
+rank-test rule, the rank test is significant at the verdict's confidence (a near-
+deterministic figure's noise bound needs no test). A median over the limit without that
+evidence is not a verdict either way: the outcome stands and its detail names the guard
+and why it did not decide (a guard asks "not worse than", and demanding proof of that
+from a few runs would reject every change; letting a noisy median decide rejected real
+wins on the sampled peak of short programs, and with 2 runs a side the bootstrap interval
+lies above 1 whenever both B runs are the slower pair, 1 time in 6 under no change at all:
+a wall guard on a drifting CI runner then rejected an instruction count's real win).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from perfpilot.agent.verification import Verification
 from perfpilot.agent.workspace import Candidate
 from perfpilot.config import parse_percent
 from perfpilot.errors import ConfigError
+from perfpilot.profilers.stats import DETERMINISTIC_RULE
 
 
 def parse_guards(guards: Mapping[str, Any]) -> dict[str, float]:
@@ -63,18 +68,30 @@ def decide(objective_name: str, guards: Mapping[str, float], proposal: Proposal,
             continue
         moved = (f"{metric} ratio {guard['ratio']:.3f} exceeds the allowed +{limit:.0%} "
                  f"({human_value(metric, guard.get('median_a'))} → {human_value(metric, guard.get('median_b'))}")
-        # A guard rejects on evidence: the whole interval above 1 (larger, beyond its
-        # noise). A median over the limit inside the noise (a sampled peak of a short
-        # run, say) is named in the detail instead of deciding on a coin toss.
-        if not _includes_no_change(guard):
+        # A guard rejects on evidence (see the module docstring). A median over the limit
+        # inside the noise (a sampled peak of a short run, say) is named in the detail
+        # instead of deciding on a coin toss.
+        why_not = _unproven(guard)
+        if why_not is None:
             return Outcome(index, proposal, "rejected", "guard violated", moved + ")", **common)
-        unresolved.append(f"{moved}, but {ci_label(guard)} {guard['ci_low']:.3f}–{guard['ci_high']:.3f} "
-                          "includes no change: within its noise)")
+        unresolved.append(f"{moved}, but {why_not})")
     detail = (f"{objective_name} ratio {objective['ratio']:.3f} "
               f"({ci_label(objective)} {objective['ci_low']:.3f}–{objective['ci_high']:.3f}, p={objective['p_value']:.2g})"
               + "".join(f"; guard {text}" for text in unresolved))
     status = "winner" if proposal.trial else "accepted"
     return Outcome(index, proposal, status, "improved", detail, **common)
+
+
+def _unproven(guard: Mapping[str, Any]) -> str | None:
+    """Why a guard over its limit is not evidence that it got larger, or None when it is."""
+    interval = f"{ci_label(guard)} {guard.get('ci_low', guard['ratio']):.3f}–{guard.get('ci_high', guard['ratio']):.3f}"
+    if _includes_no_change(guard):
+        return f"{interval} includes no change: within its noise"
+    p, alpha = guard.get("p_value"), 1 - float(guard.get("confidence") or 0.95)
+    if guard.get("rule") == DETERMINISTIC_RULE or not isinstance(p, (int, float)) or p < alpha:
+        return None
+    runs = f" with {guard['runs_a']} and {guard['runs_b']} runs" if "runs_a" in guard and "runs_b" in guard else ""
+    return f"the rank test{runs} is not significant (p={p:.2g}, needs < {alpha:.3g}): not evidence it grew"
 
 
 def _includes_no_change(verdict: Mapping[str, Any]) -> bool:

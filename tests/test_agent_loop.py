@@ -32,7 +32,8 @@ def verdict(metric: str, ratio: float, improved: bool = False, regressed: bool =
 class StandIn:
     """Judges a candidate by what it contains: SPEED = "fast" is 2x faster, "slow" 2x slower,
     "fat" is faster but uses 50% more memory; "noisy" is faster with a memory median 50%
-    up whose interval includes no change; env MODE=fast is 20% faster."""
+    up whose interval includes no change; "fluke" the same with an interval above 1 from 2
+    runs a side, where the rank test cannot be significant; env MODE=fast is 20% faster."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[RunSpec, RunSpec]] = []
@@ -42,7 +43,7 @@ class StandIn:
         text_a, text_b = (a.cwd / "app.py").read_text(), (b.cwd / "app.py").read_text()
 
         def speed(text: str, env: dict) -> float:
-            value = 0.5 if '"fast"' in text or '"fat"' in text or '"noisy"' in text else 2.0 if '"slow"' in text else 1.0
+            value = 0.5 if any(f'"{w}"' in text for w in ("fast", "fat", "noisy", "fluke")) else 2.0 if '"slow"' in text else 1.0
             return value * (0.8 if env.get("MODE") == "fast" else 1.0)
 
         ratio = speed(text_b, b.env) / speed(text_a, a.env)
@@ -54,6 +55,9 @@ class StandIn:
                 verdicts[m] = verdict(m, rss, regressed=rss > 1.02, word="larger" if rss > 1.02 else "no change")
                 if '"noisy"' in text_b:
                     verdicts[m].update(ratio=1.5, ci_low=0.6, ci_high=2.1, p_value=1.0, verdict="inconclusive")
+                if '"fluke"' in text_b:
+                    verdicts[m].update(ratio=1.5, ci_low=1.2, ci_high=1.8, p_value=0.333, runs_a=2, runs_b=2,
+                                       confidence=0.95, verdict="inconclusive")
         return Verification(verdicts=verdicts, runs=5, values_a=[1.0] * 5, values_b=[ratio] * 5)
 
 
@@ -138,6 +142,19 @@ def test_a_guard_over_its_limit_only_within_its_noise_does_not_reject_and_is_nam
     assert (outcome.status, outcome.reason) == ("accepted", "improved"), outcome.detail
     assert "guard peak_rss ratio 1.500 exceeds the allowed +10%" in outcome.detail
     assert "0.600–2.100 includes no change" in outcome.detail
+
+
+def test_a_guard_interval_above_1_without_a_significant_rank_test_does_not_reject(project):
+    """With 2 runs a side the bootstrap interval lies above 1 whenever both B runs are the
+    slower pair (1 time in 6 with no change at all); the rank test cannot be significant
+    there, so the guard does not reject, and the outcome says why."""
+    backend = ScriptedBackend().enqueue(patch_reply("fluke"))
+    result = optimizer(project, LLMProposer(Settings(), backend), guards={"peak_rss": "+10%"},
+                       plugins=["cpu", "memory"]).run()
+    outcome = result.outcomes[0]
+    assert (outcome.status, outcome.reason) == ("accepted", "improved"), outcome.detail
+    assert ("guard peak_rss ratio 1.500 exceeds the allowed +10%" in outcome.detail
+            and "the rank test with 2 and 2 runs is not significant (p=0.33, needs < 0.05)" in outcome.detail)
 
 
 def test_no_change_without_measuring(project):

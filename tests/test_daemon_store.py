@@ -91,6 +91,56 @@ def test_full_disk_during_a_flush_is_survived(tmp_path: Path) -> None:
     store.close()
 
 
+def test_flapping_writes_are_one_failing_spell_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """On a nearly full disk a small batch fits and the next does not: writes flap. Here a
+    real second writer holds the lock on and off. The spell ends only after
+    RECOVERED_AFTER flushes in a row succeed; a new spell within WARN_QUIET_S of the warning
+    is counted and named in the next warning, not logged again."""
+    from perfpilot.agent.daemon.store import RECOVERED_AFTER
+
+    path = tmp_path / "pp.db"
+    store = _store(path, busy_timeout=0.05)
+    holder = sqlite3.connect(path, isolation_level=None)
+    values = iter(range(100))
+
+    def flush(locked: bool) -> int:
+        if locked:
+            holder.execute("BEGIN EXCLUSIVE")
+        store.add_samples(time.time(), "host", {"m": float(next(values))})  # a new value: stored
+        try:
+            return store.flush()
+        finally:
+            if locked:
+                holder.execute("ROLLBACK")
+
+    def warnings(word: str) -> int:
+        return sum(word in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+    caplog.set_level("DEBUG", logger="perfpilot")
+    for locked in (True, False, True, False, True):  # flapping: one spell
+        flush(locked)
+    assert store.stats.failing_since is not None and store.stats.dropped == 3
+    for _ in range(RECOVERED_AFTER - 1):
+        assert flush(False) == 1
+    assert store.stats.failing_since is not None  # not yet: writes have flapped back before
+    assert (warnings("cannot write to"), warnings("work again")) == (1, 0)
+    flush(False)
+    assert store.stats.failing_since is None and (warnings("cannot write to"), warnings("work again")) == (1, 1)
+    # A new spell soon after: /healthz's flag is set again, the log stays quiet.
+    flush(True)
+    assert store.stats.failing_since is not None and warnings("cannot write to") == 1
+    for _ in range(RECOVERED_AFTER):
+        flush(False)
+    assert store.stats.failing_since is None and warnings("work again") == 1
+    # Later than WARN_QUIET_S after the warning: logged, with the quiet spell counted.
+    store.stats.last_warned -= 301
+    flush(True)
+    last = [r.getMessage() for r in caplog.records if "cannot write to" in r.getMessage()][-1]
+    assert warnings("cannot write to") == 2 and "(1 shorter failing spells since the last warning)" in last
+    holder.close()
+    store.close()
+
+
 def test_corrupt_file_is_a_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "pp.db"
     path.write_bytes(b"this is not sqlite" * 500)

@@ -79,6 +79,12 @@ def _ms(ts: float) -> int:
     return int(round(ts * 1000))
 
 
+# A failing spell ends after this many successful flushes in a row; a spell that starts
+# within WARN_QUIET_S of the last warning is not logged again (see StoreStats).
+RECOVERED_AFTER = 3
+WARN_QUIET_S = 300.0
+
+
 def _is_full(exc: sqlite3.Error) -> bool:
     return "full" in str(exc).lower()
 
@@ -94,9 +100,16 @@ class StoreStats:
     last_error: str = ""
     opened_after_crash: bool = False
     # Set while writes fail (disk full, I/O errors): rows are being dropped. /healthz says
-    # "degraded" meanwhile; the first failure and the recovery are logged, once each.
+    # "degraded" meanwhile; the first failure and the recovery are logged, once each. On a
+    # nearly full disk writes flap (a small batch fits in a page's free space, the next
+    # does not), so a spell ends only after RECOVERED_AFTER flushes in a row succeed, and
+    # a new spell within WARN_QUIET_S of the last warning is counted, not logged again.
     failing_since: float | None = None
     dropped_while_failing: int = 0
+    ok_in_a_row: int = 0
+    last_warned: float | None = None
+    spell_warned: bool = False
+    quiet_spells: int = 0
 
 
 @dataclass
@@ -332,20 +345,37 @@ class Store:
             pass  # SQLite rolls back on its own when the failing statement already did
 
     def _write_failed(self, exc: sqlite3.Error, rows: int) -> None:
-        self.stats.dropped += rows
-        self.stats.dropped_while_failing += rows
-        if self.stats.failing_since is None:
-            self.stats.failing_since = time.time()
-            hint = " (is the disk full?)" if _is_full(exc) or "I/O" in str(exc) else ""
-            log.warning("perfpilot daemon: cannot write to %s: %s%s; dropping rows until writes succeed again "
-                        "(/healthz reports degraded)", self.path, exc, hint)
+        stats, now = self.stats, time.time()
+        stats.dropped += rows
+        stats.dropped_while_failing += rows
+        stats.ok_in_a_row = 0
+        if stats.failing_since is not None:
+            return
+        stats.failing_since = now
+        stats.spell_warned = stats.last_warned is None or now - stats.last_warned >= WARN_QUIET_S
+        if not stats.spell_warned:
+            stats.quiet_spells += 1
+            log.debug("perfpilot daemon: writes to %s failing again: %s", self.path, exc)
+            return
+        stats.last_warned = now
+        hint = " (is the disk full?)" if _is_full(exc) or "I/O" in str(exc) else ""
+        earlier = (f" ({stats.quiet_spells} shorter failing spells since the last warning)"
+                   if stats.quiet_spells else "")
+        stats.quiet_spells = 0
+        log.warning("perfpilot daemon: cannot write to %s: %s%s; dropping rows until writes succeed again "
+                    "(/healthz reports degraded)%s", self.path, exc, hint, earlier)
 
     def _write_succeeded(self) -> None:
-        if self.stats.failing_since is not None:
-            log.warning("perfpilot daemon: writes to %s work again; %d rows were dropped over %.0f s", self.path,
-                        self.stats.dropped_while_failing, time.time() - self.stats.failing_since)
-            self.stats.failing_since = None
-            self.stats.dropped_while_failing = 0
+        stats = self.stats
+        if stats.failing_since is None:
+            return
+        stats.ok_in_a_row += 1
+        if stats.ok_in_a_row < RECOVERED_AFTER:
+            return
+        log.log(logging.WARNING if stats.spell_warned else logging.DEBUG,
+                "perfpilot daemon: writes to %s work again; %d rows were dropped over %.0f s", self.path,
+                stats.dropped_while_failing, time.time() - stats.failing_since)
+        stats.failing_since, stats.dropped_while_failing, stats.ok_in_a_row = None, 0, 0
 
     def _series_id(self, entity: str, metric: str) -> int:
         key = (entity, metric)
