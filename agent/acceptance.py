@@ -84,9 +84,9 @@ def decide(objective_name: str, guards: Mapping[str, float], proposal: Proposal,
 
 def _unproven(guard: Mapping[str, Any]) -> str | None:
     """Why a guard over its limit is not evidence that it got larger, or None when it is."""
-    interval = f"{ci_label(guard)} {guard.get('ci_low', guard['ratio']):.3f}–{guard.get('ci_high', guard['ratio']):.3f}"
     if _includes_no_change(guard):
-        return f"{interval} includes no change: within its noise"
+        low, high = guard.get("ci_low", guard["ratio"]), guard.get("ci_high", guard["ratio"])
+        return f"{ci_label(guard)} {low:.3f}–{high:.3f} includes no change: within its noise"
     p, alpha = guard.get("p_value"), 1 - float(guard.get("confidence") or 0.95)
     if guard.get("rule") == DETERMINISTIC_RULE or not isinstance(p, (int, float)) or p < alpha:
         return None

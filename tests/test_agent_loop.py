@@ -10,7 +10,7 @@ import pytest
 
 from perfpilot.agent.backends.errors import BackendError
 from perfpilot.agent.acceptance import parse_guards
-from perfpilot.agent.loop import BaselineRunFailed, BaselineTestsFailed, Optimizer
+from perfpilot.agent.loop import BaselineRunFailed, BaselineTestsFailed, Optimizer, QuietProgress
 from perfpilot.agent.verification import RunSpec, Verification
 from perfpilot.agent.proposers.knob_proposer import KnobProposer
 from perfpilot.agent.proposers.llm_proposer import LLMProposer
@@ -315,21 +315,14 @@ def test_hung_tests_are_stopped_with_every_process_they_started(project):
     assert not _alive(int(outcome.detail.split("child pid ")[1].split()[0]))
 
 
-class _Stages:
+class _Stages(QuietProgress):
+    """The stages the loop announced, in order."""
+
     def __init__(self) -> None:
         self.stages: list[str] = []
 
     def stage(self, text: str) -> None:
         self.stages.append(text)
-
-    def run_done(self, side, index, profile) -> None:
-        pass
-
-    def outcome(self, outcome, objective) -> None:
-        pass
-
-    def output(self, title, text) -> None:
-        pass
 
 
 def test_a_context_run_with_too_few_stack_samples_is_profiled_again(project):

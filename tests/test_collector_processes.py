@@ -3,6 +3,9 @@ process has after its exec, even when the process was first seen between fork an
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -26,6 +29,7 @@ LAUNCHER = textwrap.dedent("""
 
 def test_a_worker_seen_before_its_exec_still_gets_its_rank() -> None:
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER])
+    rows: list[dict] = []
     try:
         target = Target(pid=launcher.pid, launched=False)
         collector = ProcessesCollector(Settings())
@@ -48,7 +52,10 @@ def test_a_worker_seen_before_its_exec_still_gets_its_rank() -> None:
     finally:
         launcher.kill()
         launcher.wait()
-        subprocess.run(["pkill", "-f", "import time; time.sleep(3)"], check=False)
+        for row in rows:  # the worker, orphaned by the launcher's kill (its own pid, not a pattern)
+            if row["pid"] != launcher.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(row["pid"], signal.SIGKILL)
     assert before_exec == [None, None], before_exec  # it was first seen with the launcher's environment
     [worker] = [r for r in rows if r["rank"] == 1]
     assert "time.sleep(3)" in worker["command"]

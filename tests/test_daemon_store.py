@@ -96,7 +96,7 @@ def test_flapping_writes_are_one_failing_spell_logged_once(tmp_path: Path, caplo
     real second writer holds the lock on and off. The spell ends only after
     RECOVERED_AFTER flushes in a row succeed; a new spell within WARN_QUIET_S of the warning
     is counted and named in the next warning, not logged again."""
-    from perfpilot.agent.daemon.store import RECOVERED_AFTER
+    from perfpilot.agent.daemon.store import RECOVERED_AFTER, WARN_QUIET_S
 
     path = tmp_path / "pp.db"
     store = _store(path, busy_timeout=0.05)
@@ -133,7 +133,7 @@ def test_flapping_writes_are_one_failing_spell_logged_once(tmp_path: Path, caplo
         flush(False)
     assert store.stats.failing_since is None and warnings("work again") == 1
     # Later than WARN_QUIET_S after the warning: logged, with the quiet spell counted.
-    store.stats.last_warned -= 301
+    store.stats.last_warned -= WARN_QUIET_S + 1
     flush(True)
     last = [r.getMessage() for r in caplog.records if "cannot write to" in r.getMessage()][-1]
     assert warnings("cannot write to") == 2 and "(1 shorter failing spells since the last warning)" in last

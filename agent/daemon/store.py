@@ -107,8 +107,7 @@ class StoreStats:
     failing_since: float | None = None
     dropped_while_failing: int = 0
     ok_in_a_row: int = 0
-    last_warned: float | None = None
-    spell_warned: bool = False
+    last_warned: float | None = None  # equals failing_since while the spell was warned of
     quiet_spells: int = 0
 
 
@@ -352,8 +351,7 @@ class Store:
         if stats.failing_since is not None:
             return
         stats.failing_since = now
-        stats.spell_warned = stats.last_warned is None or now - stats.last_warned >= WARN_QUIET_S
-        if not stats.spell_warned:
+        if stats.last_warned is not None and now - stats.last_warned < WARN_QUIET_S:
             stats.quiet_spells += 1
             log.debug("perfpilot daemon: writes to %s failing again: %s", self.path, exc)
             return
@@ -372,7 +370,8 @@ class Store:
         stats.ok_in_a_row += 1
         if stats.ok_in_a_row < RECOVERED_AFTER:
             return
-        log.log(logging.WARNING if stats.spell_warned else logging.DEBUG,
+        warned = stats.last_warned == stats.failing_since  # this spell's start was logged
+        log.log(logging.WARNING if warned else logging.DEBUG,
                 "perfpilot daemon: writes to %s work again; %d rows were dropped over %.0f s", self.path,
                 stats.dropped_while_failing, time.time() - stats.failing_since)
         stats.failing_since, stats.dropped_while_failing, stats.ok_in_a_row = None, 0, 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import AbstractSet as Set, Any, Iterable, Mapping, Sequence
+from typing import AbstractSet, Any, Iterable, Mapping, Sequence
 
 from perfpilot.agent.knobs import Knob
 from perfpilot.profilers.profile import Profile
@@ -164,7 +164,7 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
 
 
 def skipped_values(knob: Knob, values: Sequence[Any], profile: Profile,
-                   flags: Set[str] | None = None) -> list[tuple[Any, str]]:
+                   flags: AbstractSet[str] | None = None) -> list[tuple[Any, str]]:
     """Values of a kept knob that cannot help on this host: ``amp=fp16`` without a GPU, and
     ``amp=bf16`` without a GPU on a CPU with no bf16 instructions (``flags``: this
     machine's CPU flags; read from /proc/cpuinfo when not given)."""
